@@ -1,0 +1,5 @@
+import sys
+
+from rest.cli import main
+
+sys.exit(main())
