@@ -36,7 +36,7 @@ class VAEArch:
     in_channels: int = 3  # RGB
     latent_channels: int = 32  # channels of the KL latent
     patch_size: int = 4  # space-to-depth factor applied before the first convolution
-    block_out_channels: tuple[int, ...] = (64, 128, 256)  # one entry per resolution level
+    block_out_channels: tuple[int, ...] = (32, 64, 128)  # one entry per resolution level
     temporal_downsample: tuple[bool, ...] = (True, True)  # one entry per level transition; True halves time
     layers_per_block: int = 1  # residual blocks per level (decoder: one more, as is usual)
     mid_layers: int = 1  # residual blocks at the lowest resolution
@@ -94,7 +94,7 @@ PRESETS: dict[str, Preset] = {
         vae=VAEArch(
             latent_channels=32,
             patch_size=4,
-            block_out_channels=(64, 128, 256),
+            block_out_channels=(32, 64, 128),
             temporal_downsample=(True, True),
             layers_per_block=1,
         ),

@@ -1,0 +1,54 @@
+"""`rest bench ...`: speed and memory benchmarks, printed and written as JSON."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from rest.bench.common import write_result
+from rest.errors import RestError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RestError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("bench", help="speed benchmarks (JSON output)")
+    which = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
+
+    vae = which.add_parser("vae", help="VAE encode/decode fps and memory, ours vs diffusers' LTX-Video VAE")
+    vae.add_argument("--preset", default="tiny", help="tiny | base")
+    vae.add_argument("--device", default="cpu", help="cpu | cuda")
+    vae.add_argument("--frames", type=int, default=33, help="clip length, 1 + t*k (default 33)")
+    vae.add_argument("--resolution", type=int, default=None, help="default: the preset's")
+    vae.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    vae.add_argument("--repeats", type=int, default=3)
+    vae.add_argument("--weights", default=None, help="a VAE folder (save_pretrained layout); default random init")
+    vae.add_argument("--no-peer", action="store_true", help="skip the diffusers LTX-Video comparison")
+    vae.add_argument("--output", default=None, help="JSON file (default runs/bench/vae_<preset>_<device>.json)")
+    vae.set_defaults(func=_run_vae)
+
+
+def _run_vae(args: argparse.Namespace) -> int:
+    from rest.bench.vae import bench_vae
+    from rest.config import get_preset
+
+    get_preset(args.preset)
+    result = bench_vae(
+        args.preset,
+        _device(args.device),
+        frames=args.frames,
+        resolution=args.resolution,
+        repeats=args.repeats,
+        dtype=DTYPES[args.dtype],
+        with_peer=not args.no_peer,
+        weights=args.weights,
+    )
+    write_result(result, args.output or f"runs/bench/vae_{args.preset}_{args.device}.json")
+    return 0

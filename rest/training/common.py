@@ -1,0 +1,135 @@
+"""Pieces every REST trainer shares: LR schedule, checkpoint discovery, periodic status line, metrics log."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int, max_steps: int, min_ratio: float = 0.1) -> float:
+    """Linear warm-up, then cosine decay to `min_ratio * base_lr` at `max_steps`."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+#################################################################################
+#                                  Checkpoints                                  #
+#################################################################################
+
+# A run folder holds `checkpoints/step_000500/` (accelerate state: models, optimizers, EMA, RNG, plus
+# `trainer_state.json` with the step) and `export/` (EMA weights in save_pretrained layout).
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / "checkpoints" / f"step_{step:07d}"
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run (one with its trainer_state.json written last)."""
+    root = Path(output_dir) / "checkpoints"
+    done = sorted(p for p in root.glob("step_*") if (p / "trainer_state.json").is_file()) if root.is_dir() else []
+    return done[-1] if done else None
+
+
+def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
+    """`resume`: None (fresh run), "latest" (newest checkpoint if any) or a checkpoint folder."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        return latest_checkpoint(output_dir)
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint folder (no trainer_state.json)")
+    return path
+
+
+def write_trainer_state(path: Path, step: int, **extra) -> None:
+    """Written last, so its presence marks a complete checkpoint."""
+    tmp = path / "trainer_state.json.tmp"
+    tmp.write_text(json.dumps({"step": step, **extra}))
+    os.replace(tmp, path / "trainer_state.json")
+
+
+def read_trainer_state(path: Path) -> dict:
+    return json.loads((path / "trainer_state.json").read_text())
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
+    root = Path(output_dir) / "checkpoints"
+    done = sorted(p for p in root.glob("step_*") if (p / "trainer_state.json").is_file())
+    for old in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+#################################################################################
+#                                    Logging                                    #
+#################################################################################
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, peak resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class StatusLine:
+    """Averages scalars between prints; `line()` gives one status line (loss, steps/s, samples/s, memory)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.samples = 0
+        self.t0 = time.perf_counter()
+
+    def update(self, values: dict[str, float], samples: int) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.count += 1
+        self.samples += samples
+
+    def summary(self, step: int, device: torch.device, lr: float) -> dict[str, float]:
+        dt = time.perf_counter() - self.t0
+        out = {k: v / max(1, self.count) for k, v in self.sums.items()}
+        out.update(
+            step=step,
+            lr=lr,
+            steps_per_s=self.count / dt,
+            samples_per_s=self.samples / dt,
+            mem_mb=peak_memory_mb(device),
+        )
+        self.__init__()
+        return out
+
+    @staticmethod
+    def format(values: dict[str, float]) -> str:
+        parts = [f"step {int(values['step'])}"]
+        for k, v in values.items():
+            if k == "step":
+                continue
+            parts.append(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}")
+        return " | ".join(parts)
+
+
+class MetricsLog:
+    """Appends JSON lines to `<output_dir>/metrics.jsonl` (main process only)."""
+
+    def __init__(self, output_dir: str | Path, enabled: bool = True):
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.enabled = enabled
+
+    def write(self, kind: str, values: dict) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"kind": kind, "time": time.time(), **values}) + "\n")

@@ -1,0 +1,314 @@
+"""Training of the causal video VAE: L1 + KL (+ LPIPS with user weights) (+ PatchGAN after a warm-up), EMA.
+
+Runs unchanged on CPU, one GPU or many through accelerate (`accelerate launch train/vae.py --config ...`).
+A run folder holds `checkpoints/` (resumable accelerate state), `metrics.jsonl` (status lines and the PSNR
+curve) and `export/` (EMA weights, `save_pretrained` layout, with the latent scale measured on the data).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers.training_utils import EMAModel
+from einops import rearrange
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from rest.config import VAEArch, from_dict, get_preset, merge, to_dict
+from rest.data.videos import VideoClipDataset
+from rest.media import frames_to_tensor
+from rest.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
+from rest.models.perceptual import LPIPS
+from rest.models.vae import CausalVideoVAE
+from rest.training.common import (
+    MetricsLog,
+    StatusLine,
+    checkpoint_dir,
+    lr_at,
+    prune_checkpoints,
+    read_trainer_state,
+    resolve_resume,
+    write_trainer_state,
+)
+
+#################################################################################
+#                                    Config                                     #
+#################################################################################
+
+
+@dataclass
+class VAEDataConfig:
+    root: str  # folder of videos (searched recursively) or one video file
+    resolution: int | None = None  # square crop size; None = the preset's resolution
+    num_frames: int = 9  # frames per training clip, 1 + t*k
+    crop: Literal["center", "face"] = "center"
+    fps: float = 25.0  # videos are resampled to this rate
+    cache_in_memory: bool = True  # decode every video once at the target resolution
+    num_workers: int = 0  # DataLoader workers
+
+
+@dataclass
+class VAELossConfig:
+    kl_weight: float = 1e-4  # weight of the KL term, both terms averaged per element
+    perceptual_weight: float = 0.0  # LPIPS weight; needs perceptual_vgg
+    perceptual_vgg: str | None = None  # torchvision-layout VGG16 state dict (user-supplied, see rest/models/perceptual.py)
+    perceptual_lin: str | None = None  # optional LPIPS linear-layer weights
+    gan_weight: float = 0.0  # adversarial weight; 0 disables the discriminator
+    gan_start_step: int = 2000  # the discriminator starts after this warm-up
+    disc_lr: float = 2e-4
+    disc_channels: int = 64
+    disc_layers: int = 3
+
+
+@dataclass
+class VAETrainConfig:
+    output_dir: str = "runs/vae"
+    seed: int = 0
+    batch_size: int = 2  # per process
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    max_steps: int = 3000
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # reached after EMA warm-up (decay grows as 1 - (1 + step)^-2/3)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    log_every: int = 50  # status line period (steps)
+    eval_every: int = 250  # PSNR of the EMA model on the training videos (steps; 0 = only at the end)
+    eval_max_frames: int = 201  # frames per video used for evaluation (cut to 1 + t*k)
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class VAEExperiment:
+    data: VAEDataConfig
+    preset: str = "tiny"
+    model: dict = field(default_factory=dict)  # overrides of the preset's VAE architecture (VAEArch fields)
+    loss: VAELossConfig = field(default_factory=VAELossConfig)
+    train: VAETrainConfig = field(default_factory=VAETrainConfig)
+
+    def arch(self) -> VAEArch:
+        return from_dict(VAEArch, merge(to_dict(get_preset(self.preset).vae), self.model), where="model")
+
+    def resolution(self) -> int:
+        return self.data.resolution or get_preset(self.preset).resolution
+
+
+#################################################################################
+#                                   Training                                    #
+#################################################################################
+
+
+def kl_per_element(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)), averaged over latent elements."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+
+
+@torch.no_grad()
+def evaluate_psnr(vae: CausalVideoVAE, videos: list, max_frames: int, device: torch.device) -> dict[str, float]:
+    """PSNR (dB, on [0, 1] pixels) of whole-clip reconstructions (posterior mode), per video and averaged."""
+    t = vae.temporal_compression
+    psnrs = []
+    for frames in videos:
+        n = min(len(frames), max_frames)
+        n = 1 + t * ((n - 1) // t)
+        x = frames_to_tensor(frames[:n]).unsqueeze(0).to(device)  # (1, 3, F, R, R)
+        y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        mse = F.mse_loss((y + 1) / 2, (x + 1) / 2).item()
+        psnrs.append(10 * math.log10(1.0 / max(mse, 1e-12)))
+    return {"psnr": sum(psnrs) / len(psnrs), "psnr_per_video": psnrs}
+
+
+@torch.no_grad()
+def measure_latent_scale(vae: CausalVideoVAE, videos: list, max_frames: int, device: torch.device) -> tuple[float, float]:
+    """(shift, scale) so that `(z - shift) * scale` has zero mean and unit std on these videos."""
+    t = vae.temporal_compression
+    zs = []
+    for frames in videos:
+        n = 1 + t * ((min(len(frames), max_frames) - 1) // t)
+        zs.append(vae.encode(frames_to_tensor(frames[:n]).unsqueeze(0).to(device)).latent_dist.mode().flatten())
+    z = torch.cat(zs)
+    return z.mean().item(), 1.0 / z.std().item()
+
+
+def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
+    """Train (or resume) and export; returns the export folder."""
+    tc, lc = cfg.train, cfg.loss
+    accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=tc.mixed_precision)
+    set_seed(tc.seed, device_specific=True)
+    out_dir = Path(tc.output_dir)
+    is_main = accelerator.is_main_process
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+
+    # 1. Model, losses, data.
+    vae = CausalVideoVAE(**to_dict(cfg.arch()))
+    t = vae.temporal_compression
+    if (cfg.data.num_frames - 1) % t:
+        raise ValueError(f"data.num_frames must be 1 + {t}*k for this VAE, got {cfg.data.num_frames}")
+    use_gan = lc.gan_weight > 0
+    disc = PatchDiscriminator(channels=lc.disc_channels, num_layers=lc.disc_layers) if use_gan else None
+    lpips = None
+    if lc.perceptual_weight > 0:
+        if lc.perceptual_vgg is None:
+            raise ValueError("loss.perceptual_weight > 0 needs loss.perceptual_vgg (a VGG16 state dict path)")
+        lpips = LPIPS.from_files(lc.perceptual_vgg, lc.perceptual_lin).to(accelerator.device)
+    dataset = VideoClipDataset(
+        cfg.data.root,
+        resolution=cfg.resolution(),
+        num_frames=cfg.data.num_frames,
+        crop=cfg.data.crop,
+        fps=cfg.data.fps,
+        cache_in_memory=cfg.data.cache_in_memory,
+        clips_per_epoch=max(1000, tc.batch_size * 100),
+    )
+    loader = DataLoader(
+        dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True, num_workers=cfg.data.num_workers
+    )
+    opt = torch.optim.AdamW(vae.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
+    if use_gan:
+        opt_d = torch.optim.AdamW(disc.parameters(), lr=lc.disc_lr, betas=(0.5, 0.9))
+        vae, disc, opt, opt_d, loader = accelerator.prepare(vae, disc, opt, opt_d, loader)
+    else:
+        vae, opt, loader = accelerator.prepare(vae, opt, loader)
+    model = accelerator.unwrap_model(vae)
+    ema = EMAModel(model.parameters(), decay=tc.ema_decay, use_ema_warmup=True, power=2 / 3)
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+
+    # 2. Resume.
+    step = 0
+    ckpt = resolve_resume(out_dir, resume)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        step = read_trainer_state(ckpt)["step"]
+        accelerator.print(f"resumed from {ckpt} at step {step}")
+    log = MetricsLog(out_dir, enabled=is_main)
+    status = StatusLine()
+    n_params = sum(p.numel() for p in model.parameters())
+    accelerator.print(
+        f"VAE {n_params / 1e6:.2f}M params, {vae_summary(model)}; {len(dataset.paths)} videos; "
+        f"{accelerator.num_processes} process(es) on {accelerator.device}"
+    )
+
+    def save_checkpoint() -> None:
+        path = checkpoint_dir(out_dir, step)
+        accelerator.save_state(str(path))
+        if is_main:
+            write_trainer_state(path, step)
+            prune_checkpoints(out_dir, tc.keep_checkpoints)
+
+    def run_eval() -> dict:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+        model.eval()
+        result = evaluate_psnr(model, dataset.whole_videos(), tc.eval_max_frames, accelerator.device)
+        model.train()
+        ema.restore(model.parameters())
+        return result
+
+    # 3. Loop.
+    def batches():
+        while True:
+            yield from loader
+
+    progress = tqdm(total=tc.max_steps, initial=step, desc="vae", disable=not is_main, dynamic_ncols=True)
+    data_iter = batches()
+    t_start = time.perf_counter()
+    try:
+        while step < tc.max_steps:
+            lr = lr_at(step, tc.lr, tc.warmup_steps, tc.max_steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            gan_on = use_gan and step >= lc.gan_start_step
+            x = next(data_iter)  # (B, 3, F, R, R)
+            with accelerator.accumulate(vae):
+                recon, posterior = vae(x)
+                l1 = (recon - x).abs().mean()
+                kl = kl_per_element(posterior.mean, posterior.logvar)
+                loss = l1 + lc.kl_weight * kl
+                values = {"loss": 0.0, "l1": l1.item(), "kl": kl.item()}
+                if lpips is not None:
+                    frames_r = rearrange(recon, "b c t h w -> (b t) c h w")
+                    frames_x = rearrange(x, "b c t h w -> (b t) c h w")
+                    perc = lpips(frames_r, frames_x).mean()
+                    loss = loss + lc.perceptual_weight * perc
+                    values["lpips"] = perc.item()
+                if gan_on:
+                    g = hinge_g_loss(disc(rearrange(recon, "b c t h w -> (b t) c h w")))
+                    loss = loss + lc.gan_weight * g
+                    values["g_loss"] = g.item()
+                values["loss"] = loss.item()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(vae.parameters(), tc.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if gan_on:
+                    real = rearrange(x, "b c t h w -> (b t) c h w")
+                    fake = rearrange(recon.detach(), "b c t h w -> (b t) c h w")
+                    d = hinge_d_loss(disc(real), disc(fake))
+                    accelerator.backward(d)
+                    opt_d.step()
+                    opt_d.zero_grad(set_to_none=True)
+                    values["d_loss"] = d.item()
+            if not accelerator.sync_gradients:
+                continue
+            ema.step(model.parameters())
+            step += 1
+            progress.update(1)
+            status.update(values, samples=x.shape[0] * x.shape[2] * accelerator.num_processes)
+            if step % tc.log_every == 0 or step == tc.max_steps:
+                summary = status.summary(step, accelerator.device, lr)
+                progress.set_postfix(loss=f"{summary['loss']:.4f}")
+                if is_main:
+                    tqdm.write(StatusLine.format(summary))
+                log.write("train", summary)
+            if tc.eval_every and step % tc.eval_every == 0 and step < tc.max_steps and is_main:
+                result = run_eval()
+                tqdm.write(f"step {step} | eval psnr {result['psnr']:.2f} dB")
+                log.write("eval", {"step": step, "wall_s": time.perf_counter() - t_start, **result})
+            if step % tc.checkpoint_every == 0 and step < tc.max_steps:
+                save_checkpoint()
+    except KeyboardInterrupt:
+        accelerator.print(f"interrupted at step {step}; saving a checkpoint to resume from")
+        save_checkpoint()
+        raise
+    finally:
+        progress.close()
+
+    # 4. Final checkpoint, evaluation and export of the EMA weights.
+    save_checkpoint()
+    export = out_dir / "export"
+    if is_main:
+        result = run_eval()
+        log.write("eval", {"step": step, "wall_s": time.perf_counter() - t_start, **result})
+        print(f"final eval psnr {result['psnr']:.2f} dB (EMA weights, {len(result['psnr_per_video'])} videos)")
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+        model.eval()
+        shift, scale = measure_latent_scale(model, dataset.whole_videos(), tc.eval_max_frames, accelerator.device)
+        model.register_to_config(shift_factor=shift, scaling_factor=scale)
+        model.save_pretrained(export)
+        ema.restore(model.parameters())
+        print(f"exported EMA weights to {export} (latent shift {shift:.4f}, scale {scale:.4f})")
+    accelerator.wait_for_everyone()
+    return export
+
+
+def vae_summary(vae: CausalVideoVAE) -> str:
+    a = vae.arch
+    return (
+        f"{a.spatial_compression}x spatial, {a.temporal_compression}x temporal, {a.latent_channels} latent channels"
+    )

@@ -1,0 +1,159 @@
+"""VAE training: it learns, checkpoints, resumes, exports; optional GAN and LPIPS losses run; config errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rest.config import ConfigError, load_config
+from rest.errors import RestError
+from rest.media import write_video
+from rest.models.loading import load_local
+from rest.models.perceptual import LPIPS, VGG16Features
+from rest.models.vae import CausalVideoVAE
+from rest.training.common import latest_checkpoint, read_trainer_state
+from rest.training.vae import VAEDataConfig, VAEExperiment, VAELossConfig, VAETrainConfig, train_vae
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_ARCH = {"latent_channels": 4, "patch_size": 2, "block_out_channels": [8, 16, 32], "layers_per_block": 1}
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory) -> Path:
+    """Two short synthetic videos: a moving blob on a gradient."""
+    root = tmp_path_factory.mktemp("videos")
+    yy, xx = np.mgrid[0:48, 0:48]
+    for k in range(2):
+        frames = []
+        for t in range(30):
+            cx, cy = 24 + 10 * np.cos(0.2 * t + k), 24 + 10 * np.sin(0.2 * t)
+            blob = ((xx - cx) ** 2 + (yy - cy) ** 2 < 60).astype(np.float32)
+            img = np.stack([xx / 48, yy / 48, blob], -1) * 255
+            frames.append(img.astype(np.uint8))
+        write_video(root / f"clip{k}.mp4", np.stack(frames), fps=25)
+    return root
+
+
+def experiment(root: Path, out: Path, **train) -> VAEExperiment:
+    return VAEExperiment(
+        preset="tiny",
+        model=dict(SMALL_ARCH),
+        data=VAEDataConfig(root=str(root), resolution=32, num_frames=5),
+        loss=VAELossConfig(),
+        train=VAETrainConfig(
+            output_dir=str(out),
+            batch_size=2,
+            lr=3e-3,
+            warmup_steps=5,
+            log_every=5,
+            eval_every=0,
+            checkpoint_every=10,
+            **train,
+        ),
+    )
+
+
+def metrics(out: Path, kind: str) -> list[dict]:
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [m for m in lines if m["kind"] == kind]
+
+
+def test_learns_checkpoints_and_exports(video_dir, tmp_path):
+    out = tmp_path / "run"
+    export = train_vae(experiment(video_dir, out, max_steps=60))
+    train_logs = metrics(out, "train")
+    assert train_logs[-1]["l1"] < 0.6 * train_logs[0]["l1"], [m["l1"] for m in train_logs]
+    evals = metrics(out, "eval")
+    assert evals and evals[-1]["step"] == 60 and evals[-1]["psnr"] > 15
+    vae = load_local(CausalVideoVAE, export)
+    assert vae.config.scaling_factor != 1.0  # measured on the data at export
+    assert read_trainer_state(latest_checkpoint(out))["step"] == 60
+
+
+def test_resume_continues_from_the_checkpoint(video_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    train_vae(experiment(video_dir, out, max_steps=10))
+    first = latest_checkpoint(out)
+    state = torch.load(first / "random_states_0.pkl", weights_only=False)
+    assert read_trainer_state(first)["step"] == 10 and state is not None
+    weights_at_10 = load_local(CausalVideoVAE, out / "export").state_dict()
+    capsys.readouterr()
+    train_vae(experiment(video_dir, out, max_steps=20), resume="latest")
+    assert f"resumed from {first} at step 10" in capsys.readouterr().out
+    assert read_trainer_state(latest_checkpoint(out))["step"] == 20
+    steps = [m["step"] for m in metrics(out, "train")]
+    assert steps == [5, 10, 15, 20]  # the second run logged only steps 11..20
+    weights_at_20 = load_local(CausalVideoVAE, out / "export").state_dict()
+    assert any(not torch.equal(weights_at_10[k], weights_at_20[k]) for k in weights_at_10)
+
+
+def test_gan_and_perceptual_losses_run(video_dir, tmp_path):
+    vgg = tmp_path / "vgg16.pth"
+    torch.save({**VGG16Features().state_dict(), "classifier.0.weight": torch.zeros(2, 2)}, vgg)
+    cfg = experiment(video_dir, tmp_path / "run", max_steps=4)
+    cfg.loss = VAELossConfig(perceptual_weight=0.1, perceptual_vgg=str(vgg), gan_weight=0.1, gan_start_step=2)
+    cfg.train.log_every = 1
+    train_vae(cfg)
+    logs = metrics(tmp_path / "run", "train")
+    assert "lpips" in logs[0] and "g_loss" not in logs[0]
+    assert "g_loss" in logs[-1] and "d_loss" in logs[-1] and np.isfinite(logs[-1]["d_loss"])
+
+
+def test_lpips_loader_and_math(tmp_path):
+    torch.manual_seed(0)
+    vgg = tmp_path / "vgg.pth"
+    torch.save(VGG16Features().state_dict(), vgg)
+    lpips = LPIPS.from_files(vgg)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.allclose(lpips(x, x), torch.zeros(2), atol=1e-6)
+    near, far = lpips(x, x + 0.05 * torch.randn_like(x)), lpips(x, -x)
+    assert (near < far).all()
+    bad = tmp_path / "bad.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, bad)
+    with pytest.raises(RestError, match="not a torchvision VGG16 state dict"):
+        LPIPS.from_files(bad)
+    with pytest.raises(RestError, match="not found"):
+        LPIPS.from_files(tmp_path / "missing.pth")
+
+
+def test_config_unknown_key_is_named(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("preset: tiny\ndata: {root: x}\ntrain: {max_stepz: 3}\n")
+    with pytest.raises(ConfigError, match="unknown key 'max_stepz'"):
+        load_config(VAEExperiment, path)
+    path.write_text("preset: tiny\ndata: {root: x}\nmodel: {latent_chanels: 3}\n")
+    with pytest.raises(ConfigError, match="unknown key 'latent_chanels'"):
+        load_config(VAEExperiment, path).arch()
+    path.write_text("preset: huge\ndata: {root: x}\n")
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        load_config(VAEExperiment, path).arch()
+
+
+def test_shipped_configs_load():
+    for name in ["vae_tiny.yaml", "vae_base.yaml", "vae_tiny_overfit.yaml"]:
+        cfg = load_config(VAEExperiment, REPO / "configs" / name)
+        arch = cfg.arch()
+        assert (cfg.data.num_frames - 1) % arch.temporal_compression == 0
+
+
+def test_train_script_entry_point(video_dir, tmp_path):
+    """The documented command line: python train/vae.py --config ... --set ..."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"preset: tiny\nmodel: {json.dumps(SMALL_ARCH)}\n"
+        f"data: {{root: {video_dir}, resolution: 32, num_frames: 5}}\n"
+        f"train: {{output_dir: {tmp_path / 'run'}, max_steps: 2, log_every: 1, eval_every: 0}}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train" / "vae.py"), "--config", str(cfg), "--set", "train.batch_size=1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "exported EMA weights" in proc.stdout
+    assert (tmp_path / "run" / "export" / "config.json").is_file()
