@@ -532,6 +532,7 @@ def write_video(
     audio: np.ndarray | torch.Tensor | None = None,
     sample_rate: int = SAMPLE_RATE,
     crf: int = 18,
+    keyframe_interval: int = 25,
 ) -> None:
     """Write frames (and a mono audio track) as H.264 (yuv420p) + AAC, atomically.
 
@@ -543,6 +544,8 @@ def write_video(
         audio: float `(N,)` mono in [-1, 1] at `sample_rate` Hz; cut or padded with silence to F / fps seconds so
             both tracks end together.
         crf: x264 constant rate factor (0 lossless, 18 visually lossless, 23 x264's default).
+        keyframe_interval: frames between keyframes; random access (decord, seeking) decodes from the previous
+            keyframe, so short intervals keep reads of training windows cheap.
 
     The file is written under a temporary name in the same folder and renamed into place when complete, so on
     any error (or Ctrl-C) no partial file is left behind and an existing file at `path` is untouched.
@@ -558,6 +561,8 @@ def write_video(
         )
     if fps <= 0:
         raise ValueError(f"write_video: fps must be positive, got {fps}")
+    if keyframe_interval < 1:
+        raise ValueError(f"write_video: keyframe_interval must be >= 1, got {keyframe_interval}")
     if not 0 <= crf <= 51:
         raise ValueError(f"write_video: crf must be in [0, 51], got {crf}")
     if path.suffix.lower() not in _CONTAINERS:
@@ -572,7 +577,7 @@ def write_video(
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask applies, as for `open`
-        _encode(tmp, path, frames, rate, samples, sample_rate, crf)
+        _encode(tmp, path, frames, rate, samples, sample_rate, crf, keyframe_interval)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -587,6 +592,7 @@ def _encode(
     samples: np.ndarray | None,
     sample_rate: int,
     crf: int,
+    keyframe_interval: int,
 ) -> None:
     """Encode and mux into `tmp`, interleaving the audio with the video frame by frame."""
     muxer = _CONTAINERS[path.suffix.lower()]
@@ -596,6 +602,7 @@ def _encode(
             video = container.add_stream("libx264", rate=rate)
             video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
             video.options = {"crf": str(crf)}
+            video.codec_context.gop_size = keyframe_interval
             sound = None
             if samples is not None:
                 sound = container.add_stream("aac", rate=sample_rate, layout="mono")

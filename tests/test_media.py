@@ -265,6 +265,17 @@ def test_write_video_round_trip(clip):
     assert abs(peak_hz(video.audio.samples) - TONE_HZ) < 2
 
 
+def test_write_video_keyframe_interval(tmp_path):
+    """Short keyframe intervals keep random access into long clips cheap."""
+    frames = np.random.default_rng(0).integers(0, 256, (60, 32, 32, 3), dtype=np.uint8)
+    write_video(tmp_path / "k.mp4", frames, keyframe_interval=10)
+    with av.open(str(tmp_path / "k.mp4")) as container:
+        keys = [i for i, packet in enumerate(container.demux(video=0)) if packet.is_keyframe]
+    assert keys[0] == 0 and len(keys) >= 6 and max(np.diff(keys)) <= 10
+    with pytest.raises(ValueError, match="keyframe_interval"):
+        write_video(tmp_path / "bad.mp4", frames, keyframe_interval=0)
+
+
 def test_write_video_pads_short_audio(tmp_path):
     frames = moving_gradient(25)  # 1 s
     path = tmp_path / "short_audio.mp4"

@@ -1,0 +1,171 @@
+"""Training clips from a shard root: a window of frames, the audio of exactly that window, and a reference frame.
+
+Alignment: at `fps` frames/s and `sample_rate` samples/s, frame n covers audio samples
+[n * spf, (n + 1) * spf), spf = sample_rate / fps (640 at 25 fps and 16 kHz). A window of N frames starting at
+frame s therefore gets samples [s * spf, (s + N) * spf), followed by `audio_lookahead_frames` frames more of the
+real audio (the audio encoder's look-ahead); past the end of the clip's audio that margin is zeros.
+
+Reference frame (the portrait the model animates): a frame of the same video at least `ref_min_gap` frames away
+from every frame of the window (default: N, the window length), drawn uniformly from the frames before and after
+the window that satisfy it. When the video is too short for that gap, the frame outside the window farthest from
+it is used; when the window is the whole video, a random frame of the window. A nearby reference would let the
+model copy pose and expression instead of following the audio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rest.data.shards import ClipRecord, ShardReader
+from rest.errors import RestError
+from rest.media import frames_to_tensor
+
+
+class TalkingClipDataset(Dataset):
+    """Windows of `num_frames` frames with aligned audio and a reference frame, from a shard root.
+
+    Args:
+        root: shard root written by `rest preprocess` or SynthTalk.
+        num_frames: N, frames per item; must be 1 + t*k for the VAE's temporal compression t.
+        temporal_compression: t of the VAE the clips are for.
+        split: use only the clips of this split; None uses all.
+        audio_features: optional callable on the item's audio (float32 (N_samples,) tensor); its result is
+            returned as "audio_features" (e.g. a log-mel transform).
+        seed: with the epoch (`set_epoch`) and the item index, fixes every random choice, so an item is the same
+            whichever DataLoader worker builds it.
+        audio_lookahead_frames: frames of audio appended after the window (zeros past the end of the clip).
+        ref_min_gap: minimum distance in frames between the reference frame and the window (default: N).
+        random_windows: True: one item per clip per epoch, at a random start (training). False: every
+            non-overlapping window of every clip, in order (evaluation).
+
+    Items are dicts:
+        video: float32 (3, N, R, R) in [-1, 1]
+        audio: float32 ((N + audio_lookahead_frames) * spf,), frame n of the window <-> samples [n*spf, (n+1)*spf)
+        audio_features: whatever `audio_features` returns (only when it is given)
+        ref: float32 (3, 1, R, R) in [-1, 1]
+        ref_index: int, frame index of the reference in the clip
+        clip_id: str; start: int, index of the window's first frame in the clip
+        meta: dict of the clip's per-frame arrays sliced to the window (leading dim N); numeric ones as tensors
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        num_frames: int,
+        temporal_compression: int,
+        split: str | None = "train",
+        audio_features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        seed: int = 0,
+        audio_lookahead_frames: int = 0,
+        ref_min_gap: int | None = None,
+        random_windows: bool = True,
+    ):
+        t = temporal_compression
+        if t < 1 or num_frames < 1 or (num_frames - 1) % t:
+            lower = 1 + t * max(0, (num_frames - 1) // t)
+            raise RestError(
+                f"num_frames must be 1 + {t}*k for a VAE with temporal compression {t} "
+                f"(e.g. {lower} or {lower + t}), got {num_frames}"
+            )
+        if ref_min_gap is not None and ref_min_gap < 1:
+            raise RestError(f"ref_min_gap must be >= 1 frame, got {ref_min_gap}")
+        if audio_lookahead_frames < 0:
+            raise RestError(f"audio_lookahead_frames must be >= 0, got {audio_lookahead_frames}")
+        self.reader = ShardReader(root)
+        fps, sr = self.reader.fps, self.reader.sample_rate
+        if sr % fps:
+            raise RestError(f"{root}: {sr} Hz audio does not split into whole samples per frame at {fps} fps")
+        self.samples_per_frame = sr // fps
+        self.num_frames = num_frames
+        self.temporal_compression = t
+        self.split = split
+        self.audio_features = audio_features
+        self.seed = seed
+        self.epoch = 0
+        self.audio_lookahead_frames = audio_lookahead_frames
+        self.ref_min_gap = num_frames if ref_min_gap is None else ref_min_gap
+        self.random_windows = random_windows
+
+        in_split = [r for r in self.reader.records if split is None or r.split == split]
+        self.clips: list[ClipRecord] = [r for r in in_split if r.num_frames >= num_frames]
+        self.too_short = len(in_split) - len(self.clips)  # clips left out, for the caller's log
+        if not self.clips:
+            raise RestError(
+                f"no clip of split {split!r} in {root} has {num_frames} frames "
+                f"({len(in_split)} clips in the split, {self.too_short} too short); use shorter windows"
+            )
+        if random_windows:
+            self.windows = [(i, -1) for i in range(len(self.clips))]  # start drawn per epoch
+        else:
+            self.windows = [
+                (i, s) for i, r in enumerate(self.clips) for s in range(0, r.num_frames - num_frames + 1, num_frames)
+            ]
+
+    def set_epoch(self, epoch: int) -> None:
+        """New random windows and references for a new epoch (call before creating the epoch's iterator)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict:
+        clip_index, start = self.windows[index]
+        record = self.clips[clip_index]
+        N, F, spf = self.num_frames, record.num_frames, self.samples_per_frame
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        if start < 0:
+            start = int(rng.integers(0, F - N + 1))
+        ref_index = reference_index(F, start, N, self.ref_min_gap, rng)
+
+        frames = self.reader.frames_at(record.clip_id, [*range(start, start + N), ref_index])  # (N + 1, R, R, 3)
+        video = frames_to_tensor(frames)  # (3, N + 1, R, R)
+
+        wanted = (N + self.audio_lookahead_frames) * spf
+        audio = np.zeros(wanted, np.float32)
+        piece = self.reader.audio(record.clip_id)[start * spf : start * spf + wanted]
+        audio[: len(piece)] = piece
+        audio = torch.from_numpy(audio)
+
+        item = {
+            "video": video[:, :N],
+            "audio": audio,
+            "ref": video[:, N:],
+            "ref_index": ref_index,
+            "clip_id": record.clip_id,
+            "start": start,
+            "meta": {k: _to_tensor(v[start : start + N]) for k, v in self.reader.meta(record.clip_id).items()},
+        }
+        if self.audio_features is not None:
+            item["audio_features"] = self.audio_features(audio)
+        return item
+
+
+def reference_index(num_frames: int, start: int, length: int, min_gap: int, rng: np.random.Generator) -> int:
+    """A reference frame for window [start, start + length) of a video of `num_frames` frames (module docstring).
+
+    Distance of frame r to the window: start - r before it, r - (start + length - 1) after it.
+    """
+    end = start + length  # exclusive
+    before = np.arange(0, max(0, start - min_gap + 1))  # distance >= min_gap
+    after = np.arange(min(num_frames, end - 1 + min_gap), num_frames)
+    candidates = np.concatenate([before, after])
+    if len(candidates):
+        return int(rng.choice(candidates))
+    if start > 0 or end < num_frames:  # too short for the gap: the farthest frame outside the window
+        return 0 if start >= num_frames - end else num_frames - 1
+    return int(rng.integers(start, end))
+
+
+def _to_tensor(value: np.ndarray) -> torch.Tensor | np.ndarray:
+    if value.dtype.kind in "biuf":
+        return torch.from_numpy(np.ascontiguousarray(value))
+    return value
+
+
+__all__ = ["TalkingClipDataset", "reference_index"]
