@@ -1,6 +1,6 @@
 """Reconstruction quality (PSNR, SSIM) of an exported VAE on a folder of videos, as JSON.
 
-    python evaluation/vae_reconstruction.py --vae runs/vae_tiny/export --videos PATH [--stream] [--output r.json]
+python evaluation/vae_reconstruction.py --vae runs/vae_tiny/export --videos PATH [--stream] [--output r.json]
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """Reconstruct a video through an exported VAE and write original | reconstruction side by side as MP4.
 
-    python infer/vae_reconstruct.py --vae runs/vae_tiny/export --input clip.mp4 --output side_by_side.mp4
+python infer/vae_reconstruct.py --vae runs/vae_tiny/export --input clip.mp4 --output side_by_side.mp4
 """
 
 import argparse

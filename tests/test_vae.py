@@ -227,4 +227,4 @@ def test_local_loader_loads(tmp_path):
     vae = small_vae()
     vae.save_pretrained(tmp_path / "vae")
     loaded = load_local(CausalVideoVAE, tmp_path / "vae")
-    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), loaded.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), loaded.state_dict().values(), strict=True))

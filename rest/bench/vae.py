@@ -133,7 +133,10 @@ def bench_vae(
         zp = peer.encode(x).latent_dist.mode()
         if zp.shape[2:] != z.shape[2:]:
             raise RuntimeError(f"LTX peer latent shape {tuple(zp.shape)} differs from ours {tuple(z.shape)}")
-        peer_res = {"name": "diffusers.AutoencoderKLLTXVideo", "params_m": sum(q.numel() for q in peer.parameters()) / 1e6}
+        peer_res = {
+            "name": "diffusers.AutoencoderKLLTXVideo",
+            "params_m": sum(q.numel() for q in peer.parameters()) / 1e6,
+        }
         peer_timed = {"encode_whole": lambda: peer.encode(x), "decode_whole": lambda: peer.decode(zp)}
         for name, fn in peer_timed.items():
             peer_res[f"{name}_fps"] = _fps(frames, time_call(fn, device, repeats=repeats)["median_s"])
@@ -148,7 +151,9 @@ def bench_vae(
         result["ratio_ours_over_theirs"] = {
             "encode_whole_fps": ours_res["encode_whole_fps"] / peer_res["encode_whole_fps"],
             "decode_whole_fps": ours_res["decode_whole_fps"] / peer_res["decode_whole_fps"],
-            "encode_whole_peak_mem": ours_res["encode_whole_peak_mem_mb"] / max(peer_res["encode_whole_peak_mem_mb"], 1e-6),
-            "decode_whole_peak_mem": ours_res["decode_whole_peak_mem_mb"] / max(peer_res["decode_whole_peak_mem_mb"], 1e-6),
+            "encode_whole_peak_mem": ours_res["encode_whole_peak_mem_mb"]
+            / max(peer_res["encode_whole_peak_mem_mb"], 1e-6),
+            "decode_whole_peak_mem": ours_res["decode_whole_peak_mem_mb"]
+            / max(peer_res["decode_whole_peak_mem_mb"], 1e-6),
         }
     return result

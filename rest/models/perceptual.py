@@ -80,7 +80,9 @@ class LPIPS(nn.Module):
                 weights = {f"{i}.weight": lin_state[f"lin{i}.model.1.weight"] for i in range(len(_CHANNELS))}
                 model.lins.load_state_dict(weights, strict=True)
             except (KeyError, RuntimeError) as err:
-                raise RestError(f"{lin}: not an LPIPS vgg linear-layer file (lin0.model.1.weight ...): {err}") from None
+                raise RestError(
+                    f"{lin}: not an LPIPS vgg linear-layer file (lin0.model.1.weight ...): {err}"
+                ) from None
         return model.eval()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -89,9 +89,10 @@ class CausalConv3d(_Streaming):
         """x: (B, C, T, H, W), any T >= 0 -> (B, C_out, T, H', W')."""
         b, _, t, h, w = x.shape
         if t == 0:  # nothing new reached this layer in this chunk
-            h, w = (h + 2 * self.padding - self.conv.kernel_size[1]) // self.stride + 1, (
-                w + 2 * self.padding - self.conv.kernel_size[2]
-            ) // self.stride + 1
+            h, w = (
+                (h + 2 * self.padding - self.conv.kernel_size[1]) // self.stride + 1,
+                (w + 2 * self.padding - self.conv.kernel_size[2]) // self.stride + 1,
+            )
             return x.new_empty(b, self.conv.out_channels, 0, h, w)
         k = self.kernel_t
         if k > 1:
@@ -128,7 +129,7 @@ class TimeToChannel(_Streaming):
 
 
 class ChannelToTime(_Streaming):
-    """Inverse of `TimeToChannel`: (B, 2C, 1 + k, H, W) -> (B, C, 1 + 2k, H, W), dropping the duplicated first frame."""
+    """Inverse of `TimeToChannel`: (B, 2C, 1 + k, H, W) -> (B, C, 1 + 2k, H, W), dropping the duplicated 1st frame."""
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         x = rearrange(x, "b (c two) t h w -> b c (t two) h w", two=2)
@@ -204,7 +205,9 @@ class Upsample(nn.Module):
         super().__init__()
         self.factor = 4 * (2 if temporal else 1)
         if (out_channels * self.factor) % in_channels:
-            raise ValueError(f"Upsample {in_channels}->{out_channels}: in_channels must divide out_channels * {self.factor}")
+            raise ValueError(
+                f"Upsample {in_channels}->{out_channels}: in_channels must divide out_channels * {self.factor}"
+            )
         self.repeats = out_channels * self.factor // in_channels
         self.conv = CausalConv3d(in_channels, out_channels * self.factor)
         self.channel_to_time = ChannelToTime() if temporal else None

@@ -60,7 +60,9 @@ class VAEDataConfig:
 class VAELossConfig:
     kl_weight: float = 1e-4  # weight of the KL term, both terms averaged per element
     perceptual_weight: float = 0.0  # LPIPS weight; needs perceptual_vgg
-    perceptual_vgg: str | None = None  # torchvision-layout VGG16 state dict (user-supplied, see rest/models/perceptual.py)
+    perceptual_vgg: str | None = (
+        None  # torchvision-layout VGG16 state dict (user-supplied, see rest/models/perceptual.py)
+    )
     perceptual_lin: str | None = None  # optional LPIPS linear-layer weights
     gan_weight: float = 0.0  # adversarial weight; 0 disables the discriminator
     gan_start_step: int = 2000  # the discriminator starts after this warm-up
@@ -130,7 +132,9 @@ def evaluate_psnr(vae: CausalVideoVAE, videos: list, max_frames: int, device: to
 
 
 @torch.no_grad()
-def measure_latent_scale(vae: CausalVideoVAE, videos: list, max_frames: int, device: torch.device) -> tuple[float, float]:
+def measure_latent_scale(
+    vae: CausalVideoVAE, videos: list, max_frames: int, device: torch.device
+) -> tuple[float, float]:
     """(shift, scale) so that `(z - shift) * scale` has zero mean and unit std on these videos."""
     t = vae.temporal_compression
     zs = []
@@ -309,6 +313,4 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
 
 def vae_summary(vae: CausalVideoVAE) -> str:
     a = vae.arch
-    return (
-        f"{a.spatial_compression}x spatial, {a.temporal_compression}x temporal, {a.latent_channels} latent channels"
-    )
+    return f"{a.spatial_compression}x spatial, {a.temporal_compression}x temporal, {a.latent_channels} latent channels"
