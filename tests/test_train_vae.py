@@ -157,3 +157,14 @@ def test_train_script_entry_point(video_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "exported EMA weights" in proc.stdout
     assert (tmp_path / "run" / "export" / "config.json").is_file()
+
+
+def test_face_crop_dataset_on_real_clip(shared_data):
+    from rest.data.videos import VideoClipDataset
+
+    dataset = VideoClipDataset(shared_data / "video" / "talking_d_7s.mp4", resolution=64, num_frames=5, crop="face")
+    clip = dataset[0]
+    assert clip.shape == (3, 5, 64, 64) and clip.min() >= -1 and clip.max() <= 1
+    assert dataset.whole_videos()[0].shape == (175, 64, 64, 3)
+    center = VideoClipDataset(shared_data / "video" / "talking_d_7s.mp4", resolution=64, num_frames=5)
+    assert not np.array_equal(dataset.whole_videos()[0], center.whole_videos()[0])  # the face crop is tighter
