@@ -12,6 +12,7 @@ from rest.errors import RestError
 COMMANDS = [
     "rest.commands.bench",
     "rest.commands.preprocess",
+    "rest.commands.synth",
 ]
 
 
