@@ -34,6 +34,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     vae.add_argument("--output", default=None, help="JSON file (default runs/bench/vae_<preset>_<device>.json)")
     vae.set_defaults(func=_run_vae)
 
+    teacher = which.add_parser("teacher", help="denoiser DiT: seconds per denoising step (plain and CFG batch)")
+    teacher.add_argument("--preset", default="tiny", help="tiny | base")
+    teacher.add_argument("--device", default="cpu", help="cpu | cuda")
+    teacher.add_argument("--latent-frames", type=int, default=9, help="latent frames of the clip (default 9)")
+    teacher.add_argument("--steps", type=int, default=50, help="denoising steps per clip, for the per-second cost")
+    teacher.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    teacher.add_argument("--repeats", type=int, default=3)
+    teacher.add_argument(
+        "--output", default=None, help="JSON file (default runs/bench/teacher_<preset>_<device>.json)"
+    )
+    teacher.set_defaults(func=_run_teacher)
+
 
 def _run_vae(args: argparse.Namespace) -> int:
     from rest.bench.vae import bench_vae
@@ -51,4 +63,23 @@ def _run_vae(args: argparse.Namespace) -> int:
         weights=args.weights,
     )
     write_result(result, args.output or f"runs/bench/vae_{args.preset}_{args.device}.json")
+    return 0
+
+
+def _run_teacher(args: argparse.Namespace) -> int:
+    from rest.bench.teacher import bench_teacher
+    from rest.config import get_preset
+
+    get_preset(args.preset)
+    if args.latent_frames < 1 or args.steps < 1:
+        raise RestError(f"--latent-frames and --steps must be >= 1, got {args.latent_frames}, {args.steps}")
+    result = bench_teacher(
+        args.preset,
+        _device(args.device),
+        latent_frames=args.latent_frames,
+        steps=args.steps,
+        repeats=args.repeats,
+        dtype=DTYPES[args.dtype],
+    )
+    write_result(result, args.output or f"runs/bench/teacher_{args.preset}_{args.device}.json")
     return 0

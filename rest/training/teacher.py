@@ -1,0 +1,451 @@
+"""Stage 1 of ASD: train the bidirectional teacher (denoiser DiT + audio encoder) with rectified flow.
+
+Each step reads clips of F = 1 + t*k frames with their audio and a reference frame (TalkingClipDataset), encodes
+video and reference with the frozen, pretrained VAE (no gradients; latents normalised with the VAE's measured
+scale), and trains the audio encoder (from scratch) jointly with the denoiser on the flow-matching loss of
+rest/diffusion/flow.py: synchronous noise, a share of clips with clean leading frames (continuation), and
+independent audio / portrait dropout for classifier-free guidance.
+
+Runs unchanged on CPU, one GPU or many through accelerate (`accelerate launch train/teacher.py --config ...`;
+configs/accelerate/ddp.yaml or fsdp.yaml). The two trained networks live in one module (`TeacherModel`) so that
+DDP, FSDP, the EMA and the checkpoints each see a single model.
+
+A run folder holds `checkpoints/` (resumable accelerate state: weights, optimizer, EMA, RNG, step),
+`metrics.jsonl` (status lines and evaluations), and `export/` (EMA weights in save_pretrained layout:
+`export/denoiser/`, `export/audio_encoder/`, plus `export/teacher.json` with the VAE path and the timestep shift).
+
+Evaluation (every `eval_every` steps, EMA weights, fixed clips, noise and levels): `val_loss` with the true audio,
+`val_loss_shuffled_audio` with the audio of another clip of the evaluation set, and `val_loss_null_audio` with
+the null audio. `audio_gain = val_loss_shuffled_audio - val_loss` > 0 means the model uses the audio it is given.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from rest.config import ConfigError, get_preset, to_dict
+from rest.data.dataset import TalkingClipDataset
+from rest.diffusion.flow import FlowDraw, FlowMatchingConfig, RectifiedFlowLoss, shift_timesteps
+from rest.models.audio import AudioEncoder
+from rest.models.dit import DenoiserDiT
+from rest.models.loading import load_local
+from rest.models.vae import CausalVideoVAE
+from rest.training.common import (
+    MetricsLog,
+    StatusLine,
+    checkpoint_dir,
+    lr_at,
+    prune_checkpoints,
+    read_trainer_state,
+    resolve_resume,
+    write_trainer_state,
+)
+
+#################################################################################
+#                                    Config                                     #
+#################################################################################
+
+
+@dataclass
+class TeacherDataConfig:
+    root: str  # shard root written by `rest preprocess` or SynthTalk
+    num_frames: int = 33  # video frames per clip, 1 + t*k (33 = 9 latent frames at t = 4)
+    split: str = "train"
+    eval_split: str | None = None  # clips of the periodic evaluation; None = the training split
+    ref_min_gap: int | None = None  # min. distance (frames) of the reference from the clip; None = num_frames
+    num_workers: int = 0  # DataLoader workers
+
+
+@dataclass
+class TeacherTrainConfig:
+    output_dir: str = "runs/teacher"
+    seed: int = 0
+    batch_size: int = 4  # per process
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    max_steps: int = 20000
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # reached after EMA warm-up (decay grows as 1 - (1 + step)^-2/3)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16 autocast on GPU
+    gradient_checkpointing: bool = False  # recompute DiT blocks in the backward pass (less memory, ~30% slower)
+    sample_posterior: bool = True  # video latents drawn from the VAE posterior (False: its mean); portrait: mean
+    log_every: int = 50  # status line period (steps)
+    eval_every: int = 500  # evaluation period (steps; 0 = only at the end)
+    eval_clips: int = 8  # clips in the evaluation set
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class TeacherExperiment:
+    data: TeacherDataConfig
+    vae: str  # folder of the pretrained VAE (save_pretrained layout), e.g. runs/vae_tiny/export
+    preset: str = "tiny"
+    denoiser: dict = field(default_factory=dict)  # DenoiserDiT arguments over the preset's (depth, width, ...)
+    audio_encoder: dict = field(default_factory=dict)  # AudioEncoder arguments over its defaults
+    flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+    train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+
+    def build_models(self, vae: CausalVideoVAE) -> tuple[DenoiserDiT, AudioEncoder]:
+        """Fresh denoiser and audio encoder; latent channels, temporal compression and the audio width are taken
+        from the VAE and the audio encoder, and an override that contradicts them is an error."""
+        _check_arguments(AudioEncoder, self.audio_encoder, "audio_encoder")
+        _check_arguments(DenoiserDiT, self.denoiser, "denoiser")
+        audio_encoder = AudioEncoder(**self.audio_encoder)
+        derived = {
+            "in_channels": vae.config.latent_channels,
+            "temporal_compression": vae.temporal_compression,
+            "audio_dim": audio_encoder.config.out_dim,
+        }
+        for key, value in derived.items():
+            if key in self.denoiser and self.denoiser[key] != value:
+                raise ConfigError(
+                    f"denoiser.{key} = {self.denoiser[key]} contradicts the value {value} fixed by the VAE / audio "
+                    f"encoder; remove it from the config"
+                )
+        get_preset(self.preset)
+        denoiser = DenoiserDiT.from_preset(self.preset, **{**self.denoiser, **derived})
+        if denoiser.attention_mode != "bidirectional":
+            raise ConfigError("the teacher is bidirectional: remove denoiser.attention_mode from the config")
+        return denoiser, audio_encoder
+
+
+def _check_arguments(cls: type, overrides: dict, where: str) -> None:
+    valid = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r} for {cls.__name__} (valid keys: {', '.join(sorted(valid))})"
+        )
+
+
+#################################################################################
+#                                    Model                                      #
+#################################################################################
+
+
+class TeacherModel(nn.Module):
+    """The denoiser and the audio encoder trained together; forward = audio features -> flow-matching loss."""
+
+    def __init__(self, denoiser: DenoiserDiT, audio_encoder: AudioEncoder, loss: RectifiedFlowLoss):
+        super().__init__()
+        self.denoiser = denoiser
+        self.audio_encoder = audio_encoder
+        self.loss = loss
+
+    def forward(
+        self, latents: torch.Tensor, audio: torch.Tensor, portrait: torch.Tensor, draw: FlowDraw
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """latents: (B, C, f, h, w) clean, normalised; audio: (B, N) samples; portrait: (B, C, 1, h, w)."""
+        features = self.audio_encoder(audio)  # (B, N // samples_per_frame, D)
+        return self.loss(self.denoiser, latents, features, portrait, draw)
+
+
+def collate_clips(items: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack the fields the teacher uses (the per-frame metadata may hold strings, which default_collate refuses)."""
+    return {key: torch.stack([item[key] for item in items]) for key in ("video", "audio", "ref")}
+
+
+@torch.no_grad()
+def encode_latents(vae: CausalVideoVAE, pixels: torch.Tensor, sample_posterior: bool) -> torch.Tensor:
+    """Pixels (B, 3, F, H, W) in [-1, 1] -> normalised latents (B, C, f, h, w), without gradients."""
+    posterior = vae.encode(pixels).latent_dist
+    return vae.normalize_latents(posterior.sample() if sample_posterior else posterior.mode())
+
+
+#################################################################################
+#                                   Training                                    #
+#################################################################################
+
+
+def train_teacher(cfg: TeacherExperiment, resume: str | None = None) -> Path:
+    """Train (or resume) and export the teacher; returns the export folder."""
+    tc = cfg.train
+    accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=tc.mixed_precision)
+    set_seed(tc.seed, device_specific=True)
+    device = accelerator.device
+    out_dir = Path(tc.output_dir)
+    is_main = accelerator.is_main_process
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+
+    # 1. Frozen VAE, trained models, data.
+    vae = load_local(CausalVideoVAE, cfg.vae, "VAE").to(device).eval().requires_grad_(False)
+    denoiser, audio_encoder = cfg.build_models(vae)
+    if tc.gradient_checkpointing:
+        denoiser.enable_gradient_checkpointing()
+    dataset = _dataset(cfg, cfg.data.split, audio_encoder, denoiser, vae, random_windows=True)
+    if dataset.samples_per_frame != audio_encoder.samples_per_frame:
+        raise ConfigError(
+            f"{cfg.data.root} has {dataset.samples_per_frame} audio samples per video frame, the audio encoder "
+            f"expects {audio_encoder.samples_per_frame}; set audio_encoder.sample_rate / fps to match the shards"
+        )
+    resolution = dataset.reader.resolution
+    latent_size = resolution // vae.spatial_compression
+    shift = cfg.flow.shift_for(denoiser.tokens_per_frame(latent_size, latent_size))
+    model = TeacherModel(denoiser, audio_encoder, RectifiedFlowLoss(cfg.flow, shift))
+    loader = DataLoader(
+        dataset,
+        batch_size=tc.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate_clips,
+    )
+    if len(loader) == 0:
+        raise ConfigError(f"{len(dataset)} training clips are fewer than one batch of {tc.batch_size}")
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
+    model, opt, loader = accelerator.prepare(model, opt, loader)
+    unwrapped = accelerator.unwrap_model(model)
+    params = list(unwrapped.parameters())
+    ema = EMAModel(params, decay=tc.ema_decay, use_ema_warmup=True, power=2 / 3)
+    ema.to(device)
+    accelerator.register_for_checkpointing(ema)
+    eval_set = _eval_set(cfg, audio_encoder, denoiser, vae, shift, device)
+
+    # 2. Resume.
+    step = 0
+    ckpt = resolve_resume(out_dir, resume)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        step = read_trainer_state(ckpt)["step"]
+        accelerator.print(f"resumed from {ckpt} at step {step}")
+    log = MetricsLog(out_dir, enabled=is_main)
+    status = StatusLine()
+    count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    accelerator.print(
+        f"teacher: denoiser {count(denoiser):.2f}M params ({denoiser.config.depth} x {denoiser.config.width}), "
+        f"audio encoder {count(audio_encoder):.2f}M; {len(dataset)} clips of {cfg.data.num_frames} frames at "
+        f"{resolution}px -> {vae.num_latent_frames(cfg.data.num_frames)} x {latent_size}x{latent_size} latents; "
+        f"shift {shift:.2f}; {accelerator.num_processes} process(es) on {device}"
+    )
+
+    def save_checkpoint() -> None:
+        path = checkpoint_dir(out_dir, step)
+        accelerator.save_state(str(path))
+        if is_main:
+            write_trainer_state(path, step)
+            prune_checkpoints(out_dir, tc.keep_checkpoints)
+
+    def run_eval() -> dict:
+        ema.store(params)
+        ema.copy_to(params)
+        model.eval()
+        result = evaluate(model, eval_set)
+        model.train()
+        ema.restore(params)
+        return {"step": step, "wall_s": time.perf_counter() - t_start, **result}
+
+    # 3. Loop.
+    def batches():
+        epoch = step // len(loader)
+        while True:
+            dataset.set_epoch(epoch)  # new windows and references each epoch
+            yield from loader
+            epoch += 1
+
+    progress = tqdm(total=tc.max_steps, initial=step, desc="teacher", disable=not is_main, dynamic_ncols=True)
+    data_iter = batches()
+    t_start = time.perf_counter()
+    model.train()
+    try:
+        while step < tc.max_steps:
+            lr = lr_at(step, tc.lr, tc.warmup_steps, tc.max_steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            batch = next(data_iter)
+            latents = encode_latents(vae, batch["video"], tc.sample_posterior)  # (B, C, f, h, w)
+            portrait = encode_latents(vae, batch["ref"], sample_posterior=False)  # (B, C, 1, h, w)
+            draw = unwrapped.loss.draw(latents.shape, device)
+            with accelerator.accumulate(model):
+                loss, values = model(latents, batch["audio"], portrait, draw)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                    values["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP2
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            ema.step(params)
+            step += 1
+            progress.update(1)
+            status.update(values, samples=latents.shape[0] * accelerator.num_processes)
+            if step % tc.log_every == 0 or step == tc.max_steps:
+                summary = status.summary(step, device, lr)
+                progress.set_postfix(loss=f"{summary['loss']:.4f}")
+                if is_main:
+                    tqdm.write(StatusLine.format(summary))
+                log.write("train", summary)
+            if tc.eval_every and step % tc.eval_every == 0 and step < tc.max_steps:
+                result = run_eval()  # every process: sharded models need all ranks in the forward
+                if is_main:
+                    tqdm.write(_format_eval(result))
+                log.write("eval", result)
+            if step % tc.checkpoint_every == 0 and step < tc.max_steps:
+                save_checkpoint()
+    except KeyboardInterrupt:
+        accelerator.print(f"interrupted at step {step}; saving a checkpoint to resume from")
+        save_checkpoint()
+        raise
+    finally:
+        progress.close()
+
+    # 4. Final checkpoint, evaluation and export of the EMA weights.
+    save_checkpoint()
+    result = run_eval()
+    log.write("eval", result)
+    accelerator.print(_format_eval(result) + " (final, EMA weights)")
+    export = out_dir / "export"
+    ema.store(params)
+    ema.copy_to(params)
+    state = accelerator.get_state_dict(model)  # full weights on the main process, also under FSDP
+    if is_main:
+        export_teacher(unwrapped, state, export, vae_path=cfg.vae, shift=shift, step=step)
+        print(f"exported EMA weights to {export} (denoiser/, audio_encoder/, teacher.json)")
+    ema.restore(params)
+    accelerator.wait_for_everyone()
+    return export
+
+
+def _dataset(
+    cfg: TeacherExperiment,
+    split: str,
+    audio_encoder: AudioEncoder,
+    denoiser: DenoiserDiT,
+    vae: CausalVideoVAE,
+    random_windows: bool,
+) -> TalkingClipDataset:
+    # Audio after the clip: the encoder's look-ahead plus the denoiser's, so the last frames hear real audio.
+    lookahead = audio_encoder.lookahead_frames + denoiser.config.audio_lookahead
+    return TalkingClipDataset(
+        cfg.data.root,
+        num_frames=cfg.data.num_frames,
+        temporal_compression=vae.temporal_compression,
+        split=split,
+        seed=cfg.train.seed,
+        audio_lookahead_frames=lookahead,
+        ref_min_gap=cfg.data.ref_min_gap,
+        random_windows=random_windows,
+    )
+
+
+@dataclass
+class EvalBatch:
+    """A fixed evaluation batch on the device."""
+
+    latents: torch.Tensor  # (B, C, f, h, w) posterior means
+    audio: torch.Tensor  # (B, N) the clips' own audio
+    other_audio: torch.Tensor | None  # (B, N) the audio of the next clip of the evaluation set; None for one clip
+    portrait: torch.Tensor  # (B, C, 1, h, w)
+    draw: FlowDraw  # fixed noise and levels, every frame in the loss, no condition dropped
+
+
+def _eval_set(
+    cfg: TeacherExperiment,
+    audio_encoder: AudioEncoder,
+    denoiser: DenoiserDiT,
+    vae: CausalVideoVAE,
+    shift: float,
+    device: torch.device,
+) -> list[EvalBatch]:
+    """The first `eval_clips` windows of the evaluation split, encoded once, with noise and levels drawn once from
+    the training distribution (seeded), so that evaluations are comparable across steps and runs."""
+    dataset = _dataset(cfg, cfg.data.eval_split or cfg.data.split, audio_encoder, denoiser, vae, random_windows=False)
+    n = min(cfg.train.eval_clips, len(dataset))
+    items = collate_clips([dataset[i] for i in range(n)])
+    other_audio = items["audio"].roll(-1, dims=0) if n > 1 else None  # clip i hears clip i + 1
+    generator = torch.Generator().manual_seed(cfg.train.seed + 12345)
+    batches = []
+    for start in range(0, n, cfg.train.batch_size):
+        part = slice(start, min(start + cfg.train.batch_size, n))
+        latents = encode_latents(vae, items["video"][part].to(device), sample_posterior=False)
+        portrait = encode_latents(vae, items["ref"][part].to(device), sample_posterior=False)
+        b, f = latents.shape[0], latents.shape[2]
+        u = cfg.flow.logit_mean + cfg.flow.logit_std * torch.randn(b, generator=generator)
+        t = shift_timesteps(torch.sigmoid(u), shift)
+        draw = FlowDraw(
+            noise=torch.randn(latents.shape, generator=generator).to(device),
+            t=t[:, None].expand(b, f).to(device),
+            in_loss=torch.ones(b, f, dtype=torch.bool, device=device),
+            drop_audio=torch.zeros(b, dtype=torch.bool, device=device),
+            drop_portrait=torch.zeros(b, dtype=torch.bool, device=device),
+        )
+        other = None if other_audio is None else other_audio[part].to(device)
+        batches.append(EvalBatch(latents, items["audio"][part].to(device), other, portrait, draw))
+    return batches
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, eval_set: list[EvalBatch]) -> dict[str, float]:
+    """Mean flow loss on the evaluation set with the true audio, another clip's audio, and the null audio."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for batch in eval_set:
+        d = batch.draw
+        null = FlowDraw(d.noise, d.t, d.in_loss, torch.ones_like(d.drop_audio), d.drop_portrait)
+        runs = {"val_loss": (batch.audio, d), "val_loss_null_audio": (batch.audio, null)}
+        if batch.other_audio is not None:
+            runs["val_loss_shuffled_audio"] = (batch.other_audio, d)
+        for name, (audio, draw) in runs.items():
+            loss, _ = model(batch.latents, audio, batch.portrait, draw)
+            b = batch.latents.shape[0]
+            sums[name] = sums.get(name, 0.0) + loss.item() * b
+            counts[name] = counts.get(name, 0) + b
+    out = {k: sums[k] / counts[k] for k in sums}
+    if "val_loss_shuffled_audio" in out:
+        out["audio_gain"] = out["val_loss_shuffled_audio"] - out["val_loss"]
+    return out
+
+
+def _format_eval(result: dict) -> str:
+    parts = [f"step {result['step']} | eval"]
+    for key in ("val_loss", "val_loss_shuffled_audio", "val_loss_null_audio", "audio_gain"):
+        if key in result:
+            parts.append(f"{key} {result[key]:.4f}")
+    return " | ".join(parts)
+
+
+def export_teacher(
+    model: TeacherModel, state: dict[str, torch.Tensor], export: Path, vae_path: str, shift: float, step: int
+) -> None:
+    """Write `state` (the TeacherModel's full state dict) as `denoiser/` and `audio_encoder/` save_pretrained
+    folders plus `teacher.json`; loading is strict, so a missing or extra key is an error here, not later."""
+    # Named classes, not type(module): FSDP2 swaps a sharded module's class for a generated subclass.
+    for name, cls in (("denoiser", DenoiserDiT), ("audio_encoder", AudioEncoder)):
+        prefix = f"{name}."
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        fresh = cls.from_config(getattr(model, name).config)
+        fresh.load_state_dict(weights, strict=True)
+        fresh.save_pretrained(export / name)
+    info = {"vae": str(vae_path), "shift": shift, "num_train_timesteps": 1000, "step": step}
+    (export / "teacher.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+__all__ = [
+    "TeacherDataConfig",
+    "TeacherExperiment",
+    "TeacherModel",
+    "TeacherTrainConfig",
+    "collate_clips",
+    "encode_latents",
+    "evaluate",
+    "export_teacher",
+    "train_teacher",
+]

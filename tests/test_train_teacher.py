@@ -1,0 +1,167 @@
+"""Teacher training: a few steps on a tiny shard dataset, checkpoint + resume at the right step, export loads,
+config errors, shipped configs, the entry point."""
+
+import inspect
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rest.config import ConfigError, load_config
+from rest.data.shards import ShardWriter
+from rest.diffusion import sample
+from rest.models.audio import AudioEncoder
+from rest.models.dit import DenoiserDiT
+from rest.models.loading import load_local
+from rest.models.vae import CausalVideoVAE
+from rest.training.common import latest_checkpoint, read_trainer_state
+from rest.training.teacher import (
+    TeacherDataConfig,
+    TeacherExperiment,
+    TeacherTrainConfig,
+    train_teacher,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DENOISER = {"width": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0, "frequency_dim": 32}
+AUDIO = {
+    "conv_channels": 16,
+    "num_conv_layers": 1,
+    "dim": 16,
+    "num_layers": 1,
+    "num_heads": 2,
+    "attn_window": 4,
+    "lookahead_frames": 2,
+    "out_dim": 8,
+}
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> tuple[Path, Path]:
+    """A shard root of three 20-frame 32x32 clips with audio, and a small random VAE (8x spatial, 4x temporal)."""
+    root = tmp_path_factory.mktemp("teacher_data")
+    writer = ShardWriter(root / "shards", resolution=32)
+    yy, xx = np.mgrid[0:32, 0:32]
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        frames = []
+        for t in range(20):
+            mouth = (np.abs(yy - 22) < 2 + 3 * abs(np.sin(0.5 * t + k))) & (np.abs(xx - 16) < 6)
+            frames.append((np.stack([xx / 32, yy / 32, mouth], -1) * 255).astype(np.uint8))
+        audio = (0.1 * rng.standard_normal(20 * 640)).astype(np.float32)
+        writer.write_clip(f"clip{k}", np.stack(frames), audio)
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(latent_channels=4, patch_size=2, block_out_channels=(8, 16, 32))
+    vae.save_pretrained(root / "vae")
+    return root / "shards", root / "vae"
+
+
+def experiment(assets, out: Path, **train) -> TeacherExperiment:
+    shards, vae = assets
+    return TeacherExperiment(
+        data=TeacherDataConfig(root=str(shards), num_frames=9),
+        vae=str(vae),
+        denoiser=dict(DENOISER),
+        audio_encoder=dict(AUDIO),
+        train=TeacherTrainConfig(
+            output_dir=str(out),
+            batch_size=2,
+            lr=1e-3,
+            warmup_steps=1,
+            log_every=1,
+            eval_every=0,
+            eval_clips=2,
+            checkpoint_every=100,
+            **train,
+        ),
+    )
+
+
+def metrics(out: Path, kind: str) -> list[dict]:
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [m for m in lines if m["kind"] == kind]
+
+
+def test_train_resume_export(assets, tmp_path, capsys):
+    out = tmp_path / "run"
+    export = train_teacher(experiment(assets, out, max_steps=2))
+    first = latest_checkpoint(out)
+    assert read_trainer_state(first)["step"] == 2
+    logs = metrics(out, "train")
+    assert [m["step"] for m in logs] == [1, 2] and all(np.isfinite(m["loss"]) for m in logs)
+    final = metrics(out, "eval")[-1]
+    assert final["step"] == 2 and {"val_loss", "val_loss_shuffled_audio", "val_loss_null_audio", "audio_gain"} <= set(
+        final
+    )
+    denoiser = load_local(DenoiserDiT, export / "denoiser")
+    audio_encoder = load_local(AudioEncoder, export / "audio_encoder")
+    info = json.loads((export / "teacher.json").read_text())
+    assert info["shift"] == pytest.approx(2.0 * (16 / 64) ** 0.5) and info["step"] == 2  # 4x4 latents
+    assert denoiser.config.in_channels == 4 and denoiser.config.audio_dim == AUDIO["out_dim"]
+    assert denoiser.attention_mode == "bidirectional"
+    weights_at_2 = {k: v.clone() for k, v in denoiser.state_dict().items()}
+
+    # The exported models generate (smoke: shapes only).
+    vae = load_local(CausalVideoVAE, assets[1])
+    frames = sample(denoiser, vae, audio_encoder, torch.zeros(3, 32, 32), torch.zeros(1, 5 * 640), steps=1)
+    assert frames.shape == (1, 3, 5, 32, 32)
+
+    capsys.readouterr()
+    train_teacher(experiment(assets, out, max_steps=4), resume="latest")
+    assert f"resumed from {first} at step 2" in capsys.readouterr().out
+    assert read_trainer_state(latest_checkpoint(out))["step"] == 4
+    assert [m["step"] for m in metrics(out, "train")] == [1, 2, 3, 4]  # the second run trained steps 3 and 4 only
+    weights_at_4 = load_local(DenoiserDiT, out / "export" / "denoiser").state_dict()
+    assert any(not torch.equal(weights_at_2[k], weights_at_4[k]) for k in weights_at_2)
+
+
+def test_loss_decreases(assets, tmp_path):
+    out = tmp_path / "run"
+    cfg = experiment(assets, out, max_steps=40, sample_posterior=False)
+    cfg.train.lr, cfg.train.log_every = 3e-3, 10
+    train_teacher(cfg)
+    losses = [m["loss"] for m in metrics(out, "train")]
+    assert len(losses) == 4 and losses[-1] < 0.7 * losses[0], losses
+
+
+def test_config_errors(assets, tmp_path):
+    cfg = experiment(assets, tmp_path / "run", max_steps=1)
+    cfg.denoiser["dept"] = 3
+    with pytest.raises(ConfigError, match="unknown key 'dept'"):
+        train_teacher(cfg)
+    cfg = experiment(assets, tmp_path / "run", max_steps=1)
+    cfg.denoiser["in_channels"] = 8
+    with pytest.raises(ConfigError, match="denoiser.in_channels = 8 contradicts"):
+        train_teacher(cfg)
+    cfg = experiment(assets, tmp_path / "run", max_steps=1)
+    cfg.audio_encoder["lookahead"] = 1
+    with pytest.raises(ConfigError, match="unknown key 'lookahead'"):
+        train_teacher(cfg)
+
+
+def test_shipped_configs_load():
+    for name in ["teacher_tiny.yaml", "teacher_base.yaml"]:
+        cfg = load_config(TeacherExperiment, REPO / "configs" / name)
+        assert (cfg.data.num_frames - 1) % (4 if cfg.preset == "tiny" else 8) == 0
+        for cls, overrides in ((AudioEncoder, cfg.audio_encoder), (DenoiserDiT, cfg.denoiser)):
+            assert set(overrides) <= set(inspect.signature(cls.__init__).parameters), name
+
+
+def test_train_script_entry_point(assets, tmp_path, monkeypatch):
+    """The documented command line: python train/teacher.py --config ... --set ..."""
+    shards, vae = assets
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"preset: tiny\nvae: {vae}\ndenoiser: {json.dumps(DENOISER)}\naudio_encoder: {json.dumps(AUDIO)}\n"
+        f"data: {{root: {shards}, num_frames: 5}}\n"
+        f"train: {{output_dir: {tmp_path / 'run'}, max_steps: 1, batch_size: 1, eval_every: 0, eval_clips: 1}}\n"
+    )
+    argv = ["train/teacher.py", "--config", str(cfg), "--set", "train.log_every=1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(REPO / "train" / "teacher.py"), run_name="__main__")
+    assert (tmp_path / "run" / "export" / "denoiser" / "config.json").is_file()
+    assert metrics(tmp_path / "run", "train")[-1]["step"] == 1
