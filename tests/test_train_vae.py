@@ -74,6 +74,20 @@ def test_learns_checkpoints_and_exports(video_dir, tmp_path):
     assert read_trainer_state(latest_checkpoint(out))["step"] == 60
 
 
+def test_training_with_streamed_context(video_dir, tmp_path):
+    """Windows after a no-grad streamed context: the clip read is longer, the loss sees num_frames - 1 frames."""
+    cfg = experiment(video_dir, tmp_path / "run", max_steps=6)
+    cfg.data.context_frames = 9
+    cfg.train.log_every = 1
+    train_vae(cfg)
+    logs = metrics(tmp_path / "run", "train")
+    assert len(logs) == 6 and all(np.isfinite(m["l1"]) for m in logs)
+    assert {m["samples_per_s"] > 0 for m in logs} == {True}
+    cfg.data.context_frames = 8
+    with pytest.raises(ValueError, match="context_frames must be 0 or 1 \\+ 4\\*j"):
+        train_vae(cfg)
+
+
 def test_resume_continues_from_the_checkpoint(video_dir, tmp_path, capsys):
     out = tmp_path / "run"
     train_vae(experiment(video_dir, out, max_steps=10))

@@ -228,3 +228,17 @@ def test_local_loader_loads(tmp_path):
     vae.save_pretrained(tmp_path / "vae")
     loaded = load_local(CausalVideoVAE, tmp_path / "vae")
     assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), loaded.state_dict().values(), strict=True))
+
+
+def test_forward_with_streamed_context_equals_the_whole_clip_continuation():
+    """Training on a window after a no-grad warm-up gives exactly the whole clip's reconstruction of that window."""
+    vae = small_vae()
+    x = clip(21)
+    recon_whole, _ = vae(x, sample_posterior=False)
+    recon, posterior = vae(x, sample_posterior=False, context_frames=9)
+    assert recon.shape[2] == 12 and posterior.mean.shape[2] == 3
+    assert (recon - recon_whole[:, :, 9:]).abs().max().item() <= TOL
+    recon.mean().backward()  # gradients flow through the window only
+    assert vae.encoder.conv_in.conv.weight.grad is not None
+    with pytest.raises(ValueError, match="context_frames must be 1 \\+ 4\\*j"):
+        vae(x, context_frames=8)

@@ -416,11 +416,38 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         if z.ndim != 5 or z.shape[1] != c or (z.shape[2] == 0 and not allow_empty):
             raise ValueError(f"expected latents of shape (B, {c}, f >= 1, h, w), got {tuple(z.shape)}")
 
-    def forward(self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None):
-        """Reconstruct a whole clip; returns (reconstruction, posterior)."""
-        posterior = self.encode(x).latent_dist
+    def forward(
+        self,
+        x: torch.Tensor,
+        sample_posterior: bool = True,
+        generator: torch.Generator | None = None,
+        context_frames: int = 0,
+    ) -> tuple[torch.Tensor, DiagonalGaussianDistribution]:
+        """Reconstruct a clip; returns (reconstruction, posterior) of the frames after the first `context_frames`.
+
+        With `context_frames > 0` (1 + t*j frames) those frames first stream through the encoder and the decoder
+        without gradients (posterior mode), only to fill the causal caches; the rest of the clip (t*k frames) is
+        then reconstructed as the continuation of that stream. Training this way shows the model the warm caches
+        of a long stream, whose temporal receptive field is longer than any clip one could backpropagate through.
+        """
+        if context_frames == 0:
+            posterior = self.encode(x).latent_dist
+            z = posterior.sample(generator) if sample_posterior else posterior.mode()
+            return self.decode(z).sample, posterior
+        t = self.temporal_compression
+        if (context_frames - 1) % t or (x.shape[2] - context_frames) % t or x.shape[2] <= context_frames:
+            raise ValueError(
+                f"context_frames must be 1 + {t}*j and leave a multiple of {t} frames, got {context_frames} "
+                f"of {x.shape[2]}"
+            )
+        enc, dec = self.init_cache("encode"), self.init_cache("decode")
+        with torch.no_grad():
+            out, enc = self.encode_chunk(x[:, :, :context_frames], enc)
+            _, dec = self.decode_chunk(out.latent_dist.mode(), dec)
+        out, enc = self.encode_chunk(x[:, :, context_frames:], enc)
+        posterior = out.latent_dist
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return self.decode(z).sample, posterior
+        return self.decode_chunk(z, dec)[0].sample, posterior
 
     # ----------------------------------------------------- latent normalisation
     def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,7 @@ class VAEDataConfig:
     root: str  # folder of videos (searched recursively) or one video file
     resolution: int | None = None  # square crop size; None = the preset's resolution
     num_frames: int = 9  # frames per training clip, 1 + t*k
+    context_frames: int = 0  # max warm-up frames (1 + t*j) streamed without gradients before the window; 0 = none
     crop: Literal["center", "face"] = "center"
     fps: float = 25.0  # videos are resampled to this rate
     cache_in_memory: bool = True  # decode every video once at the target resolution
@@ -161,6 +162,13 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
     t = vae.temporal_compression
     if (cfg.data.num_frames - 1) % t:
         raise ValueError(f"data.num_frames must be 1 + {t}*k for this VAE, got {cfg.data.num_frames}")
+    if cfg.data.context_frames and (cfg.data.context_frames - 1) % t:
+        raise ValueError(f"data.context_frames must be 0 or 1 + {t}*j for this VAE, got {cfg.data.context_frames}")
+    # Context lengths drawn per step: none (the window starts the stream) or 1, 1 + t, ..., context_frames.
+    # The context streams through without gradients (CausalVideoVAE.forward), so the model learns the warm caches
+    # of long streams: its temporal receptive field is far longer than a clip we can backpropagate through.
+    context_lengths = [0] + list(range(1, cfg.data.context_frames + 1, t))
+    clip_frames = cfg.data.num_frames + max(0, cfg.data.context_frames - 1)
     use_gan = lc.gan_weight > 0
     disc = PatchDiscriminator(channels=lc.disc_channels, num_layers=lc.disc_layers) if use_gan else None
     lpips = None
@@ -171,7 +179,7 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
     dataset = VideoClipDataset(
         cfg.data.root,
         resolution=cfg.resolution(),
-        num_frames=cfg.data.num_frames,
+        num_frames=clip_frames,
         crop=cfg.data.crop,
         fps=cfg.data.fps,
         cache_in_memory=cfg.data.cache_in_memory,
@@ -236,9 +244,12 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
             for group in opt.param_groups:
                 group["lr"] = lr
             gan_on = use_gan and step >= lc.gan_start_step
-            x = next(data_iter)  # (B, 3, F, R, R)
+            clip = next(data_iter)  # (B, 3, clip_frames, R, R)
+            context = context_lengths[int(torch.randint(len(context_lengths), ()))]
+            end = cfg.data.num_frames if context == 0 else context + cfg.data.num_frames - 1
+            x = clip[:, :, context:end]  # the frames the loss sees
             with accelerator.accumulate(vae):
-                recon, posterior = vae(x)
+                recon, posterior = vae(clip[:, :, :end], context_frames=context)
                 l1 = (recon - x).abs().mean()
                 kl = kl_per_element(posterior.mean, posterior.logvar)
                 loss = l1 + lc.kl_weight * kl
