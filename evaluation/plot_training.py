@@ -12,6 +12,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _latest_per_step(rows) -> list[dict]:
+    """One row per step, sorted; a resumed run re-logs steps after its checkpoint, and the newest line wins."""
+    by_step = {}
+    for r in rows:
+        by_step[r["step"]] = r
+    return [by_step[k] for k in sorted(by_step)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("metrics", help="metrics.jsonl of a run")
@@ -20,15 +28,13 @@ def main() -> None:
     parser.add_argument("--output", required=True, help="PNG file")
     args = parser.parse_args()
     rows = [json.loads(line) for line in open(args.metrics)]
-    train = [r for r in rows if r["kind"] == "train"]
-    evals = [r for r in rows if r["kind"] == "eval" and args.eval_key in r]
+    train = _latest_per_step(r for r in rows if r["kind"] == "train")
+    evals = _latest_per_step(r for r in rows if r["kind"] == "eval" and args.eval_key in r)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     axes[0].plot([r["step"] for r in train], [r[args.loss_key] for r in train])
     axes[0].set(xlabel="step", ylabel=args.loss_key, yscale="log", title="training loss")
     axes[1].plot([r["step"] for r in evals], [r[args.eval_key] for r in evals], marker="o")
-    for r in evals:
-        axes[1].annotate(f"{r['wall_s'] / 60:.0f} min", (r["step"], r[args.eval_key]), fontsize=7)
-    axes[1].set(xlabel="step", ylabel=args.eval_key, title=f"eval {args.eval_key} (EMA; labels: wall time)")
+    axes[1].set(xlabel="step", ylabel=args.eval_key, title=f"eval {args.eval_key} (EMA weights)")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
