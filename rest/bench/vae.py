@@ -3,8 +3,10 @@ diffusers' `AutoencoderKLLTXVideo` configured to the same compression and measur
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -57,6 +59,81 @@ def _fps(frames: int, seconds: float) -> float:
     return frames / seconds
 
 
+def build_cases(
+    preset: str,
+    device: torch.device,
+    frames: int,
+    resolution: int,
+    dtype: torch.dtype,
+    with_peer: bool,
+    weights: str | None,
+) -> tuple[dict[str, Callable[[], object]], dict]:
+    """The measured calls, by name ("ours/encode_whole", ..., "theirs/decode_whole"), and facts about them.
+
+    Deterministic (seeded), so a fresh process rebuilds exactly the same models and inputs.
+    """
+    torch.manual_seed(0)
+    ours = (load_local(CausalVideoVAE, weights) if weights else CausalVideoVAE.from_preset(preset)).eval()
+    ours.to(device=device, dtype=dtype)
+    t = ours.temporal_compression
+    if (frames - 1) % t:
+        raise ValueError(f"--frames must be 1 + {t}k for preset {preset}, got {frames}")
+    x = torch.rand(1, 3, frames, resolution, resolution, device=device, dtype=dtype) * 2 - 1
+    with torch.no_grad():
+        z = ours.encode(x).latent_dist.mode()
+    f = z.shape[2]
+
+    # Streaming as a live stream runs it: the first frame alone, then one chunk of `t` frames per latent frame.
+    def enc_stream():
+        cache = ours.init_cache("encode")
+        ours.encode_chunk(x[:, :, :1], cache)
+        for s in range(1, frames, t):
+            ours.encode_chunk(x[:, :, s : s + t], cache)
+
+    def dec_stream():
+        cache = ours.init_cache("decode")
+        for j in range(f):
+            ours.decode_chunk(z[:, :, j : j + 1], cache)
+
+    cases = {
+        "ours/encode_whole": lambda: ours.encode(x),
+        "ours/decode_whole": lambda: ours.decode(z),
+        "ours/encode_stream": enc_stream,
+        "ours/decode_stream": dec_stream,
+    }
+    facts = {"latent_frames": f, "t": t, "ours_params_m": sum(q.numel() for q in ours.parameters()) / 1e6}
+    if with_peer:
+        peer = ltx_peer(preset).eval().to(device=device, dtype=dtype)
+        with torch.no_grad():
+            zp = peer.encode(x).latent_dist.mode()
+        if zp.shape[2:] != z.shape[2:]:
+            raise RuntimeError(f"LTX peer latent shape {tuple(zp.shape)} differs from ours {tuple(z.shape)}")
+        cases["theirs/encode_whole"] = lambda: peer.encode(x)
+        cases["theirs/decode_whole"] = lambda: peer.decode(zp)
+        facts["theirs_params_m"] = sum(q.numel() for q in peer.parameters()) / 1e6
+    facts["decode_chunk"] = (ours, z)
+    return cases, facts
+
+
+def _memory_worker(case: str, build_args: tuple, queue) -> None:
+    """In a fresh process: build the cases, run one of them once, report its peak memory (MiB)."""
+    torch.set_num_threads(build_args[-1])
+    cases, _ = build_cases(*build_args[:-1])
+    with torch.no_grad():
+        queue.put(peak_memory_of(cases[case], torch.device("cpu")))
+
+
+def cold_peak_memory(case: str, build_args: tuple) -> float:
+    """Peak memory of one call of `case` in a new process (CPU): reliable whatever this process allocated before."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_memory_worker, args=(case, (*build_args, torch.get_num_threads()), queue))
+    proc.start()
+    result = queue.get(timeout=600)
+    proc.join()
+    return result
+
+
 @torch.no_grad()
 def bench_vae(
     preset: str,
@@ -69,91 +146,45 @@ def bench_vae(
     weights: str | None = None,
 ) -> dict:
     """Frames per second of encode and decode (whole clip and streaming), peak memory, ours vs LTX."""
-    p = get_preset(preset)
-    res = resolution or p.resolution
-    torch.manual_seed(0)
-    ours = (load_local(CausalVideoVAE, weights) if weights else CausalVideoVAE.from_preset(preset)).eval()
-    ours.to(device=device, dtype=dtype)
-    t = ours.temporal_compression
-    if (frames - 1) % t:
-        raise ValueError(f"--frames must be 1 + {t}k for preset {preset}, got {frames}")
-    x = torch.rand(1, 3, frames, res, res, device=device, dtype=dtype) * 2 - 1
-    z = ours.encode(x).latent_dist.mode()
-    f = z.shape[2]
-
-    def enc_whole():
-        ours.encode(x)
-
-    def dec_whole():
-        ours.decode(z)
-
-    # Streaming as a live stream runs it: the first frame alone, then one chunk of `t` frames per latent frame.
-    chunk_times: list[float] = []
-
-    def enc_stream():
-        cache = ours.init_cache("encode")
-        ours.encode_chunk(x[:, :, :1], cache)
-        for s in range(1, frames, t):
-            ours.encode_chunk(x[:, :, s : s + t], cache)
-
-    def dec_stream(record: bool = False):
-        cache = ours.init_cache("decode")
-        for j in range(f):
-            t0 = time.perf_counter()
-            ours.decode_chunk(z[:, :, j : j + 1], cache)
-            if record:
-                synchronize(device)
-                chunk_times.append(time.perf_counter() - t0)
-
+    res = resolution or get_preset(preset).resolution
+    build_args = (preset, device, frames, res, dtype, with_peer, weights)
+    cases, facts = build_cases(*build_args)
     result = {
         "benchmark": "vae",
         "preset": preset,
         "resolution": res,
         "frames": frames,
-        "latent_frames": f,
+        "latent_frames": facts["latent_frames"],
         "dtype": str(dtype).replace("torch.", ""),
         **device_info(device),
+        "memory": "peak added by one call; CPU: in a fresh process (VmHWM), CUDA: allocator peak",
     }
-    timed = {
-        "encode_whole": (enc_whole, frames),
-        "decode_whole": (dec_whole, frames),
-        "encode_stream": (enc_stream, frames),
-        "decode_stream": (dec_stream, frames),
-    }
-    ours_res = {"params_m": sum(q.numel() for q in ours.parameters()) / 1e6}
-    for name, (fn, n) in timed.items():
-        ours_res[f"{name}_fps"] = _fps(n, time_call(fn, device, repeats=repeats)["median_s"])
-    dec_stream(record=True)
-    ours_res["decode_chunk_ms_median"] = 1000 * statistics.median(chunk_times[1:] or chunk_times)
-    ours_res["decode_chunk_frames"] = t
-    result["ours"] = ours_res
-
+    out = {"ours": {"params_m": facts["ours_params_m"]}}
     if with_peer:
-        peer = ltx_peer(preset).eval().to(device=device, dtype=dtype)
-        zp = peer.encode(x).latent_dist.mode()
-        if zp.shape[2:] != z.shape[2:]:
-            raise RuntimeError(f"LTX peer latent shape {tuple(zp.shape)} differs from ours {tuple(z.shape)}")
-        peer_res = {
-            "name": "diffusers.AutoencoderKLLTXVideo",
-            "params_m": sum(q.numel() for q in peer.parameters()) / 1e6,
-        }
-        peer_timed = {"encode_whole": lambda: peer.encode(x), "decode_whole": lambda: peer.decode(zp)}
-        for name, fn in peer_timed.items():
-            peer_res[f"{name}_fps"] = _fps(frames, time_call(fn, device, repeats=repeats)["median_s"])
-        peer_res["streaming"] = "not supported (no causal chunk cache)"
-        result["theirs"] = peer_res
-    # Memory after all timings: the CPU measurement changes malloc's behaviour (see peak_memory_of).
-    for name, (fn, _) in timed.items():
-        ours_res[f"{name}_peak_mem_mb"] = peak_memory_of(fn, device)
+        out["theirs"] = {"name": "diffusers.AutoencoderKLLTXVideo", "params_m": facts["theirs_params_m"]}
+        out["theirs"]["streaming"] = "not supported (no causal chunk cache)"
+    for name, fn in cases.items():
+        who, what = name.split("/")
+        out[who][f"{what}_fps"] = _fps(frames, time_call(fn, device, repeats=repeats)["median_s"])
+    # Per-chunk decode time: what a live stream pays for each chunk of t frames.
+    ours, z = facts["decode_chunk"]
+    cache, chunk_times = ours.init_cache("decode"), []
+    for j in range(z.shape[2]):
+        t0 = time.perf_counter()
+        ours.decode_chunk(z[:, :, j : j + 1], cache)
+        synchronize(device)
+        chunk_times.append(time.perf_counter() - t0)
+    out["ours"]["decode_chunk_ms_median"] = 1000 * statistics.median(chunk_times[1:] or chunk_times)
+    out["ours"]["decode_chunk_frames"] = facts["t"]
+    for name, fn in cases.items():
+        who, what = name.split("/")
+        mem = cold_peak_memory(name, build_args) if device.type == "cpu" else peak_memory_of(fn, device)
+        out[who][f"{what}_peak_mem_mb"] = mem
+    result.update(out)
     if with_peer:
-        for name, fn in peer_timed.items():
-            peer_res[f"{name}_peak_mem_mb"] = peak_memory_of(fn, device)
+        ours_r, theirs_r = out["ours"], out["theirs"]
         result["ratio_ours_over_theirs"] = {
-            "encode_whole_fps": ours_res["encode_whole_fps"] / peer_res["encode_whole_fps"],
-            "decode_whole_fps": ours_res["decode_whole_fps"] / peer_res["decode_whole_fps"],
-            "encode_whole_peak_mem": ours_res["encode_whole_peak_mem_mb"]
-            / max(peer_res["encode_whole_peak_mem_mb"], 1e-6),
-            "decode_whole_peak_mem": ours_res["decode_whole_peak_mem_mb"]
-            / max(peer_res["decode_whole_peak_mem_mb"], 1e-6),
+            f"{k}": ours_r[k] / theirs_r[k]
+            for k in ("encode_whole_fps", "decode_whole_fps", "encode_whole_peak_mem_mb", "decode_whole_peak_mem_mb")
         }
     return result
