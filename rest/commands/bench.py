@@ -46,6 +46,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     teacher.set_defaults(func=_run_teacher)
 
+    stream = which.add_parser(
+        "stream", help="streaming student: per-chunk and first-frame latency, real-time factor, memory vs length"
+    )
+    stream.add_argument("--preset", default="tiny", help="tiny | base")
+    stream.add_argument("--device", default="cpu", help="cpu | cuda")
+    stream.add_argument(
+        "--seconds", type=float, nargs="+", default=[10.0, 60.0], help="stream lengths in seconds (default 10 60)"
+    )
+    stream.add_argument("--steps", type=int, default=None, help="denoising steps K (default: student.json's, else 1)")
+    stream.add_argument(
+        "--weights", default=None, help="folder with denoiser/, audio_encoder/ and vae/ (or student.json naming it)"
+    )
+    stream.add_argument("--depth", type=int, default=None, help="random weights only: override the preset's depth")
+    stream.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    stream.add_argument("--output", default=None, help="JSON file (default runs/bench/stream_<preset>_<device>.json)")
+    stream.set_defaults(func=_run_stream)
+
 
 def _run_vae(args: argparse.Namespace) -> int:
     from rest.bench.vae import bench_vae
@@ -82,4 +99,26 @@ def _run_teacher(args: argparse.Namespace) -> int:
         dtype=DTYPES[args.dtype],
     )
     write_result(result, args.output or f"runs/bench/teacher_{args.preset}_{args.device}.json")
+    return 0
+
+
+def _run_stream(args: argparse.Namespace) -> int:
+    from rest.bench.stream import bench_stream
+    from rest.config import get_preset
+
+    get_preset(args.preset)
+    if min(args.seconds) <= 0 or (args.steps is not None and args.steps < 1):
+        raise RestError(f"--seconds must be > 0 and --steps >= 1, got {args.seconds}, {args.steps}")
+    if args.depth is not None and (args.weights is not None or args.depth < 1):
+        raise RestError("--depth (>= 1) only applies to random weights; drop it with --weights")
+    result = bench_stream(
+        args.preset,
+        _device(args.device),
+        seconds=args.seconds,
+        steps=args.steps,
+        weights=args.weights,
+        dtype=DTYPES[args.dtype],
+        depth=args.depth,
+    )
+    write_result(result, args.output or f"runs/bench/stream_{args.preset}_{args.device}.json")
     return 0

@@ -1,0 +1,255 @@
+"""`rest bench stream`: the streaming student's per-chunk latency, first-frame latency, real-time factor and memory
+for streams of several lengths (is the cost flat from 10 s to 10 min?).
+
+Each chunk is timed as a live stream runs it: the audio encoder's streaming step on the chunk's new samples, the
+rollout (K denoising steps + the cache write, rest/streaming/rollout.py) and the VAE's streaming decode of the
+chunk's frames. Audio is pushed when a chunk's whole audio window (its frames + the DiT's and the encoder's
+look-ahead) has arrived, so the first chunk waits for `audio buffering` of media time before its compute starts:
+
+    first-frame latency = audio buffering (first chunk + look-ahead) + compute of the first chunk + its VAE decode
+
+(DESIGN.md, "Streaming latency"). The portrait's ID-Sink is written before the audio starts (`setup_ms`, not on
+the latency path). Random weights by default (speed does not depend on them), or `--weights FOLDER` with
+`denoiser/`, `audio_encoder/` and either `vae/` or a `student.json` / `teacher.json` naming the VAE folder.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from rest.bench.common import device_info, synchronize
+from rest.config import get_preset
+from rest.diffusion.flow import FlowMatchingConfig, flow_sigmas
+from rest.errors import RestError
+from rest.models.audio import AudioEncoder
+from rest.models.dit import DenoiserDiT
+from rest.models.loading import load_local
+from rest.models.vae import CausalVideoVAE
+from rest.streaming import StreamingGenerator, chunk_audio_span, chunk_video_frames
+
+
+def load_stream_models(preset: str, weights: str | None, depth: int | None = None) -> tuple[dict, dict]:
+    """(models, info): the denoiser (block_causal), audio encoder and VAE, random or from `weights`; info holds
+    student.json's values when there is one."""
+    if weights is None:
+        torch.manual_seed(0)
+        audio_encoder = AudioEncoder()
+        overrides = {"attention_mode": "block_causal", "audio_dim": audio_encoder.config.out_dim}
+        if depth is not None:
+            overrides["depth"] = depth
+        models = {
+            "denoiser": DenoiserDiT.from_preset(preset, **overrides),
+            "audio_encoder": audio_encoder,
+            "vae": CausalVideoVAE.from_preset(preset),
+        }
+        return models, {}
+    folder = Path(weights)
+    info: dict = {}
+    for name in ("student.json", "teacher.json"):
+        if (folder / name).is_file():
+            info = json.loads((folder / name).read_text())
+            break
+    vae_dir = folder / "vae" if (folder / "vae").is_dir() else info.get("vae")
+    if vae_dir is None:
+        raise RestError(f"{folder}: no vae/ folder and no student.json / teacher.json naming the VAE")
+    denoiser = load_local(DenoiserDiT, folder / "denoiser", "denoiser")
+    if denoiser.attention_mode != "block_causal":
+        raise RestError(
+            f"{folder / 'denoiser'} is a {denoiser.attention_mode} denoiser (a teacher); the stream benchmark runs a "
+            f"streaming student: pass the export/ folder of train/student.py, or no --weights for random weights"
+        )
+    models = {
+        "denoiser": denoiser,
+        "audio_encoder": load_local(AudioEncoder, folder / "audio_encoder", "audio encoder"),
+        "vae": load_local(CausalVideoVAE, vae_dir, "VAE"),
+    }
+    return models, info
+
+
+def _peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS (Linux)
+
+
+def _memory_mb(device: torch.device, peak: bool) -> float:
+    if device.type == "cuda":
+        return (torch.cuda.max_memory_allocated(device) if peak else torch.cuda.memory_allocated(device)) / 2**20
+    field = "VmHWM:" if peak else "VmRSS:"
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _tenths(values: list[float]) -> list[list[float]]:
+    """Consecutive tenths of a stream's chunks (fewer parts for short streams): does the cost drift within it?"""
+    parts = min(10, len(values))
+    return [values[i * len(values) // parts : (i + 1) * len(values) // parts] for i in range(parts)]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@torch.no_grad()
+def run_stream(
+    gen: StreamingGenerator,
+    audio_encoder: AudioEncoder,
+    portrait: torch.Tensor,
+    num_chunks: int,
+    device: torch.device,
+) -> dict:
+    """Stream `num_chunks` chunks of random audio; per-chunk times (s) of the audio step, rollout and decode."""
+    denoiser = gen.denoiser
+    spf, lookahead = audio_encoder.samples_per_frame, audio_encoder.lookahead_frames
+    g = torch.Generator().manual_seed(0)
+    synchronize(device)
+    t0 = time.perf_counter()
+    state = gen.init_state(portrait)
+    synchronize(device)
+    setup = time.perf_counter() - t0
+    audio_state = audio_encoder.init_state(1)
+    times = {"audio": [], "denoise": [], "decode": []}
+    sent = 0  # samples pushed so far
+    mem_after_first = 0.0
+    for chunk in range(num_chunks):
+        # The chunk can start once the audio through its window and the encoder's look-ahead has arrived.
+        needed = (chunk_audio_span(denoiser, chunk)[1] + lookahead) * spf
+        samples = (0.1 * torch.randn(1, needed - sent, generator=g)).to(device)
+        sent = needed
+        t0 = time.perf_counter()
+        features, audio_state = audio_encoder.step(samples, audio_state)
+        state = gen.push(features, state)
+        synchronize(device)
+        t1 = time.perf_counter()
+        latents, state = gen.next_latents(state)
+        synchronize(device)
+        t2 = time.perf_counter()
+        frames, state = gen.decode(latents, state)
+        synchronize(device)
+        t3 = time.perf_counter()
+        if frames.shape[2] != chunk_video_frames(denoiser, chunk):
+            raise RuntimeError(f"chunk {chunk} decoded to {frames.shape[2]} frames")
+        times["audio"].append(t1 - t0)
+        times["denoise"].append(t2 - t1)
+        times["decode"].append(t3 - t2)
+        if chunk == 0:
+            mem_after_first = _memory_mb(device, peak=False)
+    return {
+        "setup_s": setup,
+        "times": times,
+        "mem_growth_mb": _memory_mb(device, peak=False) - mem_after_first,
+        "cache_mb": state.cache.nbytes / 2**20,
+    }
+
+
+@torch.no_grad()
+def bench_stream(
+    preset: str,
+    device: torch.device,
+    seconds: list[float],
+    steps: int | None = None,
+    weights: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    depth: int | None = None,
+    warmup_chunks: int = 8,
+) -> dict:
+    """Per-chunk and first-frame latency, real-time factor and memory of streams of each length in `seconds`."""
+    p = get_preset(preset)
+    models, info = load_stream_models(preset, weights, depth)
+    denoiser, audio_encoder, vae = models["denoiser"], models["audio_encoder"], models["vae"]
+    if denoiser.config.audio_dim != audio_encoder.config.out_dim:
+        raise RestError(
+            f"the denoiser expects {denoiser.config.audio_dim}-d audio features, the audio encoder gives "
+            f"{audio_encoder.config.out_dim}"
+        )
+    casts = {torch.float32: "float", torch.bfloat16: "bfloat16", torch.float16: "half"}
+    for model in models.values():
+        model.eval().to(device)
+    for model in (denoiser, vae):  # nn.Module's casts (floating-point tensors only); the audio encoder stays fp32
+        getattr(model, casts[dtype])()
+    steps = steps or info.get("steps", 1)
+    size = p.resolution // vae.spatial_compression
+    shift = info.get("shift") or FlowMatchingConfig().shift_for(denoiser.tokens_per_frame(size, size))
+    context_timestep = info.get("context_timestep", 0.0)
+    gen = StreamingGenerator(denoiser, vae, flow_sigmas(steps, shift), context_timestep)
+    portrait = torch.randn(1, vae.config.latent_channels, 1, size, size, device=device, dtype=dtype)
+    fps = audio_encoder.config.fps
+    t, c = denoiser.config.temporal_compression, denoiser.config.chunk_latent_frames
+    chunk_s = t * c / fps  # media time of a steady-state chunk
+    first_frames = chunk_video_frames(denoiser, 0)
+
+    run_stream(gen, audio_encoder, portrait, warmup_chunks, device)  # allocator and kernel warm-up
+    streams = []
+    for length in seconds:
+        frames = int(length * fps)  # whole video frames of media
+        if frames < first_frames:
+            raise RestError(f"a {length} s stream is shorter than the first chunk ({first_frames} frames)")
+        num_chunks = 1 + (frames - first_frames) // (t * c)
+        _peak_reset(device)
+        run = run_stream(gen, audio_encoder, portrait, num_chunks, device)
+        peak = _memory_mb(device, peak=True)
+        times = run["times"]
+        total = [a + b + d for a, b, d in zip(times["audio"], times["denoise"], times["decode"], strict=True)]
+        steady = total[1:] or total
+        buffering = (chunk_audio_span(denoiser, 0)[1] + audio_encoder.lookahead_frames) / fps
+        first = {
+            "audio_buffering_ms": 1000 * buffering,
+            "compute_ms": 1000 * (times["audio"][0] + times["denoise"][0]),
+            "decode_ms": 1000 * times["decode"][0],
+        }
+        first["total_ms"] = first["audio_buffering_ms"] + first["compute_ms"] + first["decode_ms"]
+        streams.append(
+            {
+                "seconds": float(length),
+                "chunks": num_chunks,
+                "video_frames": first_frames + (num_chunks - 1) * t * c,
+                "chunk_ms_median": 1000 * statistics.median(steady),
+                "chunk_ms_p95": 1000 * _percentile(steady, 0.95),
+                "chunk_ms_max": 1000 * max(steady),
+                "chunk_ms_median_per_tenth": [1000 * statistics.median(part) for part in _tenths(steady)],
+                "audio_ms_median": 1000 * statistics.median(times["audio"][1:] or times["audio"]),
+                "denoise_ms_median": 1000 * statistics.median(times["denoise"][1:] or times["denoise"]),
+                "decode_ms_median": 1000 * statistics.median(times["decode"][1:] or times["decode"]),
+                "real_time_factor": statistics.median(steady) / chunk_s,
+                "real_time_factor_mean": sum(steady) / (len(steady) * chunk_s),
+                "first_frame": first,
+                "setup_ms": 1000 * run["setup_s"],
+                "peak_mem_mb": peak,
+                "mem_growth_mb": run["mem_growth_mb"],
+                "wall_s": sum(total),
+            }
+        )
+    longest = max(streams, key=lambda r: r["seconds"])
+    shortest = min(streams, key=lambda r: r["seconds"])
+    return {
+        "benchmark": "stream",
+        "preset": preset,
+        "weights": weights or "random",
+        "dtype": str(dtype).replace("torch.", ""),
+        **device_info(device),
+        "params_m": {name: sum(q.numel() for q in m.parameters()) / 1e6 for name, m in models.items()},
+        "depth": denoiser.config.depth,
+        "width": denoiser.config.width,
+        "steps": steps,
+        "shift": shift,
+        "context_timestep": context_timestep,
+        "chunk_latent_frames": c,
+        "context_chunks": denoiser.config.context_chunks,
+        "chunk_ms_media": 1000 * chunk_s,
+        "audio_lookahead_ms": 1000 * (audio_encoder.lookahead_frames + denoiser.config.audio_lookahead) / fps,
+        "cache_mb": run["cache_mb"],
+        "streams": streams,
+        "chunk_latency_ratio_longest_over_shortest": longest["chunk_ms_median"] / shortest["chunk_ms_median"],
+    }
+
+
+__all__ = ["bench_stream", "load_stream_models", "run_stream"]

@@ -1,0 +1,26 @@
+"""Streaming generation: the ID-Context KV cache, the one chunk-rollout function, and the session-level generator."""
+
+from rest.streaming.cache import IDContextCache
+from rest.streaming.generator import StreamingGenerator, StreamState
+from rest.streaming.rollout import (
+    chunk_audio_span,
+    chunk_latent_index,
+    chunk_velocity,
+    chunk_video_frames,
+    rollout_chunk,
+    write_chunk,
+    write_sink,
+)
+
+__all__ = [
+    "IDContextCache",
+    "StreamState",
+    "StreamingGenerator",
+    "chunk_audio_span",
+    "chunk_latent_index",
+    "chunk_video_frames",
+    "chunk_velocity",
+    "rollout_chunk",
+    "write_chunk",
+    "write_sink",
+]

@@ -1,0 +1,336 @@
+"""Student (ASD) training: the asynchronous schedule and the K schedule, the teacher target, the self-rollout
+window, a few training steps on a tiny teacher export, resume, export, configs and the entry point."""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rest.cli import main
+from rest.config import ConfigError, load_config
+from rest.data.shards import ShardWriter
+from rest.diffusion.flow import Guidance, flow_sigmas, guided_velocity
+from rest.models.audio import AudioEncoder
+from rest.models.dit import DenoiserDiT
+from rest.models.loading import load_local
+from rest.models.vae import CausalVideoVAE
+from rest.streaming import IDContextCache, StreamingGenerator, chunk_audio_span, rollout_chunk, write_sink
+from rest.training.common import latest_checkpoint, read_trainer_state
+from rest.training.student import (
+    ASDConfig,
+    AsynchronousStreamingDistillation,
+    StudentDataConfig,
+    StudentExperiment,
+    StudentTrainConfig,
+    build_student,
+    draw_levels,
+    segment_levels,
+    train_student,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DENOISER = dict(
+    in_channels=4, width=32, depth=2, num_heads=2, mlp_ratio=2.0, frequency_dim=32, audio_dim=8, context_chunks=2
+)
+AUDIO = dict(
+    conv_channels=16,
+    num_conv_layers=1,
+    dim=16,
+    num_layers=1,
+    num_heads=2,
+    attn_window=4,
+    lookahead_frames=2,
+    out_dim=8,
+)
+
+
+def random_teacher(seed: int = 0) -> tuple[DenoiserDiT, AudioEncoder]:
+    torch.manual_seed(seed)
+    dit = DenoiserDiT(**DENOISER).eval()
+    with torch.no_grad():  # adaLN-zero starts at a zero output; make every block matter
+        for p in dit.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.2)
+    return dit, AudioEncoder(**AUDIO).eval()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict[str, Path]:
+    """Three 20-frame 32x32 clips with audio, a small random VAE (8x spatial, 4x temporal -> 4x4 latents) and a
+    random teacher export in train/teacher.py's layout."""
+    root = tmp_path_factory.mktemp("student_data")
+    writer = ShardWriter(root / "shards", resolution=32)
+    yy, xx = np.mgrid[0:32, 0:32]
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        frames = []
+        for t in range(20):
+            mouth = (np.abs(yy - 22) < 2 + 3 * abs(np.sin(0.5 * t + k))) & (np.abs(xx - 16) < 6)
+            frames.append((np.stack([xx / 32, yy / 32, mouth], -1) * 255).astype(np.uint8))
+        writer.write_clip(f"clip{k}", np.stack(frames), (0.1 * rng.standard_normal(20 * 640)).astype(np.float32))
+    torch.manual_seed(0)
+    CausalVideoVAE(latent_channels=4, patch_size=2, block_out_channels=(8, 16, 32)).save_pretrained(root / "vae")
+    dit, audio_encoder = random_teacher()
+    dit.save_pretrained(root / "teacher" / "denoiser")
+    audio_encoder.save_pretrained(root / "teacher" / "audio_encoder")
+    info = {"vae": str(root / "vae"), "shift": 1.0, "num_train_timesteps": 1000, "step": 0}
+    (root / "teacher" / "teacher.json").write_text(json.dumps(info))
+    return {"shards": root / "shards", "vae": root / "vae", "teacher": root / "teacher"}
+
+
+def experiment(assets, out: Path, **train) -> StudentExperiment:
+    return StudentExperiment(
+        teacher=str(assets["teacher"]),
+        data=StudentDataConfig(root=str(assets["shards"])),
+        asd=ASDConfig(window_chunks=4, steps_schedule=((0, 2), (2, 1)), teacher_substeps=2, gt_loss_weight=0.5),
+        train=StudentTrainConfig(
+            output_dir=str(out),
+            batch_size=2,
+            lr=1e-3,
+            warmup_steps=1,
+            log_every=1,
+            eval_every=0,
+            eval_clips=2,
+            checkpoint_every=100,
+            **train,
+        ),
+    )
+
+
+def metrics(out: Path, kind: str) -> list[dict]:
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [m for m in lines if m["kind"] == kind]
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def test_asynchronous_levels_and_step_schedule():
+    """Per-chunk levels are non-decreasing in time (indices non-increasing), the last chunk is always trained,
+    clean context occurs, and K follows the schedule."""
+    g = torch.Generator().manual_seed(0)
+    for steps in (1, 2, 4):
+        k = draw_levels(512, 6, steps, g)
+        assert k.shape == (512, 6) and k.min() >= 0 and k.max() <= steps
+        assert (k[:, 1:] <= k[:, :-1]).all() and (k[:, -1] < steps).all()
+        assert (k == steps).any() and len(k.unique()) == steps + 1  # clean context and every student level
+        t = flow_sigmas(steps, shift=2.0)[k]
+        assert (t[:, 1:] >= t[:, :-1]).all()  # t_0 <= t_1 <= ... : the past cleaner than the present
+    cfg = ASDConfig(steps_schedule=((0, 4), (100, 2), (200, 1)))
+    assert [cfg.steps_at(s) for s in (0, 99, 100, 199, 200, 10**6)] == [4, 4, 2, 2, 1, 1]
+    for bad in (((10, 4),), ((0, 4), (0, 2)), ((0, 0),), ()):
+        with pytest.raises(ConfigError, match="steps_schedule"):
+            ASDConfig(steps_schedule=bad).check()
+
+
+def test_segment_levels():
+    t = torch.tensor([[1.0, 0.5, 0.0]])
+    t_next = torch.tensor([[0.8, 0.0, 0.0]])
+    levels = segment_levels(t, t_next, 4, shift=2.0)
+    assert levels.shape == (5, 1, 3)
+    assert torch.equal(levels[0], t) and torch.equal(levels[-1], t_next) and (levels[:, 0, 2] == 0).all()
+    assert (levels[1:] <= levels[:-1]).all()
+    # Evenly spaced in unshifted time: the sub-levels of [1, 0] are flow_sigmas' grid for 4 steps up to its end.
+    whole = segment_levels(torch.ones(1, 1), torch.zeros(1, 1), 4, shift=2.0)[:, 0, 0]
+    expected = torch.tensor([1.0, 6 / 7, 2 / 3, 0.4, 0.0])  # shift(0.75) = 6/7, shift(0.5) = 2/3, shift(0.25) = 0.4
+    assert torch.allclose(whole, expected, atol=1e-6)
+    assert torch.equal(segment_levels(t, t_next, 1, 2.0), torch.stack([t, t_next]))
+
+
+# ----------------------------------------------------------------------------- the objective
+
+
+def small_setup(window_chunks: int = 3, substeps: int = 1):
+    teacher, _ = random_teacher()
+    student, _ = build_student(teacher, AudioEncoder(**AUDIO), {})
+    objective = AsynchronousStreamingDistillation(
+        ASDConfig(window_chunks=window_chunks, teacher_substeps=substeps, teacher_guidance=Guidance(2.0, 1.5)), 2.0
+    )
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn(2, 4, window_chunks, 4, 4, generator=g)
+    features = torch.randn(2, 1 + 4 * (window_chunks - 1) + 2, 8, generator=g)
+    portrait = torch.randn(2, 4, 1, 4, 4, generator=g)
+    return teacher, student, objective, latents, features, portrait
+
+
+def test_self_rollout_window_and_teacher_target():
+    """The window holds the student's own states: pure noise at k = 0, its generated chunk at k = K, its halfway
+    state at 0 < k < K; the generated chunks are the streaming rollout's from the same noise; with one substep
+    the target is the teacher's guided velocity over the whole window at the per-chunk levels."""
+    teacher, student, objective, latents, features, portrait = small_setup()
+    draw = objective.draw(latents.shape, 2, "cpu", torch.Generator().manual_seed(0))
+    draw.levels = torch.tensor([[2, 1, 0], [2, 2, 0]])  # sample 1: two clean context chunks
+    sigmas = objective.sigmas(2)
+    chunks = [slice(i, i + 1) for i in range(3)]
+    window, generated = objective._self_rollout(student, features, portrait, draw, sigmas, chunks)
+    assert torch.equal(window[:, :, 2], draw.noise[:, :, 2])  # k = 0: the starting noise
+    assert torch.equal(window[:, :, 0], generated[:, :, 0]) and torch.equal(window[1, :, 1], generated[1, :, 1])
+    assert not torch.allclose(window[0, :, 1], generated[0, :, 1], atol=1e-3)  # k = 1: halfway
+
+    cache = write_sink(student, IDContextCache.for_model(student, 2, 4, 4), portrait)
+    for i, chunk in enumerate(chunks):
+        start, stop = chunk_audio_span(student, i)
+        states = []
+        out, cache = rollout_chunk(
+            student, cache, draw.noise[:, :, chunk], features[:, start:stop], sigmas, states=states
+        )
+        assert torch.equal(out, generated[:, :, chunk])
+        assert torch.equal(window[0, :, chunk], states[int(draw.levels[0, i])][0])
+
+    t, t_next = sigmas[draw.levels], sigmas[(draw.levels + 1).clamp(max=2)]  # (B, M) = (B, f): chunks of 1 frame
+    target = objective._teacher_target(teacher, window, t, t_next, features, portrait)
+    guided = guided_velocity(teacher, window, t, features, portrait, Guidance(2.0, 1.5))
+    noisy = t_next < t
+    frames = lambda x: x.permute(0, 2, 1, 3, 4)  # noqa: E731  (B, f, C, h, w)
+    assert torch.allclose(frames(target)[noisy], frames(guided)[noisy], atol=1e-4)  # (x(t') - w) / dt rounding
+    assert (frames(target)[~noisy] == 0).all()
+
+
+def test_teacher_target_with_substeps_lands_where_the_teacher_lands():
+    """N substeps: one student Euler step with the target velocity reaches the teacher's N-step result."""
+    teacher, _, objective, latents, features, portrait = small_setup(substeps=3)
+    t = torch.tensor([[0.0, 0.5, 1.0]]).expand(2, 3)
+    t_next = torch.tensor([[0.0, 0.25, 0.5]]).expand(2, 3)
+    window = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2))
+    target = objective._teacher_target(teacher, window, t, t_next, features, portrait)
+    x = window.clone()
+    levels = segment_levels(t, t_next, 3, 2.0)
+    for s in range(3):
+        v = guided_velocity(teacher, x, levels[s], features, portrait, objective.config.teacher_guidance)
+        x = x + (levels[s + 1] - levels[s])[:, None, :, None, None] * v
+    landed = window + (t_next - t)[:, None, :, None, None] * target
+    assert torch.allclose(landed, x, atol=1e-5)
+    assert (target[:, :, 0] == 0).all()  # clean context: no segment, no target
+
+
+def test_loss_trains_the_student_only():
+    """Gradients reach every trainable parameter of the student, and neither the frozen CFG parameters nor the
+    teacher; the loss is L_distill + gt_loss_weight * L_gt."""
+    teacher, student, objective, latents, features, portrait = small_setup(window_chunks=4)
+    student.train()
+    draw = objective.draw(latents.shape, 2, "cpu", torch.Generator().manual_seed(3))
+    loss, logs = objective(student, teacher, latents, features, features, portrait, draw)
+    loss.backward()
+    assert logs["loss_distill"] > 0 and logs["loss_gt"] > 0 and logs["K"] == 2
+    assert loss.item() == pytest.approx(logs["loss_distill"] + 0.1 * logs["loss_gt"], rel=1e-5)
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student.null_portrait.grad is None and student.null_audio.grad is None
+    grads = [p.grad for n, p in student.named_parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    """The window is longer than the context, so chunks written after a gradient pass overwrite the cache slots
+    it read: the checkpointed recomputation must not see them."""
+    grads = []
+    for checkpointing in (False, True):
+        teacher, student, objective, latents, features, portrait = small_setup(window_chunks=4)
+        student.train()
+        if checkpointing:
+            student.enable_gradient_checkpointing()
+        draw = objective.draw(latents.shape, 2, "cpu", torch.Generator().manual_seed(3))
+        objective(student, teacher, latents, features, features, portrait, draw)[0].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_train_resume_export(assets, tmp_path, capsys):
+    """3 steps (K = 2, then 1 from step 2), resume to 4, export loads and streams."""
+    out = tmp_path / "run"
+    export = train_student(experiment(assets, out, max_steps=3))
+    first = latest_checkpoint(out)
+    assert read_trainer_state(first)["step"] == 3
+    logs = metrics(out, "train")
+    assert [m["step"] for m in logs] == [1, 2, 3] and [m["K"] for m in logs] == [2, 2, 1]
+    assert all(np.isfinite(m["loss"]) and m["loss_distill"] > 0 for m in logs)
+    assert {"val_loss", "val_loss_distill", "val_loss_gt"} <= set(metrics(out, "eval")[-1])
+    info = json.loads((export / "student.json").read_text())
+    assert (info["steps"], info["context_chunks"], info["chunk_latent_frames"], info["step"]) == (1, 2, 1, 3)
+    assert info["sigmas"] == flow_sigmas(1, 1.0).tolist() and info["vae"] == str(assets["vae"])
+    student = load_local(DenoiserDiT, export / "denoiser")
+    audio_encoder = load_local(AudioEncoder, export / "audio_encoder")
+    assert student.attention_mode == "block_causal" and audio_encoder.config.out_dim == 8
+    teacher = load_local(DenoiserDiT, assets["teacher"] / "denoiser")
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(student.state_dict().values(), teacher.state_dict().values(), strict=True)
+    )
+    weights_at_3 = {k: v.clone() for k, v in student.state_dict().items()}
+
+    # The export is what the streaming generator runs.
+    vae = load_local(CausalVideoVAE, info["vae"])
+    gen = StreamingGenerator(student.eval(), vae, torch.tensor(info["sigmas"]), info["context_timestep"])
+    frames, _ = gen.step(torch.randn(1, 11, 8), gen.init_state(torch.randn(1, 4, 1, 4, 4)))
+    assert frames.shape == (1, 3, 9, 32, 32)
+
+    # ... and what `rest bench stream --weights` times (K and the VAE from student.json); a teacher is refused.
+    bench = tmp_path / "bench.json"
+    assert main(["bench", "stream", "--weights", str(export), "--seconds", "0.5", "--output", str(bench)]) == 0
+    result = json.loads(bench.read_text())
+    assert result["steps"] == 1 and result["depth"] == 2 and result["streams"][0]["chunks"] == 3
+    assert main(["bench", "stream", "--weights", str(assets["teacher"]), "--seconds", "0.5"]) == 2
+    assert "train/student.py" in capsys.readouterr().err
+
+    capsys.readouterr()
+    train_student(experiment(assets, out, max_steps=4), resume="latest")
+    assert f"resumed from {first} at step 3" in capsys.readouterr().out
+    assert [m["step"] for m in metrics(out, "train")] == [1, 2, 3, 4]
+    weights_at_4 = load_local(DenoiserDiT, out / "export" / "denoiser").state_dict()
+    assert any(not torch.equal(weights_at_3[k], weights_at_4[k]) for k in weights_at_3)
+
+
+def test_distillation_loss_decreases(assets, tmp_path):
+    """At K = 1 the student learns the teacher's one-step targets on its own rollouts."""
+    out = tmp_path / "run"
+    cfg = experiment(assets, out, max_steps=40, sample_posterior=False)
+    cfg.asd.steps_schedule, cfg.asd.gt_loss_weight = ((0, 1),), 0.0
+    cfg.train.lr, cfg.train.log_every = 3e-3, 10
+    train_student(cfg)
+    losses = [m["loss_distill"] for m in metrics(out, "train")]
+    assert len(losses) == 4 and losses[-1] < 0.3 * losses[0], losses
+
+
+def test_config_errors(assets, tmp_path):
+    cfg = experiment(assets, tmp_path / "run", max_steps=1)
+    cfg.student["width"] = 64
+    with pytest.raises(ConfigError, match="'width' cannot change"):
+        train_student(cfg)
+    cfg = experiment(assets, tmp_path / "run", max_steps=1)
+    cfg.asd.steps_schedule = ((5, 2),)
+    with pytest.raises(ConfigError, match="steps_schedule"):
+        train_student(cfg)
+    cfg = experiment(assets, tmp_path / "run", max_steps=1)
+    cfg.teacher = str(tmp_path)
+    with pytest.raises(Exception, match="teacher.json"):
+        train_student(cfg)
+
+
+def test_shipped_configs_load():
+    for name in ["student_tiny.yaml", "student_base.yaml"]:
+        cfg = load_config(StudentExperiment, REPO / "configs" / name)
+        cfg.asd.check()
+        assert cfg.asd.steps_schedule[0][0] == 0 and [k for _, k in cfg.asd.steps_schedule] == [4, 2, 1]
+        assert cfg.asd.window_chunks > 3 + 1  # longer than the preset's context: the window also rolls
+
+
+def test_train_script_entry_point(assets, tmp_path, monkeypatch):
+    """The documented command line: python train/student.py --config ... --set ..."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"teacher: {assets['teacher']}\ndata: {{root: {assets['shards']}}}\n"
+        f"asd: {{window_chunks: 2, steps_schedule: [[0, 1]], teacher_substeps: 1}}\n"
+        f"train: {{output_dir: {tmp_path / 'run'}, max_steps: 1, batch_size: 1, eval_every: 0, eval_clips: 1}}\n"
+    )
+    argv = ["train/student.py", "--config", str(cfg), "--set", "train.log_every=1", "student.context_chunks=1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(REPO / "train" / "student.py"), run_name="__main__")
+    info = json.loads((tmp_path / "run" / "export" / "student.json").read_text())
+    assert info["context_chunks"] == 1 and info["steps"] == 1
+    assert metrics(tmp_path / "run", "train")[-1]["step"] == 1
