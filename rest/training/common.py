@@ -133,3 +133,74 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps({"kind": kind, "time": time.time(), **values}) + "\n")
+
+
+#################################################################################
+#                          Bookkeeping around the steps                         #
+#################################################################################
+
+
+class TrainingRun:
+    """What every trainer does around its optimizer steps: progress bar, status line, metrics.jsonl, checkpoints.
+
+    Call `after_step` once per optimizer step; use `due(step, every)` for periodic evaluation and checkpoints.
+    `postfix_keys` names extra status values shown on the progress bar (as integers, e.g. the student's K).
+    """
+
+    def __init__(
+        self,
+        accelerator,
+        output_dir: str | Path,
+        *,
+        step: int,
+        max_steps: int,
+        log_every: int,
+        keep_checkpoints: int,
+        desc: str,
+        postfix_keys: tuple[str, ...] = (),
+    ):
+        from tqdm.auto import tqdm
+
+        self.accelerator = accelerator
+        self.output_dir = Path(output_dir)
+        self.max_steps = max_steps
+        self.log_every = log_every
+        self.keep_checkpoints = keep_checkpoints
+        self.postfix_keys = postfix_keys
+        self.is_main = accelerator.is_main_process
+        self.log = MetricsLog(output_dir, enabled=self.is_main)
+        self.status = StatusLine()
+        self._tqdm = tqdm
+        self.progress = tqdm(total=max_steps, initial=step, desc=desc, disable=not self.is_main, dynamic_ncols=True)
+
+    def after_step(self, step: int, values: dict[str, float], samples: int, lr: float) -> None:
+        """Count optimizer step `step`; every `log_every` steps (and at the last) print and log a status line."""
+        self.progress.update(1)
+        self.status.update(values, samples=samples)
+        if step % self.log_every == 0 or step == self.max_steps:
+            summary = self.status.summary(step, self.accelerator.device, lr)
+            extra = {k: int(summary[k]) for k in self.postfix_keys}
+            self.progress.set_postfix(loss=f"{summary['loss']:.4f}", **extra)
+            self.write(StatusLine.format(summary))
+            self.log.write("train", summary)
+
+    def due(self, step: int, every: int) -> bool:
+        """Whether an action repeated every `every` steps (0: never) falls on `step`; the last step is left to the
+        trainer's final evaluation and checkpoint."""
+        return every > 0 and step % every == 0 and step < self.max_steps
+
+    def write(self, line: str) -> None:
+        """Print a line above the progress bar (main process only)."""
+        if self.is_main:
+            self._tqdm.write(line)
+
+    def save_checkpoint(self, step: int) -> None:
+        """Accelerate state (models, optimizers, EMA, RNG) + trainer_state.json; keeps the newest few."""
+        path = checkpoint_dir(self.output_dir, step)
+        self.accelerator.save_state(str(path))
+        if self.is_main:
+            write_trainer_state(path, step)
+            prune_checkpoints(self.output_dir, self.keep_checkpoints)
+
+    def close(self) -> None:
+        self.progress.close()

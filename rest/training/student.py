@@ -82,7 +82,6 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from rest.config import ConfigError, to_dict
 from rest.data.dataset import TalkingClipDataset
@@ -101,16 +100,7 @@ from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
 from rest.streaming import IDContextCache, chunk_audio_span, chunk_velocity, rollout_chunk, write_chunk, write_sink
-from rest.training.common import (
-    MetricsLog,
-    StatusLine,
-    checkpoint_dir,
-    lr_at,
-    prune_checkpoints,
-    read_trainer_state,
-    resolve_resume,
-    write_trainer_state,
-)
+from rest.training.common import TrainingRun, lr_at, read_trainer_state, resolve_resume
 from rest.training.teacher import collate_clips, encode_latents
 
 STREAMING_KEYS = ("chunk_latent_frames", "context_chunks")  # the student settings a config may change
@@ -535,8 +525,6 @@ def train_student(cfg: StudentExperiment, resume: str | None = None) -> Path:
         accelerator.load_state(str(ckpt))
         step = read_trainer_state(ckpt)["step"]
         accelerator.print(f"resumed from {ckpt} at step {step}")
-    log = MetricsLog(out_dir, enabled=is_main)
-    status = StatusLine()
     dc = denoiser.config
     accelerator.print(
         f"student: {sum(p.numel() for p in trainable) / 1e6:.2f}M trainable params ({dc.depth} x {dc.width}, "
@@ -545,13 +533,6 @@ def train_student(cfg: StudentExperiment, resume: str | None = None) -> Path:
         f"{num_frames} frames; K schedule {list(cfg.asd.steps_schedule)}; shift {shift:.2f}; "
         f"{accelerator.num_processes} process(es) on {device}"
     )
-
-    def save_checkpoint() -> None:
-        path = checkpoint_dir(out_dir, step)
-        accelerator.save_state(str(path))
-        if is_main:
-            write_trainer_state(path, step)
-            prune_checkpoints(out_dir, tc.keep_checkpoints)
 
     def run_eval() -> dict:
         ema.store(params)
@@ -570,7 +551,16 @@ def train_student(cfg: StudentExperiment, resume: str | None = None) -> Path:
             yield from loader
             epoch += 1
 
-    progress = tqdm(total=tc.max_steps, initial=step, desc="student", disable=not is_main, dynamic_ncols=True)
+    run = TrainingRun(
+        accelerator,
+        out_dir,
+        step=step,
+        max_steps=tc.max_steps,
+        log_every=tc.log_every,
+        keep_checkpoints=tc.keep_checkpoints,
+        desc="student",
+        postfix_keys=("K",),
+    )
     data_iter = batches()
     t_start = time.perf_counter()
     model.train()
@@ -595,32 +585,24 @@ def train_student(cfg: StudentExperiment, resume: str | None = None) -> Path:
                 continue
             ema.step(params)
             step += 1
-            progress.update(1)
-            status.update(values, samples=latents.shape[0] * accelerator.num_processes)
-            if step % tc.log_every == 0 or step == tc.max_steps:
-                summary = status.summary(step, device, lr)
-                progress.set_postfix(loss=f"{summary['loss']:.4f}", K=int(summary["K"]))
-                if is_main:
-                    tqdm.write(StatusLine.format(summary))
-                log.write("train", summary)
-            if tc.eval_every and step % tc.eval_every == 0 and step < tc.max_steps:
+            run.after_step(step, values, samples=latents.shape[0] * accelerator.num_processes, lr=lr)
+            if run.due(step, tc.eval_every):
                 result = run_eval()
-                if is_main:
-                    tqdm.write(_format_eval(result))
-                log.write("eval", result)
-            if step % tc.checkpoint_every == 0 and step < tc.max_steps:
-                save_checkpoint()
+                run.write(_format_eval(result))
+                run.log.write("eval", result)
+            if run.due(step, tc.checkpoint_every):
+                run.save_checkpoint(step)
     except KeyboardInterrupt:
         accelerator.print(f"interrupted at step {step}; saving a checkpoint to resume from")
-        save_checkpoint()
+        run.save_checkpoint(step)
         raise
     finally:
-        progress.close()
+        run.close()
 
     # 4. Final checkpoint, evaluation and export of the EMA weights.
-    save_checkpoint()
+    run.save_checkpoint(step)
     result = run_eval()
-    log.write("eval", result)
+    run.log.write("eval", result)
     accelerator.print(_format_eval(result) + " (final, EMA weights)")
     export = out_dir / "export"
     ema.store(params)

@@ -21,7 +21,6 @@ from accelerate.utils import set_seed
 from diffusers.training_utils import EMAModel
 from einops import rearrange
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from rest.config import VAEArch, from_dict, get_preset, merge, to_dict
 from rest.data.videos import VideoClipDataset
@@ -29,16 +28,7 @@ from rest.media import frames_to_tensor
 from rest.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from rest.models.perceptual import LPIPS
 from rest.models.vae import CausalVideoVAE
-from rest.training.common import (
-    MetricsLog,
-    StatusLine,
-    checkpoint_dir,
-    lr_at,
-    prune_checkpoints,
-    read_trainer_state,
-    resolve_resume,
-    write_trainer_state,
-)
+from rest.training.common import TrainingRun, lr_at, read_trainer_state, resolve_resume
 
 #################################################################################
 #                                    Config                                     #
@@ -206,20 +196,11 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
         accelerator.load_state(str(ckpt))
         step = read_trainer_state(ckpt)["step"]
         accelerator.print(f"resumed from {ckpt} at step {step}")
-    log = MetricsLog(out_dir, enabled=is_main)
-    status = StatusLine()
     n_params = sum(p.numel() for p in model.parameters())
     accelerator.print(
         f"VAE {n_params / 1e6:.2f}M params, {vae_summary(model)}; {len(dataset.paths)} videos; "
         f"{accelerator.num_processes} process(es) on {accelerator.device}"
     )
-
-    def save_checkpoint() -> None:
-        path = checkpoint_dir(out_dir, step)
-        accelerator.save_state(str(path))
-        if is_main:
-            write_trainer_state(path, step)
-            prune_checkpoints(out_dir, tc.keep_checkpoints)
 
     def run_eval() -> dict:
         ema.store(model.parameters())
@@ -235,7 +216,15 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
         while True:
             yield from loader
 
-    progress = tqdm(total=tc.max_steps, initial=step, desc="vae", disable=not is_main, dynamic_ncols=True)
+    run = TrainingRun(
+        accelerator,
+        out_dir,
+        step=step,
+        max_steps=tc.max_steps,
+        log_every=tc.log_every,
+        keep_checkpoints=tc.keep_checkpoints,
+        desc="vae",
+    )
     data_iter = batches()
     t_start = time.perf_counter()
     try:
@@ -282,33 +271,26 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
                 continue
             ema.step(model.parameters())
             step += 1
-            progress.update(1)
-            status.update(values, samples=x.shape[0] * x.shape[2] * accelerator.num_processes)
-            if step % tc.log_every == 0 or step == tc.max_steps:
-                summary = status.summary(step, accelerator.device, lr)
-                progress.set_postfix(loss=f"{summary['loss']:.4f}")
-                if is_main:
-                    tqdm.write(StatusLine.format(summary))
-                log.write("train", summary)
-            if tc.eval_every and step % tc.eval_every == 0 and step < tc.max_steps and is_main:
+            run.after_step(step, values, samples=x.shape[0] * x.shape[2] * accelerator.num_processes, lr=lr)
+            if run.due(step, tc.eval_every) and is_main:
                 result = run_eval()
-                tqdm.write(f"step {step} | eval psnr {result['psnr']:.2f} dB")
-                log.write("eval", {"step": step, "wall_s": time.perf_counter() - t_start, **result})
-            if step % tc.checkpoint_every == 0 and step < tc.max_steps:
-                save_checkpoint()
+                run.write(f"step {step} | eval psnr {result['psnr']:.2f} dB")
+                run.log.write("eval", {"step": step, "wall_s": time.perf_counter() - t_start, **result})
+            if run.due(step, tc.checkpoint_every):
+                run.save_checkpoint(step)
     except KeyboardInterrupt:
         accelerator.print(f"interrupted at step {step}; saving a checkpoint to resume from")
-        save_checkpoint()
+        run.save_checkpoint(step)
         raise
     finally:
-        progress.close()
+        run.close()
 
     # 4. Final checkpoint, evaluation and export of the EMA weights.
-    save_checkpoint()
+    run.save_checkpoint(step)
     export = out_dir / "export"
     if is_main:
         result = run_eval()
-        log.write("eval", {"step": step, "wall_s": time.perf_counter() - t_start, **result})
+        run.log.write("eval", {"step": step, "wall_s": time.perf_counter() - t_start, **result})
         print(f"final eval psnr {result['psnr']:.2f} dB (EMA weights, {len(result['psnr_per_video'])} videos)")
         ema.store(model.parameters())
         ema.copy_to(model.parameters())
