@@ -58,7 +58,7 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _return_freed_memory_to_os() -> None:
+def return_freed_memory_to_os() -> None:
     """Make glibc serve every block >= 64 KiB by mmap and unmap it on free.
 
     Otherwise freed tensor memory stays in malloc's heap, a repeated call reuses it, and the resident set no
@@ -69,13 +69,14 @@ def _return_freed_memory_to_os() -> None:
     libc = ctypes.CDLL("libc.so.6")
     m_mmap_threshold = -3
     libc.mallopt(m_mmap_threshold, 64 * 1024)
+    libc.malloc_trim(0)  # give back what the heap already holds free
 
 
 def peak_memory_of(fn: Callable[[], object], device: torch.device) -> float:
     """Peak memory (MiB) that one call of `fn` adds on top of what was in use before it.
 
     CUDA: the allocator's peak. CPU: the process's peak resident set (VmHWM), reset first through
-    /proc/self/clear_refs, minus the resident set before the call (Linux; see `_return_freed_memory_to_os`).
+    /proc/self/clear_refs, minus the resident set before the call (Linux; see `return_freed_memory_to_os`).
     """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -84,7 +85,7 @@ def peak_memory_of(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    _return_freed_memory_to_os()
+    return_freed_memory_to_os()
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     before = _rss_kib("VmRSS")
     fn()

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from rest.bench.common import device_info, peak_memory_of, synchronize, time_call
+from rest.bench.common import device_info, peak_memory_of, return_freed_memory_to_os, synchronize, time_call
 from rest.config import get_preset
 from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
@@ -118,6 +118,7 @@ def build_cases(
 def _memory_worker(case: str, build_args: tuple, queue) -> None:
     """In a fresh process: build the cases, run one of them once, report its peak memory (MiB)."""
     torch.set_num_threads(build_args[-1])
+    return_freed_memory_to_os()  # before building, so the set-up's freed blocks do not serve the measured call
     cases, _ = build_cases(*build_args[:-1])
     with torch.no_grad():
         queue.put(peak_memory_of(cases[case], torch.device("cpu")))
