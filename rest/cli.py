@@ -11,6 +11,7 @@ from rest.errors import RestError
 # Each module defines `register(subparsers)`, which adds its parser and sets `func` to a callable(args) -> int.
 COMMANDS = [
     "rest.commands.bench",
+    "rest.commands.evaluate",
     "rest.commands.preprocess",
     "rest.commands.synth",
 ]

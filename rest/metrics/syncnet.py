@@ -1,0 +1,497 @@
+"""LSE-C / LSE-D: audio-visual sync with SyncNet, following syncnet_python (joonson/syncnet_python) exactly.
+
+What syncnet_python does, and we do (SyncNetInstance.evaluate, SyncNetModel.S, run_pipeline.crop_video):
+
+- Media: video at 25 fps, audio 16 kHz mono as 16-bit integers (ffmpeg `-acodec pcm_s16le -ar 16000` then
+  `scipy.io.wavfile.read`). We decode with `rest.media`, scale the float samples by 32768, round and clip to int16.
+- Audio features: `python_speech_features.mfcc(audio, 16000)` with its defaults (25 ms frames, 10 ms step, 13
+  coefficients, 26 mel filters, 512-point FFT, pre-emphasis 0.97, lifter 22, c0 replaced by the log frame energy):
+  100 MFCC frames per second, 4 per video frame. `mfcc()` below reimplements it in numpy (tested against the package).
+- Windows: for every start frame i in `range(0, min_length - 5)`, with `min_length = min(frames, samples // 640)`,
+  the video window is frames [i, i + 5) and the audio window MFCC frames [4i, 4i + 20) (both 200 ms).
+- Video input: 224 x 224 face crops in BGR order (cv2), float in [0, 255], no normalisation; `(B, 3, 5, 224, 224)`.
+- Offsets: distance[i, j] = L2(video_i, audio_{i + j - vshift}) (`torch.nn.functional.pairwise_distance`, eps 1e-6),
+  audio embeddings zero-padded by `vshift = 15` windows on both sides; mean over i -> 31 mean distances;
+  LSE-D = min, LSE-C = median - min, offset = vshift - argmin. A positive offset means the audio comes *earlier*
+  than the video; audio delayed by d frames gives offset -d. LSE-C and LSE-D are read at the best offset, so a
+  constant shift within +-15 frames shows in `offset`, not in them; `mean_dists[vshift]` (reported by
+  `rest evaluate` as `lse_d_offset0`, our addition) is the distance at zero offset, which a shift does raise.
+- Face crops (`crop="face"`): one face box per frame (our `FaceDetector`: SCRFD when its weights exist, else dlib's
+  HOG, where syncnet_python uses S3FD), missing frames interpolated, box size and centre median-filtered over 13
+  frames, then syncnet_python's crop: half-size s = max(w, h) / 2, rows [cy - s, cy + 1.8 s), columns
+  [cx - 1.4 s, cx + 1.4 s) (crop_scale 0.4) of the frame padded with grey 110, resized to 224 x 224. For videos
+  that are already a face crop (our generator's output), `crop="center"` takes the centred square of
+  `crop_fraction` of the frame instead. The model's config records which crop it was trained with.
+
+A clip with fewer than 6 frames (no 5-frame window under syncnet_python's `min_length - 5` rule) or without audio
+is not scored; `score_video` returns the reason instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from rest.errors import RestError
+from rest.metrics.fid import Extractor, file_sha256, load_state_dict_file
+
+SAMPLE_RATE = 16000
+FPS = 25
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
+MFCC_PER_FRAME = 4  # 100 MFCC frames/s at 25 fps
+VSHIFT = 15  # syncnet_python run_syncnet.py default
+CROP_SCALE = 0.4  # syncnet_python run_pipeline.py default
+PAD_VALUE = 110  # grey padding of run_pipeline.crop_video
+SMOOTH_KERNEL = 13  # median filter of box size / centre in run_pipeline.crop_video
+
+
+#################################################################################
+#                       MFCC (python_speech_features' mfcc)                     #
+#################################################################################
+
+
+def _hz2mel(hz):
+    return 2595 * np.log10(1 + hz / 700.0)
+
+
+def _mel2hz(mel):
+    return 700 * (10 ** (mel / 2595.0) - 1)
+
+
+def _filterbanks(nfilt: int, nfft: int, sample_rate: int, lowfreq: float, highfreq: float) -> np.ndarray:
+    """Triangular filters on FFT bins placed at floor((nfft + 1) * hz / sr), as python_speech_features."""
+    mels = np.linspace(_hz2mel(lowfreq), _hz2mel(highfreq), nfilt + 2)
+    bins = np.floor((nfft + 1) * _mel2hz(mels) / sample_rate)
+    fb = np.zeros((nfilt, nfft // 2 + 1))
+    i = np.arange(nfft // 2 + 1)
+    for j in range(nfilt):
+        lo, mid, hi = bins[j], bins[j + 1], bins[j + 2]
+        rise = (i >= lo) & (i < mid)
+        fall = (i >= mid) & (i < hi)
+        fb[j, rise] = (i[rise] - lo) / (mid - lo)
+        fb[j, fall] = (hi - i[fall]) / (hi - mid)
+    return fb
+
+
+def _dct2_ortho(n: int) -> np.ndarray:
+    """(n, n) orthonormal DCT-II matrix (scipy.fftpack.dct(type=2, norm='ortho') as a matrix)."""
+    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
+    m = np.sqrt(2.0 / n) * np.cos(np.pi * k * (2 * i + 1) / (2 * n))
+    m[0] /= np.sqrt(2.0)
+    return m
+
+
+def mfcc(
+    signal: np.ndarray,
+    sample_rate: int = SAMPLE_RATE,
+    winlen: float = 0.025,
+    winstep: float = 0.01,
+    numcep: int = 13,
+    nfilt: int = 26,
+    nfft: int = 512,
+    preemph: float = 0.97,
+    ceplifter: int = 22,
+) -> np.ndarray:
+    """MFCCs (num_frames, numcep) of a 1-D signal, as `python_speech_features.mfcc` with its defaults.
+
+    Frames: length round(winlen * sr), step round(winstep * sr) (half up), `1 + ceil((N - len) / step)` frames,
+    the last zero-padded; rectangular window; power spectrum |rfft|^2 / nfft; c0 = log of the frame energy.
+    """
+    x = np.asarray(signal, dtype=np.float64)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"mfcc expects a non-empty 1-D signal, got shape {x.shape}")
+    x = np.append(x[0], x[1:] - preemph * x[:-1])
+    frame_len = int(math.floor(winlen * sample_rate + 0.5))
+    frame_step = int(math.floor(winstep * sample_rate + 0.5))
+    n = 1 if len(x) <= frame_len else 1 + int(math.ceil((len(x) - frame_len) / frame_step))
+    padded = np.concatenate([x, np.zeros((n - 1) * frame_step + frame_len - len(x))])
+    idx = np.arange(frame_len)[None, :] + frame_step * np.arange(n)[:, None]
+    frames = padded[idx]  # (n, frame_len)
+    pspec = np.abs(np.fft.rfft(frames, nfft)) ** 2 / nfft  # (n, nfft // 2 + 1)
+    eps = np.finfo(float).eps
+    energy = pspec.sum(axis=1)
+    energy = np.where(energy == 0, eps, energy)
+    feat = pspec @ _filterbanks(nfilt, nfft, sample_rate, 0.0, sample_rate / 2).T  # (n, nfilt)
+    feat = np.where(feat == 0, eps, feat)
+    cep = np.log(feat) @ _dct2_ortho(nfilt).T[:, :numcep]  # (n, numcep)
+    if ceplifter > 0:
+        cep = cep * (1 + (ceplifter / 2.0) * np.sin(np.pi * np.arange(numcep) / ceplifter))
+    cep[:, 0] = np.log(energy)
+    return cep
+
+
+def audio_to_int16_range(audio: np.ndarray) -> np.ndarray:
+    """float [-1, 1] samples -> the int16 values syncnet_python reads from its 16-bit WAV (as float64)."""
+    return np.clip(np.round(np.asarray(audio, dtype=np.float64) * 32768.0), -32768, 32767)
+
+
+def syncnet_mfcc(audio: np.ndarray) -> np.ndarray:
+    """16 kHz float audio (N,) -> MFCC (13, num_frames) in syncnet_python's convention (int16 scale)."""
+    return mfcc(audio_to_int16_range(audio), SAMPLE_RATE).T
+
+
+#################################################################################
+#                                    SyncNet                                    #
+#################################################################################
+
+
+def _lip_spatial_out(size: int) -> int:
+    """Spatial side before the lip stream's last convolution (6 for 224 input)."""
+    s = (size - 7) // 2 + 1  # conv 7x7 stride 2
+    s = (s - 3) // 2 + 1  # max-pool 3 stride 2
+    s = (s + 2 - 5) // 2 + 1  # conv 5x5 stride 2 pad 1
+    s = (s + 2 - 3) // 2 + 1  # max-pool 3 stride 2 pad 1
+    return (s - 3) // 2 + 1  # max-pool 3 stride 2
+
+
+def _audio_out(num_mfcc: int, mfcc_frames: int) -> tuple[int, int]:
+    """(height, width) before the audio stream's last convolution ((5, 4) for 13 x 20 MFCC input)."""
+    h, w = num_mfcc - 2, (mfcc_frames - 3) // 2 + 1  # max-pool (3, 3) stride (1, 2)
+    return (h - 3) // 2 + 1, (w - 3) // 2 + 1  # max-pool 3 stride 2
+
+
+class SyncNet(ModelMixin, ConfigMixin):
+    """syncnet_python's `S` model: a lip stream (5 frames) and an audio stream (20 MFCC frames) -> embeddings.
+
+    Module names and layer order equal syncnet_python's (`netcnnaud`, `netfcaud`, `netcnnlip`, `netfclip`), so
+    `syncnet_v2.model` loads into the default config; the no-op `MaxPool2d(1, 1)` is kept for the indices. The
+    widths, input size and embedding size are arguments so a small SyncNet can be trained on CPU
+    (`rest.training.syncnet`); the preprocessing it was trained with (`crop`, `crop_fraction`) is part of its config.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        audio_channels: tuple[int, ...] = (64, 192, 384, 256, 256, 512),  # six convolutions of the audio stream
+        lip_channels: tuple[int, ...] = (96, 256, 256, 256, 256, 512),  # six convolutions of the lip stream
+        fc_dim: int = 512,  # hidden size of both fully connected heads
+        embed_dim: int = 1024,  # output embedding size (num_layers_in_fc_layers)
+        image_size: int = 224,  # side of the square face crops
+        window_frames: int = 5,  # video frames per window (temporal kernel of the first lip convolution)
+        num_mfcc: int = 13,  # MFCC coefficients
+        mfcc_frames: int = 20,  # MFCC frames per audio window
+        crop: str = "face",  # preprocessing: "face" (detected, syncnet_python geometry) or "center"
+        crop_fraction: float = 1.0,  # "center": side of the centred square as a fraction of the frame's short side
+    ):
+        super().__init__()
+        a, v = tuple(audio_channels), tuple(lip_channels)
+        if len(a) != 6 or len(v) != 6:
+            raise ValueError("audio_channels and lip_channels need six widths each")
+        if crop not in ("face", "center") or not 0 < crop_fraction <= 1:
+            raise ValueError(
+                f"crop must be 'face' or 'center' and 0 < crop_fraction <= 1, got {crop}, {crop_fraction}"
+            )
+        ah, aw = _audio_out(num_mfcc, mfcc_frames)
+        ls = _lip_spatial_out(image_size)
+        if min(ah, aw, ls) < 1:
+            raise ValueError(f"inputs too small: image_size {image_size}, MFCC {num_mfcc} x {mfcc_frames}")
+
+        self.netcnnaud = nn.Sequential(
+            nn.Conv2d(1, a[0], kernel_size=3, stride=1, padding=1),
+            nn.BatchNorm2d(a[0]),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=1, stride=1),
+            nn.Conv2d(a[0], a[1], kernel_size=3, stride=1, padding=1),
+            nn.BatchNorm2d(a[1]),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=(1, 2)),
+            nn.Conv2d(a[1], a[2], kernel_size=3, padding=1),
+            nn.BatchNorm2d(a[2]),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(a[2], a[3], kernel_size=3, padding=1),
+            nn.BatchNorm2d(a[3]),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(a[3], a[4], kernel_size=3, padding=1),
+            nn.BatchNorm2d(a[4]),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(a[4], a[5], kernel_size=(ah, aw), padding=0),
+            nn.BatchNorm2d(a[5]),
+            nn.ReLU(),
+        )
+        self.netfcaud = nn.Sequential(
+            nn.Linear(a[5], fc_dim), nn.BatchNorm1d(fc_dim), nn.ReLU(), nn.Linear(fc_dim, embed_dim)
+        )
+        self.netfclip = nn.Sequential(
+            nn.Linear(v[5], fc_dim), nn.BatchNorm1d(fc_dim), nn.ReLU(), nn.Linear(fc_dim, embed_dim)
+        )
+        self.netcnnlip = nn.Sequential(
+            nn.Conv3d(3, v[0], kernel_size=(window_frames, 7, 7), stride=(1, 2, 2), padding=0),
+            nn.BatchNorm3d(v[0]),
+            nn.ReLU(inplace=True),
+            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2)),
+            nn.Conv3d(v[0], v[1], kernel_size=(1, 5, 5), stride=(1, 2, 2), padding=(0, 1, 1)),
+            nn.BatchNorm3d(v[1]),
+            nn.ReLU(inplace=True),
+            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+            nn.Conv3d(v[1], v[2], kernel_size=(1, 3, 3), padding=(0, 1, 1)),
+            nn.BatchNorm3d(v[2]),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(v[2], v[3], kernel_size=(1, 3, 3), padding=(0, 1, 1)),
+            nn.BatchNorm3d(v[3]),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(v[3], v[4], kernel_size=(1, 3, 3), padding=(0, 1, 1)),
+            nn.BatchNorm3d(v[4]),
+            nn.ReLU(inplace=True),
+            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2)),
+            nn.Conv3d(v[4], v[5], kernel_size=(1, ls, ls), padding=0),
+            nn.BatchNorm3d(v[5]),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward_aud(self, mfcc: torch.Tensor) -> torch.Tensor:
+        """MFCC windows (B, 1, num_mfcc, mfcc_frames) -> (B, embed_dim)."""
+        return self.netfcaud(self.netcnnaud(mfcc).flatten(1))
+
+    def forward_lip(self, video: torch.Tensor) -> torch.Tensor:
+        """BGR windows (B, 3, window_frames, S, S) in [0, 255] -> (B, embed_dim)."""
+        return self.netfclip(self.netcnnlip(video).flatten(1))
+
+    def forward(self, video: torch.Tensor, mfcc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lip embeddings, audio embeddings) of paired windows."""
+        return self.forward_lip(video), self.forward_aud(mfcc)
+
+
+def load_syncnet(path: str | Path) -> tuple[SyncNet, Extractor]:
+    """A SyncNet from syncnet_python's state dict (`syncnet_v2.model`) or a folder written by `save_pretrained`.
+
+    The state dict must match the default config exactly (BatchNorm `num_batches_tracked` may be absent, as in the
+    2017 files); anything else is a RestError that names the mismatch.
+    """
+    path = Path(path)
+    if path.is_dir():
+        from rest.models.loading import load_local
+
+        model = load_local(SyncNet, path, "SyncNet")
+        weights = path / "diffusion_pytorch_model.safetensors"
+        name = f"syncnet (project-trained, {model.config.image_size}px {model.config.crop} crop)"
+        return model.eval().requires_grad_(False), Extractor(name, str(weights), file_sha256(weights))
+    if not path.is_file():
+        raise RestError(f"SyncNet weights not found at {path}")
+    state = load_state_dict_file(path, "SyncNet")
+    model = SyncNet()
+    expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    given = {k for k in state if not k.endswith("num_batches_tracked")}
+    missing, unexpected = sorted(expected - given), sorted(given - expected)
+    if missing or unexpected:
+        raise RestError(
+            f"{path}: not syncnet_python's SyncNet state dict (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            "expected keys netcnnaud.0.weight ... netfclip.3.bias (syncnet_v2.model)"
+        )
+    try:
+        model.load_state_dict(state, strict=True)  # BatchNorm fills absent num_batches_tracked for metadata-free dicts
+    except RuntimeError as err:
+        raise RestError(f"{path}: tensor shapes do not match syncnet_python's SyncNet ({err})") from None
+    return model.eval().requires_grad_(False), Extractor("syncnet_v2 (syncnet_python)", str(path), file_sha256(path))
+
+
+#################################################################################
+#                            Offset search (LSE-C/D)                            #
+#################################################################################
+
+
+@dataclass
+class SyncResult:
+    """syncnet_python's outputs for one clip."""
+
+    offset: int  # frames; vshift - argmin (audio earlier than video > 0)
+    lse_d: float  # min over offsets of the mean distance
+    lse_c: float  # median - min of the mean distances
+    windows: int  # 5-frame windows compared
+    mean_dists: list[float] = field(default_factory=list)  # (2 vshift + 1,), offsets -vshift .. +vshift of j
+
+
+def offset_search(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int = VSHIFT) -> SyncResult:
+    """syncnet_python's `calc_pdist` + offset/confidence: embeddings (T, D) of aligned windows -> SyncResult."""
+    if video_emb.shape != audio_emb.shape or video_emb.ndim != 2 or len(video_emb) == 0:
+        raise ValueError(f"need two (T, D) embeddings of equal shape, got {video_emb.shape}, {audio_emb.shape}")
+    win = 2 * vshift + 1
+    padded = F.pad(audio_emb, (0, 0, vshift, vshift))  # zero embeddings beyond both ends, as syncnet_python
+    dists = torch.stack(
+        [F.pairwise_distance(video_emb[[i]].repeat(win, 1), padded[i : i + win]) for i in range(len(video_emb))], 1
+    )  # (win, T)
+    mdist = dists.mean(dim=1)  # (win,)
+    minval, minidx = torch.min(mdist, 0)
+    return SyncResult(
+        offset=int(vshift - minidx),
+        lse_d=float(minval),
+        lse_c=float(torch.median(mdist) - minval),
+        windows=len(video_emb),
+        mean_dists=[float(d) for d in mdist],
+    )
+
+
+#################################################################################
+#                                 Face crops                                    #
+#################################################################################
+
+
+def _median_filter(x: np.ndarray, kernel: int) -> np.ndarray:
+    """scipy.signal.medfilt: zero-padded running median with an odd kernel.
+
+    A series of at most kernel // 2 values would be all zeros (more zeros than values in every window); it gets
+    its plain median instead (syncnet_python never meets this: it drops face tracks under 100 frames).
+    """
+    half = kernel // 2
+    if len(x) <= half:
+        return np.full(len(x), np.median(x))
+    padded = np.concatenate([np.zeros(half), x, np.zeros(half)])
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, kernel), axis=1)
+
+
+def face_boxes(frames: np.ndarray, detector) -> np.ndarray | None:
+    """(F, 4) boxes x0, y0, x1, y1 of the largest face per frame, gaps interpolated; None when no frame has one."""
+    found, boxes = [], []
+    for i, frame in enumerate(frames):
+        faces = detector.detect(frame)
+        if faces:
+            found.append(i)
+            boxes.append(faces[0][:4])
+    if not found:
+        return None
+    boxes = np.asarray(boxes, dtype=np.float64)
+    index = np.arange(len(frames))
+    return np.stack([np.interp(index, found, boxes[:, j]) for j in range(4)], axis=1)
+
+
+def syncnet_face_crops(frames: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """syncnet_python's crop_video: uint8 (F, H, W, 3) + boxes (F, 4) -> uint8 (F, size, size, 3)."""
+    s = _median_filter(np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]) / 2, SMOOTH_KERNEL)
+    cy = _median_filter((boxes[:, 1] + boxes[:, 3]) / 2, SMOOTH_KERNEL)
+    cx = _median_filter((boxes[:, 0] + boxes[:, 2]) / 2, SMOOTH_KERNEL)
+    out = np.empty((len(frames), size, size, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        bs = s[i]
+        pad = int(bs * (1 + 2 * CROP_SCALE))
+        padded = np.pad(frame, ((pad, pad), (pad, pad), (0, 0)), constant_values=PAD_VALUE)
+        my, mx = cy[i] + pad, cx[i] + pad
+        face = padded[
+            int(my - bs) : int(my + bs * (1 + 2 * CROP_SCALE)),
+            int(mx - bs * (1 + CROP_SCALE)) : int(mx + bs * (1 + CROP_SCALE)),
+        ]
+        out[i] = _resize(face[None], size)[0]
+    return out
+
+
+def center_crops(frames: np.ndarray, fraction: float, size: int) -> np.ndarray:
+    """The centred square of `fraction` of the short side, resized: uint8 (F, H, W, 3) -> (F, size, size, 3)."""
+    _, h, w, _ = frames.shape
+    side = max(1, round(min(h, w) * fraction))
+    top, left = (h - side) // 2, (w - side) // 2
+    return _resize(frames[:, top : top + side, left : left + side], size)
+
+
+def _resize(frames: np.ndarray, size: int, batch: int = 64) -> np.ndarray:
+    """Bilinear resize (cv2.resize's INTER_LINEAR equivalent: align_corners=False, no antialias)."""
+    if frames.shape[1:3] == (size, size):
+        return np.ascontiguousarray(frames)
+    out = np.empty((len(frames), size, size, 3), np.uint8)
+    for i in range(0, len(frames), batch):
+        x = torch.from_numpy(np.ascontiguousarray(frames[i : i + batch])).permute(0, 3, 1, 2).float()
+        y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        out[i : i + batch] = y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+#################################################################################
+#                                  Scoring                                      #
+#################################################################################
+
+
+def sync_windows(num_frames: int, num_samples: int, window_frames: int = 5) -> int:
+    """Windows syncnet_python scores: `min(frames, samples // 640) - 5` (its `lastframe`), at least 0."""
+    return max(0, min(num_frames, num_samples // SAMPLES_PER_FRAME) - window_frames)
+
+
+class SyncNetScorer:
+    """Scores videos with a SyncNet: crops, MFCC, embeddings in batches, offset search."""
+
+    def __init__(
+        self,
+        model: SyncNet,
+        extractor: Extractor,
+        device: torch.device | str = "cpu",
+        batch_size: int = 20,
+        vshift: int = VSHIFT,
+        crop: str | None = None,
+        detector=None,
+    ):
+        self.model = model.to(device).eval()
+        self.extractor = extractor
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.vshift = vshift
+        self.crop = crop or model.config.crop
+        if self.crop not in ("face", "center"):
+            raise RestError(f"SyncNet crop must be 'face' or 'center', got {self.crop!r}")
+        self._detector = detector
+
+    def crops(self, frames: np.ndarray) -> np.ndarray | str:
+        """The model's input crops of uint8 RGB frames, or the reason there are none."""
+        size = self.model.config.image_size
+        if self.crop == "center":
+            return center_crops(frames, self.model.config.crop_fraction, size)
+        if self._detector is None:
+            from rest.data.face import FaceDetector
+
+            self._detector = FaceDetector()
+        boxes = face_boxes(frames, self._detector)
+        if boxes is None:
+            return f"no face found by {self._detector.name} in any frame"
+        return syncnet_face_crops(frames, boxes, size)
+
+    @torch.no_grad()
+    def embed(self, crops: np.ndarray, audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lip and audio embeddings (T, D) of every window (module docstring); crops uint8 RGB (F, S, S, 3)."""
+        cfg = self.model.config
+        n = sync_windows(len(crops), len(audio), cfg.window_frames)
+        video = (
+            torch.from_numpy(np.ascontiguousarray(crops[..., ::-1])).permute(3, 0, 1, 2).float()
+        )  # BGR (3, F, S, S)
+        cc = torch.from_numpy(syncnet_mfcc(audio)).float()  # (13, M)
+        lip, aud = [], []
+        for i in range(0, n, self.batch_size):
+            starts = range(i, min(n, i + self.batch_size))
+            v = torch.stack([video[:, s : s + cfg.window_frames] for s in starts])  # (B, 3, 5, S, S)
+            a = torch.stack([cc[None, :, MFCC_PER_FRAME * s : MFCC_PER_FRAME * s + cfg.mfcc_frames] for s in starts])
+            lip.append(self.model.forward_lip(v.to(self.device)).cpu())
+            aud.append(self.model.forward_aud(a.to(self.device)).cpu())
+        return torch.cat(lip), torch.cat(aud)
+
+    def score(self, frames: np.ndarray, audio: np.ndarray | None) -> SyncResult | str:
+        """SyncResult of a video (uint8 RGB (F, H, W, 3) at 25 fps, 16 kHz audio), or why it cannot be scored."""
+        if audio is None or len(audio) == 0:
+            return "no audio track"
+        need = self.model.config.window_frames + 1
+        if sync_windows(len(frames), len(audio), self.model.config.window_frames) < 1:
+            have = min(len(frames), len(audio) // SAMPLES_PER_FRAME)
+            return f"too short: {have} frames with audio; SyncNet needs at least {need} (5-frame windows)"
+        crops = self.crops(frames)
+        if isinstance(crops, str):
+            return crops
+        lip, aud = self.embed(crops, audio)
+        return offset_search(lip, aud, self.vshift)
+
+
+__all__ = [
+    "SyncNet",
+    "SyncNetScorer",
+    "SyncResult",
+    "audio_to_int16_range",
+    "center_crops",
+    "face_boxes",
+    "load_syncnet",
+    "mfcc",
+    "offset_search",
+    "sync_windows",
+    "syncnet_face_crops",
+    "syncnet_mfcc",
+]

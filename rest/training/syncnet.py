@@ -1,0 +1,290 @@
+"""Train a SyncNet on the project's shard format, exporting weights that `rest.metrics.syncnet.load_syncnet` reads.
+
+Objective: contrastive, on the Euclidean distance d between the lip embedding of a 5-frame window and the audio
+embedding of a 20-MFCC-frame window, which is exactly what LSE-D / LSE-C read (unnormalised embeddings,
+`pairwise_distance`); that is why we do not use Wav2Lip's BCE on cosine similarity. Two forms:
+- "infonce" (default): each video window is scored against its in-sync audio window and K off-sync ones, and the
+  cross-entropy of picking the in-sync one with logits -d is minimised (van den Oord et al. 2018, CPC). This is
+  the offset search of the metric in miniature.
+- "pairwise": the SyncNet paper's loss (Chung & Zisserman, "Out of time", 2016) on one off-sync window,
+  mean(d_sync^2) + mean(max(margin - d_off, 0)^2).
+Why the default is not the paper's: on SynthTalk, "pairwise" sat for hundreds of steps (in one of the two runs we
+made, for all of 2000) at the input-independent solution d_sync = d_off = margin / 2, a stationary point of that
+loss; "infonce" left chance level after ~200 steps.
+
+Off-sync windows are the same clip's audio shifted by d frames, 2 <= |d| <= 15: off by one frame the windows
+overlap by 80 %, so those are left out; the upper bound is the offset range the metric searches. Windows, MFCC and
+crops are exactly the ones `SyncNetScorer` uses at evaluation (`rest.metrics.syncnet`), so a trained model scores
+with the same pipeline.
+
+All crops of the split are held in memory as uint8 (`image_size`^2 * 3 bytes per frame: 27 KiB at 96 px); this is
+meant for SynthTalk-sized sets (minutes to a few hours of video).
+
+A run folder holds `checkpoints/step_*/` (accelerate state + trainer_state.json; `resume="latest"` continues from
+the newest), `metrics.jsonl`, and `export/` (save_pretrained layout). Runs on CPU or one GPU with
+`python train/syncnet.py`, or several with `accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rest.config import to_dict
+from rest.data.shards import ShardReader
+from rest.errors import RestError
+from rest.metrics.fid import Extractor
+from rest.metrics.syncnet import (
+    MFCC_PER_FRAME,
+    SyncNet,
+    SyncNetScorer,
+    center_crops,
+    sync_windows,
+    syncnet_mfcc,
+)
+from rest.training.common import TrainingRun, lr_at, read_trainer_state, resolve_resume
+
+# Architectures by name: syncnet_python's (224 px face crops) and a narrow one on 96 px crops that trains on CPU.
+SYNCNET_PRESETS: dict[str, dict] = {
+    "syncnet_v2": {},
+    "small": dict(
+        audio_channels=(32, 64, 96, 64, 64, 128),
+        lip_channels=(32, 64, 64, 64, 64, 128),
+        fc_dim=256,
+        embed_dim=256,
+        image_size=96,
+        crop="center",
+        crop_fraction=0.6,
+    ),
+}
+
+
+@dataclass
+class SyncNetTrainConfig:
+    """Everything a SyncNet training run needs."""
+
+    data: str  # shard root (SynthTalk or `rest preprocess` output)
+    output: str  # run folder
+    preset: str = "small"  # key of SYNCNET_PRESETS
+    model: dict = field(default_factory=dict)  # SyncNet arguments overriding the preset's
+    split: str = "train"  # clips trained on
+    eval_split: str | None = None  # clips scored at the end (None: every clip not in `split`)
+    steps: int = 2000  # optimizer steps
+    batch_size: int = 32  # video windows per step (each with one in-sync and one off-sync audio window)
+    lr: float = 1e-3  # peak AdamW learning rate
+    warmup_steps: int = 100  # linear warm-up, then cosine decay to 10 %
+    weight_decay: float = 1e-4
+    loss: str = "infonce"  # "infonce" (1 in-sync vs `negatives` off-sync windows) or "pairwise" (margin)
+    negatives: int = 4  # off-sync audio windows per video window ("pairwise" uses the first)
+    margin: float = 10.0  # "pairwise": contrastive margin on the L2 distance
+    min_shift: int = 2  # smallest |d| of an off-sync pair (frames)
+    max_shift: int = 15  # largest |d| of an off-sync pair (frames)
+    log_every: int = 50  # status line period (steps)
+    checkpoint_every: int = 500  # accelerate checkpoint period (steps; 0: only at the end)
+    seed: int = 0
+
+
+#################################################################################
+#                                    Data                                       #
+#################################################################################
+
+
+class SyncWindowSampler:
+    """In-memory crops (BGR) and MFCC of a split's clips; draws (video, in-sync audio, off-sync audio) batches."""
+
+    def __init__(self, reader: ShardReader, clip_ids: list[str], model: SyncNet, min_shift: int, max_shift: int):
+        cfg = model.config
+        if reader.fps != 25 or reader.sample_rate != 16000:
+            raise RestError(
+                f"{reader.root}: SyncNet needs 25 fps and 16 kHz clips, got {reader.fps}, {reader.sample_rate}"
+            )
+        if not 1 <= min_shift <= max_shift:
+            raise RestError(f"need 1 <= min_shift <= max_shift, got {min_shift}, {max_shift}")
+        self.window, self.mfcc_frames = cfg.window_frames, cfg.mfcc_frames
+        self.min_shift, self.max_shift = min_shift, max_shift
+        self.crops, self.mfccs, self.windows = [], [], []
+        for clip_id in clip_ids:
+            frames = reader.frames(clip_id)
+            audio = np.asarray(reader.audio(clip_id), dtype=np.float32)
+            n = sync_windows(len(frames), len(audio), self.window)
+            if n <= 2 * max_shift:  # too short for off-sync pairs
+                continue
+            crops = center_crops(frames, cfg.crop_fraction, cfg.image_size) if cfg.crop == "center" else None
+            if crops is None:
+                raise RestError("training with crop='face' is not supported: preprocess clips to face crops first")
+            self.crops.append(torch.from_numpy(np.ascontiguousarray(crops[..., ::-1])))  # BGR (F, S, S, 3)
+            self.mfccs.append(torch.from_numpy(syncnet_mfcc(audio)).float())  # (13, M)
+            self.windows.append(n)
+        if not self.crops:
+            raise RestError(
+                f"no clip in {reader.root} is long enough for off-sync pairs (> {2 * max_shift + 6} frames)"
+            )
+        self.weights = np.asarray(self.windows, np.float64) / sum(self.windows)
+
+    def _audio(self, clip: int, start: int) -> torch.Tensor:
+        m = MFCC_PER_FRAME * start
+        return self.mfccs[clip][None, :, m : m + self.mfcc_frames]  # (1, 13, 20)
+
+    def sample(self, batch_size: int, negatives: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """video (B, 3, 5, S, S) BGR in [0, 255]; MFCC windows (B, 1 + negatives, 1, 13, 20), the first in sync."""
+        videos, audios = [], []
+        for _ in range(batch_size):
+            c = int(rng.choice(len(self.crops), p=self.weights))
+            n = self.windows[c]
+            s = int(rng.integers(0, n))
+            starts = [s]
+            while len(starts) < 1 + negatives:
+                d = int(rng.integers(self.min_shift, self.max_shift + 1)) * (1 if rng.random() < 0.5 else -1)
+                if 0 <= s + d < n:
+                    starts.append(s + d)
+            clip = self.crops[c][s : s + self.window]  # (5, S, S, 3)
+            if rng.random() < 0.5:
+                clip = clip.flip(2)  # mirror: sync does not depend on it
+            videos.append(clip.permute(3, 0, 1, 2).float())
+            audios.append(torch.stack([self._audio(c, a) for a in starts]))
+        return torch.stack(videos), torch.stack(audios)
+
+
+def sync_loss(video: torch.Tensor, audio: torch.Tensor, kind: str, margin: float) -> dict:
+    """Loss on the L2 distances between lip embeddings (B, D) and audio embeddings (B, 1 + K, D), index 0 in sync.
+
+    "infonce": cross-entropy of the in-sync window among the 1 + K candidates with logits -distance (K off-sync
+    windows per video window). "pairwise": the SyncNet paper's contrastive loss on the first off-sync window,
+    mean(d_sync^2) + mean(max(margin - d_off, 0)^2). Also returns the mean distances and how often the in-sync
+    window is the nearest (`acc`), for the log.
+    """
+    d = torch.linalg.vector_norm(video[:, None] - audio + 1e-6, dim=-1)  # (B, 1 + K); pairwise_distance's eps
+    if kind == "infonce":
+        loss = F.cross_entropy(-d, torch.zeros(len(d), dtype=torch.long, device=d.device))
+    elif kind == "pairwise":
+        loss = d[:, 0].pow(2).mean() + torch.relu(margin - d[:, 1]).pow(2).mean()
+    else:
+        raise RestError(f"unknown SyncNet loss {kind!r}; choose infonce or pairwise")
+    accuracy = (d.argmin(dim=1) == 0).float().mean()
+    return {"loss": loss, "d_sync": d[:, 0].mean().detach(), "d_off": d[:, 1:].mean().detach(), "acc": accuracy}
+
+
+#################################################################################
+#                                   Training                                    #
+#################################################################################
+
+
+def build_syncnet(cfg: SyncNetTrainConfig) -> SyncNet:
+    if cfg.preset not in SYNCNET_PRESETS:
+        raise RestError(f"unknown SyncNet preset {cfg.preset!r}; choose one of {', '.join(SYNCNET_PRESETS)}")
+    return SyncNet(**{**SYNCNET_PRESETS[cfg.preset], **cfg.model})
+
+
+def train_syncnet(cfg: SyncNetTrainConfig, resume: str | None = None) -> Path:
+    """Train (or resume: "latest" or a checkpoint folder) and export to `<output>/export`; returns that folder."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator()
+    set_seed(cfg.seed, device_specific=True)
+    device = accelerator.device
+    out = Path(cfg.output)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+
+    # 1. Model and data.
+    reader = ShardReader(cfg.data)
+    train_ids = [r.clip_id for r in reader.records if r.split == cfg.split]
+    if not train_ids:
+        raise RestError(f"no clips of split {cfg.split!r} in {cfg.data}")
+    model = build_syncnet(cfg)
+    sampler = SyncWindowSampler(reader, train_ids, model, cfg.min_shift, cfg.max_shift)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, opt = accelerator.prepare(model, opt)
+    unwrapped = accelerator.unwrap_model(model)
+
+    # 2. Resume.
+    step = 0
+    ckpt = resolve_resume(out, resume)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        step = read_trainer_state(ckpt)["step"]
+        accelerator.print(f"resumed from {ckpt} at step {step}")
+    accelerator.print(
+        f"SyncNet {cfg.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        f"{len(sampler.crops)} clips, {sum(sampler.windows)} windows; "
+        f"{accelerator.num_processes} process(es) on {device}"
+    )
+
+    # 3. Loop. The batch drawn at a step depends only on (seed, step, rank), so a resumed run draws what the
+    # uninterrupted one would have.
+    run = TrainingRun(
+        accelerator, out, step=step, max_steps=cfg.steps, log_every=cfg.log_every, keep_checkpoints=2, desc="syncnet"
+    )
+    model.train()
+    try:
+        while step < cfg.steps:
+            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            rng = np.random.default_rng([cfg.seed, step, accelerator.process_index])
+            video, audio = (t.to(device) for t in sampler.sample(cfg.batch_size, cfg.negatives, rng))
+            lip = unwrapped.forward_lip(video)  # (B, D)
+            aud = unwrapped.forward_aud(audio.flatten(0, 1)).unflatten(0, audio.shape[:2])  # (B, 1 + K, D)
+            losses = sync_loss(lip, aud, cfg.loss, cfg.margin)
+            opt.zero_grad(set_to_none=True)
+            accelerator.backward(losses["loss"])
+            opt.step()
+            step += 1
+            values = {k: v.item() for k, v in losses.items()}
+            run.after_step(step, values, samples=cfg.batch_size * accelerator.num_processes, lr=lr)
+            if run.due(step, cfg.checkpoint_every):
+                run.save_checkpoint(step)
+    except KeyboardInterrupt:
+        accelerator.print(f"interrupted at step {step}; saving a checkpoint to resume from")
+        run.save_checkpoint(step)
+        raise
+    finally:
+        run.close()
+
+    # 4. Final checkpoint, export, and the sync of held-out clips with the evaluation pipeline.
+    run.save_checkpoint(step)
+    export = out / "export"
+    unwrapped.eval()
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(str(export))
+        split_ids = [r.clip_id for r in reader.records if r.split == cfg.eval_split]
+        other_ids = [r.clip_id for r in reader.records if r.split != cfg.split]
+        eval_ids = split_ids if cfg.eval_split else other_ids
+        if eval_ids:
+            result = evaluate_sync(unwrapped, reader, eval_ids, device)
+            print("held-out sync:", json.dumps(result))
+            run.log.write("eval", {"step": step, **result})
+    accelerator.wait_for_everyone()
+    return export
+
+
+@torch.no_grad()
+def evaluate_sync(
+    model: SyncNet, reader: ShardReader, clip_ids: list[str], device: torch.device, shift: int = 5
+) -> dict:
+    """Offset, LSE-D and LSE-C of clips as they are and with the audio delayed by `shift` frames (expected offset
+    -shift), with the evaluation pipeline (`SyncNetScorer`)."""
+    scorer = SyncNetScorer(model, Extractor("syncnet (training run)", "", ""), device=device)
+    rows = {}
+    for clip_id in clip_ids:
+        frames = reader.frames(clip_id)
+        audio = np.asarray(reader.audio(clip_id), dtype=np.float32)
+        delayed = np.concatenate([np.zeros(shift * 640, np.float32), audio[: len(audio) - shift * 640]])
+        for name, track in (("sync", audio), (f"delayed_{shift}", delayed)):
+            r = scorer.score(frames, track)
+            rows[f"{clip_id}/{name}"] = (
+                r
+                if isinstance(r, str)
+                else {"offset": r.offset, "lse_d": round(r.lse_d, 3), "lse_c": round(r.lse_c, 3)}
+            )
+    return rows
+
+
+__all__ = ["SYNCNET_PRESETS", "SyncNetTrainConfig", "SyncWindowSampler", "sync_loss", "train_syncnet"]

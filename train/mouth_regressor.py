@@ -1,0 +1,35 @@
+"""Train the mouth-openness regressor used by the `lipsync_gt` metric, on SynthTalk shards (`mouth_open` labels).
+
+    python train/mouth_regressor.py --data data/synthtalk --output weights/metrics/mouth_regressor [--steps 1000]
+
+See rest/metrics/lipsync_gt.py for the model and the metric.
+"""
+
+import argparse
+
+from rest.metrics.lipsync_gt import train_mouth_regressor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="SynthTalk shard root")
+    parser.add_argument("--output", required=True, help="export folder (save_pretrained layout)")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--split", default="train", help="clips trained on ('all' for every split)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    train_mouth_regressor(
+        args.data,
+        args.steps,
+        output=args.output,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        split=None if args.split == "all" else args.split,
+        seed=args.seed,
+    )
+
+
+if __name__ == "__main__":
+    main()
