@@ -388,6 +388,22 @@ def _tiny_shards(root: Path, clips: int = 2, frames: int = 48, size: int = 32) -
         writer.write_clip(f"clip{i}", video, audio, meta=meta, split="train" if i else "test_voice")
 
 
+def test_sync_losses_reward_the_in_sync_window():
+    from rest.training.syncnet import sync_loss
+
+    video = torch.zeros(3, 4)
+    audio = torch.ones(3, 5, 4) * 3.0
+    audio[:, 0] = 0.0  # the in-sync window sits on the lip embedding, the 4 others 6 away
+    good = sync_loss(video, audio, "infonce", margin=10.0)
+    assert good["acc"] == 1.0 and good["loss"] < 0.02
+    bad = sync_loss(video, audio.flip(1), "infonce", margin=10.0)
+    assert bad["acc"] == 0.0 and bad["loss"] > 5.0
+    pairwise = sync_loss(video, audio, "pairwise", margin=10.0)
+    assert pairwise["loss"].item() == pytest.approx((10.0 - 6.0) ** 2, rel=1e-4)  # d_sync 0, d_off 6 < margin
+    with pytest.raises(RestError, match="unknown SyncNet loss"):
+        sync_loss(video, audio, "bce", margin=10.0)
+
+
 def test_train_syncnet_smoke_exports_a_loadable_model(tmp_path, capsys):
     from rest.training.syncnet import SyncNetTrainConfig, train_syncnet
 
