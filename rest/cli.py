@@ -12,6 +12,8 @@ from rest.errors import RestError
 COMMANDS = [
     "rest.commands.bench",
     "rest.commands.evaluate",
+    "rest.commands.export_pipeline",
+    "rest.commands.generate",
     "rest.commands.preprocess",
     "rest.commands.synth",
 ]

@@ -525,6 +525,25 @@ _CONTAINERS = {".mp4": "mp4", ".mov": "mov"}
 _AAC_FRAME = 1024  # samples per AAC-LC frame: the encoder takes exactly this many (the last frame may be short)
 
 
+def write_audio(path: PathLike, samples: np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write float mono samples in [-1, 1] as a 16-bit PCM WAV file, atomically."""
+    import wave
+
+    path = Path(path)
+    pcm = (np.clip(_as_audio(samples), -1.0, 1.0) * 32767.0).round().astype("<i2")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with wave.open(str(tmp), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(int(sample_rate))
+            w.writeframes(pcm.tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_video(
     path: PathLike,
     frames: np.ndarray | torch.Tensor,
@@ -550,75 +569,132 @@ def write_video(
     The file is written under a temporary name in the same folder and renamed into place when complete, so on
     any error (or Ctrl-C) no partial file is left behind and an existing file at `path` is untouched.
     """
-    path = Path(path)
     frames = _as_frames(frames)
     num_frames, height, width, _ = frames.shape
     if num_frames == 0:
         raise ValueError("write_video: no frames to write")
-    if height % 2 or width % 2:
-        raise ValueError(
-            f"write_video: H.264 yuv420p needs an even width and height, got {width}x{height}: crop or pad the frames"
-        )
-    if fps <= 0:
-        raise ValueError(f"write_video: fps must be positive, got {fps}")
-    if keyframe_interval < 1:
-        raise ValueError(f"write_video: keyframe_interval must be >= 1, got {keyframe_interval}")
-    if not 0 <= crf <= 51:
-        raise ValueError(f"write_video: crf must be in [0, 51], got {crf}")
-    if path.suffix.lower() not in _CONTAINERS:
-        raise ValueError(f"write_video: {path} must end in one of {', '.join(_CONTAINERS)}")
-    if not path.parent.is_dir():
-        raise _error(path, f"cannot write: the folder {path.parent} does not exist")
-    rate = Fraction(fps).limit_denominator(1001)  # 25.0 -> 25, 29.97002997 -> 30000/1001
-    samples = None
-    if audio is not None:
-        samples = _fit_audio(_as_audio(audio), round(num_frames / rate * sample_rate))
-
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask applies, as for `open`
-        _encode(tmp, path, frames, rate, samples, sample_rate, crf, keyframe_interval)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with VideoWriter(path, width, height, fps, audio, sample_rate, num_frames, crf, keyframe_interval) as writer:
+        writer.write(frames)
 
 
-def _encode(
-    tmp: Path,
-    path: Path,
-    frames: np.ndarray,
-    rate: Fraction,
-    samples: np.ndarray | None,
-    sample_rate: int,
-    crf: int,
-    keyframe_interval: int,
-) -> None:
-    """Encode and mux into `tmp`, interleaving the audio with the video frame by frame."""
-    muxer = _CONTAINERS[path.suffix.lower()]
-    options = {"movflags": "+faststart"}  # move the index (moov) before the data once the file is complete
-    try:
-        with av.open(str(tmp), mode="w", format=muxer, options=options) as container:
-            video = container.add_stream("libx264", rate=rate)
-            video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-            video.options = {"crf": str(crf)}
-            video.codec_context.gop_size = keyframe_interval
-            sound = None
-            if samples is not None:
-                sound = container.add_stream("aac", rate=sample_rate, layout="mono")
-            written = 0  # audio samples encoded so far
-            for i, rgb in enumerate(frames):
+class VideoWriter:
+    """Stream frames into an H.264 (yuv420p) + AAC file, atomically: `write_video` one block at a time.
+
+        with VideoWriter("out.mp4", W, H, fps=25, audio=samples, num_frames=F) as writer:
+            for block in blocks:       # uint8 (F', H, W, 3)
+                writer.write(block)
+
+    `audio` (float (N,) mono) is cut or padded with silence to `num_frames / fps` seconds and muxed as the frames
+    arrive. The file appears at `path` only when the block exits normally after exactly `num_frames` frames; on
+    an exception (or Ctrl-C), or a different frame count, the temporary file is removed and `path` is untouched.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        width: int,
+        height: int,
+        fps: float = FPS,
+        audio: np.ndarray | torch.Tensor | None = None,
+        sample_rate: int = SAMPLE_RATE,
+        num_frames: int | None = None,
+        crf: int = 18,
+        keyframe_interval: int = 25,
+    ):
+        self.path = path = Path(path)
+        if height % 2 or width % 2:
+            raise ValueError(
+                f"write_video: H.264 yuv420p needs an even width and height, got {width}x{height}: "
+                "crop or pad the frames"
+            )
+        if fps <= 0:
+            raise ValueError(f"write_video: fps must be positive, got {fps}")
+        if keyframe_interval < 1:
+            raise ValueError(f"write_video: keyframe_interval must be >= 1, got {keyframe_interval}")
+        if not 0 <= crf <= 51:
+            raise ValueError(f"write_video: crf must be in [0, 51], got {crf}")
+        if path.suffix.lower() not in _CONTAINERS:
+            raise ValueError(f"write_video: {path} must end in one of {', '.join(_CONTAINERS)}")
+        if not path.parent.is_dir():
+            raise _error(path, f"cannot write: the folder {path.parent} does not exist")
+        if audio is not None and num_frames is None:
+            raise ValueError("write_video: give num_frames with audio (the audio track is fitted to the video)")
+        self.width, self.height, self.num_frames = width, height, num_frames
+        self.rate = Fraction(fps).limit_denominator(1001)  # 25.0 -> 25, 29.97002997 -> 30000/1001
+        self.sample_rate, self.crf, self.keyframe_interval = sample_rate, crf, keyframe_interval
+        self.samples = None
+        if audio is not None:
+            self.samples = _fit_audio(_as_audio(audio), round(num_frames / self.rate * sample_rate))
+        self.frames_written = 0
+        self._written_audio = 0
+
+    def __enter__(self) -> VideoWriter:
+        path = self.path
+        self.tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        os.close(os.open(self.tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask applies, as for `open`
+        try:
+            options = {"movflags": "+faststart"}  # move the index (moov) before the data once the file is complete
+            self.container = av.open(str(self.tmp), mode="w", format=_CONTAINERS[path.suffix.lower()], options=options)
+            self.video = self.container.add_stream("libx264", rate=self.rate)
+            self.video.width, self.video.height, self.video.pix_fmt = self.width, self.height, "yuv420p"
+            self.video.options = {"crf": str(self.crf)}
+            self.video.codec_context.gop_size = self.keyframe_interval
+            self.sound = None
+            if self.samples is not None:
+                self.sound = self.container.add_stream("aac", rate=self.sample_rate, layout="mono")
+        except BaseException as err:
+            self.tmp.unlink(missing_ok=True)
+            if isinstance(err, av.error.FFmpegError):
+                raise _error(path, f"cannot write video ({_reason(err)})") from None
+            raise
+        return self
+
+    def write(self, frames: np.ndarray | torch.Tensor) -> None:
+        """Append frames: uint8 (F', H, W, 3) RGB or a float tensor (3, F', H, W) in [-1, 1]."""
+        frames = _as_frames(frames)
+        if frames.shape[1:] != (self.height, self.width, 3):
+            raise ValueError(f"write_video: frames must be ({self.height}, {self.width}, 3), got {frames.shape[1:]}")
+        try:
+            for rgb in frames:
+                i = self.frames_written
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
                 frame.pts = i  # in units of 1 / rate
-                container.mux(video.encode(frame))
-                if sound is not None:  # audio up to the end of this frame
-                    written = _encode_audio(container, sound, samples, written, round((i + 1) / rate * sample_rate))
-            container.mux(video.encode(None))
-            if sound is not None:
-                _encode_audio(container, sound, samples, written, len(samples))
-                container.mux(sound.encode(None))
-    except av.error.FFmpegError as e:
-        raise _error(path, f"cannot write video ({_reason(e)})") from None
+                self.container.mux(self.video.encode(frame))
+                if self.sound is not None:  # audio up to the end of this frame
+                    stop = round((i + 1) / self.rate * self.sample_rate)
+                    self._written_audio = _encode_audio(
+                        self.container, self.sound, self.samples, self._written_audio, stop
+                    )
+                self.frames_written += 1
+        except av.error.FFmpegError as e:
+            raise _error(self.path, f"cannot write video ({_reason(e)})") from None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                if self.frames_written == 0:
+                    raise ValueError("write_video: no frames to write")
+                if self.num_frames is not None and self.frames_written != self.num_frames:
+                    raise ValueError(f"write_video: {self.frames_written} frames written, {self.num_frames} declared")
+                try:
+                    self.container.mux(self.video.encode(None))
+                    if self.sound is not None:
+                        _encode_audio(self.container, self.sound, self.samples, self._written_audio, len(self.samples))
+                        self.container.mux(self.sound.encode(None))
+                    self.container.close()
+                except av.error.FFmpegError as e:
+                    raise _error(self.path, f"cannot write video ({_reason(e)})") from None
+                os.replace(self.tmp, self.path)
+            else:
+                self.container.close()
+        except BaseException:
+            try:
+                self.container.close()
+            except Exception:
+                pass
+            raise
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 def _encode_audio(

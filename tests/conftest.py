@@ -22,3 +22,34 @@ def require_shared_data(*parts: str) -> Path:
 def shared_data() -> Path:
     """The shared test media folder; skips the test when it is absent."""
     return require_shared_data()
+
+
+@pytest.fixture(scope="session")
+def test_pipeline(tmp_path_factory) -> Path:
+    """A tiny random-weight pipeline folder (rest.pipelines.build_test_pipeline), built once per session."""
+    from rest.pipelines import build_test_pipeline
+
+    return build_test_pipeline(tmp_path_factory.mktemp("pipeline") / "tiny-random")
+
+
+@pytest.fixture(scope="session")
+def face_image():
+    """A procedural SynthTalk face (uint8 (160, 160, 3)) that the face detector finds, mouth closed."""
+    from rest.data.synth.generate import identity_face
+    from rest.data.synth.render import FaceRenderer
+
+    return FaceRenderer(identity_face(0, 3), 160).render()
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory) -> Path:
+    """A 2.3 s 16 kHz mono WAV of a modulated tone (speech-like envelope)."""
+    import numpy as np
+
+    from rest.media import write_audio
+
+    t = np.arange(int(2.3 * 16000)) / 16000
+    signal = 0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    path = tmp_path_factory.mktemp("speech") / "speech.wav"
+    write_audio(path, signal.astype(np.float32), 16000)
+    return path

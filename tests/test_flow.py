@@ -107,7 +107,18 @@ class ConstantDenoiser(nn.Module):
         self.weight = nn.Parameter(torch.zeros(()))
         self.calls = 0
 
-    def forward(self, x, t, audio, portrait, drop_audio=None, drop_portrait=None, emotion=None):
+    def forward(
+        self,
+        x,
+        t,
+        audio,
+        portrait,
+        drop_audio=None,
+        drop_portrait=None,
+        emotion=None,
+        first_latent_frame=0,
+        frame_positions=None,
+    ):
         self.calls += 1
         code = 1.0 + 10.0 * drop_audio.float() + 100.0 * drop_portrait.float()
         return Transformer2DModelOutput(sample=code.view(-1, 1, 1, 1, 1).expand_as(x) + self.weight)

@@ -165,3 +165,61 @@ def test_train_script_entry_point(assets, tmp_path, monkeypatch):
     runpy.run_path(str(REPO / "train" / "teacher.py"), run_name="__main__")
     assert (tmp_path / "run" / "export" / "denoiser" / "config.json").is_file()
     assert metrics(tmp_path / "run", "train")[-1]["step"] == 1
+
+
+def test_cached_latents_dataset_and_training(assets, tmp_path, capsys):
+    """`rest preprocess --output ROOT --vae V` caches each clip as one causal stream; TalkingLatentDataset windows
+    slice it with the audio of exactly the frames they cover; the teacher trains on them (data.latents)."""
+    import shutil
+
+    from rest.cli import main
+    from rest.data.dataset import StreamStartBatchSampler, TalkingLatentDataset
+    from rest.data.preprocess import vae_fingerprint
+    from rest.data.shards import ShardReader
+    from rest.errors import RestError
+
+    shards, vae_dir = assets
+    root = tmp_path / "shards"
+    shutil.copytree(shards, root)
+    with pytest.raises(RestError, match=r"have no cached latents \(e.g. clip0\); run `rest preprocess"):
+        TalkingLatentDataset(root, num_latent_frames=3, temporal_compression=4)
+    assert main(["preprocess", "--output", str(root), "--vae", str(vae_dir), "--no-progress"]) == 0
+    assert "latents: 3 clips encoded, 0 already cached" in capsys.readouterr().out
+    assert main(["preprocess", "--output", str(root), "--vae", str(vae_dir), "--no-progress"]) == 0
+    assert "latents: 0 clips encoded, 3 already cached" in capsys.readouterr().out
+
+    reader = ShardReader(root)
+    vae = load_local(CausalVideoVAE, vae_dir)
+    ds = TalkingLatentDataset(
+        root, num_latent_frames=3, temporal_compression=4, audio_lookahead_frames=2, seed=1, random_windows=False
+    )
+    assert len(ds) == 3 and all(s == 1 for _, s in ds.windows)  # 5 latent frames per clip: one window from 1
+    whole = vae.encode(
+        torch.from_numpy(reader.frames("clip0")[:17]).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+    )
+    item = ds[0]
+    assert item["first_latent_frame"] == 1 and item["start_frame"] == 1
+    torch.testing.assert_close(item["mean"], whole.latent_dist.mean[0, :, 1:4], atol=1e-4, rtol=0)
+    spf = 640
+    audio = reader.audio("clip0")
+    assert item["audio"].shape == ((12 + 2) * spf,)  # 3 latent frames x 4 video frames + look-ahead
+    np.testing.assert_array_equal(item["audio"][: 12 * spf].numpy(), audio[spf : 13 * spf])
+    start = ds[(0, True)]
+    assert start["first_latent_frame"] == 0 and start["start"] == 0 and start["audio"].shape == ((9 + 2) * spf,)
+    torch.testing.assert_close(start["mean"], whole.latent_dist.mean[0, :, :3], atol=1e-4, rtol=0)
+
+    batches = list(StreamStartBatchSampler(ds, 1, 0.5, seed=0))
+    assert len(batches) == 3 and {b[0][1] for b in batches} == {True, False}
+
+    other = tmp_path / "other_vae"
+    CausalVideoVAE(latent_channels=4, patch_size=2, block_out_channels=(8, 16, 32)).save_pretrained(other)
+    with pytest.raises(RestError, match="cached with another VAE"):
+        TalkingLatentDataset(root, num_latent_frames=3, temporal_compression=4, vae_fingerprint=vae_fingerprint(other))
+
+    out = tmp_path / "run"
+    cfg = experiment((root, vae_dir), out, max_steps=3)
+    cfg.data.latents, cfg.data.stream_start_share = True, 0.5
+    train_teacher(cfg)
+    assert [m["step"] for m in metrics(out, "train")] == [1, 2, 3]
+    assert np.isfinite(metrics(out, "eval")[-1]["val_loss"])
+    assert (out / "export" / "denoiser" / "config.json").is_file()

@@ -10,7 +10,8 @@ look-ahead) has arrived, so the first chunk waits for `audio buffering` of media
 
 (DESIGN.md, "Streaming latency"). The portrait's ID-Sink is written before the audio starts (`setup_ms`, not on
 the latency path). Random weights by default (speed does not depend on them), or `--weights FOLDER` with
-`denoiser/`, `audio_encoder/` and either `vae/` or a `student.json` / `teacher.json` naming the VAE folder.
+`denoiser/`, `audio_encoder/` and either `vae/` or a `student.json` / `teacher.json` naming the VAE folder
+(a pipeline folder of `rest export-pipeline` works: its `pipeline.json` gives K and the levels).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def load_stream_models(preset: str, weights: str | None, depth: int | None = Non
         return models, {}
     folder = Path(weights)
     info: dict = {}
-    for name in ("student.json", "teacher.json"):
+    for name in ("pipeline.json", "student.json", "teacher.json"):
         if (folder / name).is_file():
             info = json.loads((folder / name).read_text())
             break

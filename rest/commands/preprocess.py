@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,15 +13,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="face-crop, resample and store a folder of videos as training shards",
         description="Decode every video under --input at 25 fps with 16 kHz mono audio, crop a temporally "
         "smoothed square around the face, resize to the preset's resolution and write clips into --output. "
-        "Bad inputs are skipped with their reason in OUTPUT/report.jsonl; rerunning resumes.",
+        "Bad inputs are skipped with their reason in OUTPUT/report.jsonl; rerunning resumes. Without --input, "
+        "--vae caches the latents of the clips already in --output (e.g. a SynthTalk root).",
     )
-    parser.add_argument("--input", required=True, help="folder of videos (.mp4 .mov .mkv .avi .webm, recursive)")
+    parser.add_argument("--input", default=None, help="folder of videos (.mp4 .mov .mkv .avi .webm, recursive)")
     parser.add_argument("--output", required=True, help="shard root (created, or resumed)")
     parser.add_argument("--preset", default="tiny", help="tiny (128 px) | base (512 px)")
     parser.add_argument(
         "--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes (0: in this process)"
     )
-    parser.add_argument("--vae", default=None, metavar="FOLDER", help="also cache latents of this CausalVideoVAE")
+    parser.add_argument(
+        "--vae", default=None, metavar="FOLDER", help="also cache latents of this CausalVideoVAE (teacher training)"
+    )
     parser.add_argument(
         "--detector", default="auto", choices=["auto", "scrfd", "dlib-hog"], help="face detector (rest/data/face.py)"
     )
@@ -36,7 +40,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from rest.config import get_preset
-    from rest.data.preprocess import CropOptions, PreprocessOptions, preprocess_folder
+    from rest.data.preprocess import CropOptions, PreprocessOptions, cache_latents, preprocess_folder
+    from rest.errors import RestError
+
+    if args.input is None:
+        if args.vae is None:
+            raise RestError("give --input VIDEOS to preprocess, or --vae FOLDER to cache latents of --output's clips")
+        start = time.perf_counter()
+        encoded, kept = cache_latents(args.output, args.vae, progress=not args.no_progress)
+        print(f"latents: {encoded} clips encoded, {kept} already cached; {time.perf_counter() - start:.1f} s")
+        return 0
 
     preset = get_preset(args.preset)
     options = PreprocessOptions(

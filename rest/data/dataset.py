@@ -14,12 +14,12 @@ model copy pose and expression instead of following the audio.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from rest.data.shards import ClipRecord, ShardReader
 from rest.errors import RestError
@@ -146,6 +146,145 @@ class TalkingClipDataset(Dataset):
         return item
 
 
+class TalkingLatentDataset(Dataset):
+    """Windows of `num_latent_frames` cached VAE latents (`rest preprocess --vae`), their audio, and a reference.
+
+    The cache holds each clip's latents encoded as one causal stream from its first frame, so a window that starts
+    at latent frame j >= 1 is a *continuation*: its latents are what the VAE's streaming encoder gives deep in a
+    stream (warm causal caches), which is what the streaming student generates after its first chunk. A window at
+    j = 0 is a stream start (latent frame 0 covers frame 0 alone). Reading latents instead of frames also takes the
+    VAE encoder out of the training step.
+
+    Keys are `(index, stream_start)` pairs (see `StreamStartBatchSampler`): the denoiser takes one
+    `first_latent_frame` per batch, so a batch is all stream starts or all continuations.
+
+    Items are dicts:
+        mean, logvar: float32 (C, L, h, w), the cached posterior of the window
+        audio: float32 samples of the video frames the window covers (1 + t*(L-1) frames at a stream start,
+            t*L after it) plus `audio_lookahead_frames` frames (zeros past the end of the clip)
+        ref: float32 (3, 1, R, R) reference frame in [-1, 1], at least `ref_min_gap` frames from the window
+        first_latent_frame: 0 for a stream start, 1 for a continuation (the denoiser's audio alignment)
+        clip_id: str; start: int, the window's first latent frame in the clip; start_frame: its first video frame
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        num_latent_frames: int,
+        temporal_compression: int,
+        split: str | None = "train",
+        seed: int = 0,
+        audio_lookahead_frames: int = 0,
+        ref_min_gap: int | None = None,
+        random_windows: bool = True,
+        vae_fingerprint: str | None = None,
+    ):
+        if num_latent_frames < 1 or temporal_compression < 1 or audio_lookahead_frames < 0:
+            raise RestError("num_latent_frames and temporal_compression must be >= 1, the look-ahead >= 0")
+        self.reader = ShardReader(root)
+        fps, sr = self.reader.fps, self.reader.sample_rate
+        if sr % fps:
+            raise RestError(f"{root}: {sr} Hz audio does not split into whole samples per frame at {fps} fps")
+        self.samples_per_frame = sr // fps
+        self.num_latent_frames = L = num_latent_frames
+        self.temporal_compression = t = temporal_compression
+        self.seed = seed
+        self.epoch = 0
+        self.audio_lookahead_frames = audio_lookahead_frames
+        self.ref_min_gap = 1 + t * (L - 1) if ref_min_gap is None else ref_min_gap
+        self.random_windows = random_windows
+
+        in_split = [r for r in self.reader.records if split is None or r.split == split]
+        missing = [r.clip_id for r in in_split if not r.has_latents]
+        if missing:
+            raise RestError(
+                f"{len(missing)} of {len(in_split)} clips of split {split!r} in {root} have no cached latents "
+                f"(e.g. {missing[0]}); run `rest preprocess --output {root} --vae VAE_FOLDER` first"
+            )
+        self.clips: list[ClipRecord] = []
+        self.latent_frames: list[int] = []
+        for record in in_split:
+            header = self.reader.latents_metadata(record.clip_id)
+            if vae_fingerprint is not None and header.get("vae_sha256") != vae_fingerprint:
+                raise RestError(
+                    f"the latents of {record.clip_id} in {root} were cached with another VAE "
+                    f"({header.get('vae', 'unknown')}); rerun `rest preprocess --output {root} --vae VAE_FOLDER` "
+                    "with the VAE this run uses"
+                )
+            f = 1 + (int(header["num_frames"]) - 1) // t
+            if f > L:  # at least one continuation window
+                self.clips.append(record)
+                self.latent_frames.append(f)
+        self.too_short = len(in_split) - len(self.clips)
+        if not self.clips:
+            raise RestError(f"no clip of split {split!r} in {root} has more than {L} latent frames")
+        if random_windows:
+            self.windows = [(i, -1) for i in range(len(self.clips))]
+        else:  # every non-overlapping continuation window, in order
+            self.windows = [(i, s) for i, f in enumerate(self.latent_frames) for s in range(1, f - L + 1, L)]
+
+    def set_epoch(self, epoch: int) -> None:
+        """New random windows and references for a new epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, key: int | tuple[int, bool]) -> dict:
+        index, stream_start = key if isinstance(key, tuple) else (key, False)
+        clip_index, start = self.windows[index]
+        record, f = self.clips[clip_index], self.latent_frames[clip_index]
+        L, t, spf = self.num_latent_frames, self.temporal_compression, self.samples_per_frame
+        rng = np.random.default_rng([self.seed, self.epoch, index, int(stream_start)])
+        if stream_start:
+            start = 0
+        elif start < 0:
+            start = int(rng.integers(1, f - L + 1))
+        first_frame = 0 if start == 0 else t * (start - 1) + 1
+        covered = (1 + t * (L - 1)) if start == 0 else t * L
+        ref_index = reference_index(record.num_frames, first_frame, covered, self.ref_min_gap, rng)
+
+        latents = self.reader.latents(record.clip_id)
+        wanted = (covered + self.audio_lookahead_frames) * spf
+        audio = np.zeros(wanted, np.float32)
+        piece = self.reader.audio(record.clip_id)[first_frame * spf : first_frame * spf + wanted]
+        audio[: len(piece)] = piece
+        return {
+            "mean": latents["mean"][:, start : start + L].float(),
+            "logvar": latents["logvar"][:, start : start + L].float(),
+            "audio": torch.from_numpy(audio),
+            "ref": frames_to_tensor(self.reader.frames_at(record.clip_id, [ref_index])),
+            "first_latent_frame": 0 if start == 0 else 1,
+            "clip_id": record.clip_id,
+            "start": start,
+            "start_frame": first_frame,
+        }
+
+
+class StreamStartBatchSampler(Sampler[list[tuple[int, bool]]]):
+    """Shuffled batches of `TalkingLatentDataset` keys; each batch is all stream starts (with probability
+    `stream_start_share`) or all continuations. Deterministic in (seed, epoch); drops the last partial batch."""
+
+    def __init__(self, dataset: TalkingLatentDataset, batch_size: int, stream_start_share: float, seed: int = 0):
+        if not 0.0 <= stream_start_share <= 1.0:
+            raise RestError(f"stream_start_share must be in [0, 1], got {stream_start_share}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.stream_start_share = stream_start_share
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+        rng = np.random.default_rng([self.seed, self.dataset.epoch, 7])
+        order = rng.permutation(len(self.dataset))
+        for b in range(len(self)):
+            start = bool(rng.random() < self.stream_start_share)
+            yield [(int(i), start) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
+
+
 def reference_index(num_frames: int, start: int, length: int, min_gap: int, rng: np.random.Generator) -> int:
     """A reference frame for window [start, start + length) of a video of `num_frames` frames (module docstring).
 
@@ -168,4 +307,4 @@ def _to_tensor(value: np.ndarray) -> torch.Tensor | np.ndarray:
     return value
 
 
-__all__ = ["TalkingClipDataset", "reference_index"]
+__all__ = ["StreamStartBatchSampler", "TalkingClipDataset", "TalkingLatentDataset", "reference_index"]

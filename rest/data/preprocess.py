@@ -370,7 +370,7 @@ def _run_job(job: _Job) -> _Outcome:
         latents, latents_metadata = None, None
         if _STATE["vae"] is not None:
             latents, latents_metadata = encode_latents(_STATE["vae"], clip.frames)
-            latents_metadata["vae"] = str(_STATE["vae_folder"])
+            latents_metadata.update(vae=str(_STATE["vae_folder"]), vae_sha256=vae_fingerprint(_STATE["vae_folder"]))
         record = writer.write_clip(
             job.clip_id,
             clip.frames,
@@ -425,6 +425,55 @@ def encode_latents(vae, frames: np.ndarray, chunk_frames: int = 64) -> tuple[dic
             means.append(out.latent_dist.mean[0].float().cpu())  # (C, latent frames completed by this chunk, h, w)
             logvars.append(out.latent_dist.logvar[0].float().cpu())
     return {"mean": torch.cat(means, dim=1), "logvar": torch.cat(logvars, dim=1)}, {"num_frames": str(F)}
+
+
+def vae_fingerprint(folder: str | Path) -> str:
+    """sha256 of a VAE folder's weights file: cached latents record it, trainers check it."""
+    from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
+
+    path = Path(folder) / SAFETENSORS_WEIGHTS_NAME
+    if not path.is_file():
+        raise RestError(f"{path} not found: the VAE folder must be a save_pretrained export (config.json + weights)")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_latents(root: str | Path, vae_folder: str | Path, progress: bool = True) -> tuple[int, int]:
+    """Encode every clip of a shard root with a VAE (one causal stream per clip) into its latents.safetensors.
+
+    Clips whose latents were cached with the same VAE weights are kept. Each file is written beside the clip
+    and renamed into place, then an updated manifest line (`has_latents`) is appended, so a killed run leaves
+    every clip either with complete latents or as before. Returns (encoded, already cached).
+    """
+    from rest.data.shards import LATENTS_FILE, MANIFEST_FILE, ShardReader, _append_line, _save_latents
+
+    reader = ShardReader(root)
+    fingerprint = vae_fingerprint(vae_folder)
+    todo = [
+        r
+        for r in reader.records
+        if not (r.has_latents and reader.latents_metadata(r.clip_id).get("vae_sha256") == fingerprint)
+    ]
+    if not todo:
+        return 0, len(reader.records)
+    vae = _load_vae(str(vae_folder))
+    frames_done = 0
+    bar = tqdm(todo, desc="latents", unit="clip", disable=not progress)
+    for record in bar:
+        latents, metadata = encode_latents(vae, reader.frames(record.clip_id))
+        metadata.update(vae=str(vae_folder), vae_sha256=fingerprint)
+        final = reader.clip_dir(record.clip_id) / LATENTS_FILE
+        tmp = final.with_name(f".{LATENTS_FILE}.{os.getpid()}")
+        _save_latents(tmp, record.clip_id, latents, metadata)
+        os.replace(tmp, final)
+        record.has_latents = True
+        _append_line(Path(root) / MANIFEST_FILE, record.to_json())
+        frames_done += record.num_frames
+        bar.set_postfix(frames=frames_done)
+    return len(todo), len(reader.records) - len(todo)
 
 
 def _to_pixels(frames: np.ndarray):
@@ -590,10 +639,12 @@ __all__ = [
     "ProcessedClip",
     "SkipClip",
     "VIDEO_SUFFIXES",
+    "cache_latents",
     "clip_ids_for",
     "crop_face_track",
     "crop_frames",
     "encode_latents",
+    "vae_fingerprint",
     "face_track",
     "find_videos",
     "preprocess_folder",

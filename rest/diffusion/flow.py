@@ -193,10 +193,19 @@ class RectifiedFlowLoss:
         portrait: torch.Tensor,
         draw: FlowDraw,
         emotion: torch.Tensor | None = None,
+        first_latent_frame: int = 0,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """latents: (B, C, f, h, w) clean; audio: (B, Fa, D) features; portrait: (B, C, 1, h, w) -> (loss, logs)."""
+        """latents: (B, C, f, h, w) clean; audio: (B, Fa, D) features; portrait: (B, C, 1, h, w) -> (loss, logs).
+
+        first_latent_frame: 0 for clips from a stream's start; >= 1 for a window inside a stream (the audio then
+        starts at the window's first covered frame), whose frames take the window-relative RoPE positions the
+        streaming cache gives them (the first at `video_rope_start`).
+        """
         noise = draw.noise.to(latents.dtype)
         x_t = interpolate(latents, noise, draw.t)
+        positions = None
+        if first_latent_frame > 0:
+            positions = denoiser.config.video_rope_start + torch.arange(latents.shape[2])
         v = denoiser(
             x_t,
             draw.t,
@@ -205,6 +214,8 @@ class RectifiedFlowLoss:
             drop_audio=draw.drop_audio,
             drop_portrait=draw.drop_portrait,
             emotion=emotion,
+            first_latent_frame=first_latent_frame,
+            frame_positions=positions,
         ).sample
         err = (v.float() - velocity_target(latents, noise).float()).pow(2).mean(dim=(1, 3, 4))  # (B, f)
         weight = draw.in_loss.float()

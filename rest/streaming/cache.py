@@ -138,9 +138,10 @@ class IDContextCache:
         return self.keys.nbytes + self.values.nbytes
 
     # ---------------------------------------------------------------- writes
-    def write_sink(self, per_layer: Sequence[KeyValue]) -> None:
-        """Store the portrait's unrotated keys/values, one (B, H, n, Dh) pair per layer; once per stream."""
-        if self.has_sink:
+    def write_sink(self, per_layer: Sequence[KeyValue], replace: bool = False) -> None:
+        """Store the portrait's unrotated keys/values, one (B, H, n, Dh) pair per layer; once per stream, unless
+        `replace` (overwrite the sink mid-stream: the "no ID-Sink" ablation of rest/metrics/drift.py)."""
+        if self.has_sink and not replace:
             raise RuntimeError("the ID-Sink of this stream is already written; call reset() to start a new stream")
         self._check(per_layer, self.tokens_per_frame, "sink")
         for layer, kv in enumerate(per_layer):

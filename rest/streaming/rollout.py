@@ -170,15 +170,24 @@ def chunk_velocity(
 
 @torch.no_grad()
 def write_sink(
-    denoiser: DenoiserDiT, cache: IDContextCache, portrait: torch.Tensor, emotion: torch.Tensor | None = None
+    denoiser: DenoiserDiT,
+    cache: IDContextCache,
+    portrait: torch.Tensor,
+    emotion: torch.Tensor | None = None,
+    null_portrait: bool = False,
+    replace: bool = False,
 ) -> IDContextCache:
     """Write the ID-Sink: the portrait's keys/values at every layer, computed as the block-causal forward does
-    (clean, t = 0, null audio, RoPE frame 0, attending only to itself). portrait: (B, C, 1, h, w) clean latents."""
+    (clean, t = 0, null audio, RoPE frame 0, attending only to itself). portrait: (B, C, 1, h, w) clean latents.
+
+    null_portrait: write the learned null portrait instead; replace: overwrite a sink already written (together:
+    the "no ID-Sink" ablation of rest/metrics/drift.py, where the portrait leaves the window like any chunk)."""
     _check_mode(denoiser)
     b, _, f, h, w = portrait.shape
     if f != 1:
         raise ValueError(f"the portrait is one latent frame (B, C, 1, h, w), got {tuple(portrait.shape)}")
-    tokens = denoiser.portrait_tokens(portrait)  # (B, n, D)
+    drop = torch.full((b,), null_portrait, dtype=torch.bool, device=portrait.device)
+    tokens = denoiser.portrait_tokens(portrait, drop_portrait=drop)  # (B, n, D)
     _, modulation = denoiser.condition(portrait.new_zeros(b, 1, dtype=torch.float32), emotion)  # (B, 1, 6, D)
     audio_tokens, audio_valid = denoiser.null_audio_context(b)
     rope = denoiser.rotary(torch.tensor([PORTRAIT_ROPE_FRAME], device=portrait.device), h, w)
@@ -187,7 +196,7 @@ def write_sink(
         per_layer.append(block.self_attention_kv(tokens, modulation))
         if index < len(denoiser.blocks) - 1:
             tokens = block(tokens, modulation, rope, audio_tokens.to(tokens.dtype), audio_valid)
-    cache.write_sink(per_layer)
+    cache.write_sink(per_layer, replace=replace)
     return cache
 
 

@@ -36,7 +36,8 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 
 from rest.config import ConfigError, get_preset, to_dict
-from rest.data.dataset import TalkingClipDataset
+from rest.data.dataset import StreamStartBatchSampler, TalkingClipDataset, TalkingLatentDataset
+from rest.data.preprocess import vae_fingerprint
 from rest.diffusion.flow import FlowDraw, FlowMatchingConfig, RectifiedFlowLoss, shift_timesteps
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
@@ -53,6 +54,9 @@ from rest.training.common import TrainingRun, lr_at, read_trainer_state, resolve
 class TeacherDataConfig:
     root: str  # shard root written by `rest preprocess` or SynthTalk
     num_frames: int = 33  # video frames per clip, 1 + t*k (33 = 9 latent frames at t = 4)
+    latents: bool = False  # read latents cached by `rest preprocess --vae` (no VAE encoder in the step; windows
+    # inside streams, as the student generates them) instead of encoding frames of fresh windows
+    stream_start_share: float = 0.25  # with latents: share of batches of windows at a stream's start
     split: str = "train"
     eval_split: str | None = None  # clips of the periodic evaluation; None = the training split
     ref_min_gap: int | None = None  # min. distance (frames) of the reference from the clip; None = num_frames
@@ -139,16 +143,43 @@ class TeacherModel(nn.Module):
         self.loss = loss
 
     def forward(
-        self, latents: torch.Tensor, audio: torch.Tensor, portrait: torch.Tensor, draw: FlowDraw
+        self,
+        latents: torch.Tensor,
+        audio: torch.Tensor,
+        portrait: torch.Tensor,
+        draw: FlowDraw,
+        first_latent_frame: int = 0,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """latents: (B, C, f, h, w) clean, normalised; audio: (B, N) samples; portrait: (B, C, 1, h, w)."""
+        """latents: (B, C, f, h, w) clean, normalised; audio: (B, N) samples; portrait: (B, C, 1, h, w);
+        first_latent_frame: 0 at a stream's start, 1 for a window inside a stream (RectifiedFlowLoss)."""
         features = self.audio_encoder(audio)  # (B, N // samples_per_frame, D)
-        return self.loss(self.denoiser, latents, features, portrait, draw)
+        return self.loss(self.denoiser, latents, features, portrait, draw, first_latent_frame=first_latent_frame)
 
 
 def collate_clips(items: list[dict]) -> dict[str, torch.Tensor]:
     """Stack the fields the teacher uses (the per-frame metadata may hold strings, which default_collate refuses)."""
     return {key: torch.stack([item[key] for item in items]) for key in ("video", "audio", "ref")}
+
+
+def collate_latent_windows(items: list[dict]) -> dict:
+    """Stack TalkingLatentDataset items; a batch shares `first_latent_frame` (StreamStartBatchSampler)."""
+    first = {item["first_latent_frame"] for item in items}
+    if len(first) != 1:
+        raise ValueError(f"a batch mixes stream starts and continuations: first_latent_frame {sorted(first)}")
+    batch = {key: torch.stack([item[key] for item in items]) for key in ("mean", "logvar", "audio", "ref")}
+    batch["first_latent_frame"] = first.pop()
+    return batch
+
+
+def batch_latents(vae: CausalVideoVAE, batch: dict, sample_posterior: bool) -> tuple[torch.Tensor, int]:
+    """Normalised video latents (B, C, f, h, w) of a batch and its first_latent_frame: encoded from the frames,
+    or drawn from the cached posterior (`data.latents`)."""
+    if "mean" not in batch:
+        return encode_latents(vae, batch["video"], sample_posterior), 0
+    mean, logvar = batch["mean"], batch["logvar"]
+    if sample_posterior:
+        mean = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * torch.randn_like(mean)
+    return vae.normalize_latents(mean), batch["first_latent_frame"]
 
 
 @torch.no_grad()
@@ -190,14 +221,20 @@ def train_teacher(cfg: TeacherExperiment, resume: str | None = None) -> Path:
     latent_size = resolution // vae.spatial_compression
     shift = cfg.flow.shift_for(denoiser.tokens_per_frame(latent_size, latent_size))
     model = TeacherModel(denoiser, audio_encoder, RectifiedFlowLoss(cfg.flow, shift))
-    loader = DataLoader(
-        dataset,
-        batch_size=tc.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=cfg.data.num_workers,
-        collate_fn=collate_clips,
-    )
+    if cfg.data.latents:
+        sampler = StreamStartBatchSampler(dataset, tc.batch_size, cfg.data.stream_start_share, seed=tc.seed)
+        loader = DataLoader(
+            dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate_latent_windows
+        )
+    else:
+        loader = DataLoader(
+            dataset,
+            batch_size=tc.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=cfg.data.num_workers,
+            collate_fn=collate_clips,
+        )
     if len(loader) == 0:
         raise ConfigError(f"{len(dataset)} training clips are fewer than one batch of {tc.batch_size}")
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
@@ -259,11 +296,11 @@ def train_teacher(cfg: TeacherExperiment, resume: str | None = None) -> Path:
             for group in opt.param_groups:
                 group["lr"] = lr
             batch = next(data_iter)
-            latents = encode_latents(vae, batch["video"], tc.sample_posterior)  # (B, C, f, h, w)
+            latents, first = batch_latents(vae, batch, tc.sample_posterior)  # (B, C, f, h, w)
             portrait = encode_latents(vae, batch["ref"], sample_posterior=False)  # (B, C, 1, h, w)
             draw = unwrapped.loss.draw(latents.shape, device)
             with accelerator.accumulate(model):
-                loss, values = model(latents, batch["audio"], portrait, draw)
+                loss, values = model(latents, batch["audio"], portrait, draw, first_latent_frame=first)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -312,9 +349,21 @@ def _dataset(
     denoiser: DenoiserDiT,
     vae: CausalVideoVAE,
     random_windows: bool,
-) -> TalkingClipDataset:
+) -> TalkingClipDataset | TalkingLatentDataset:
     # Audio after the clip: the encoder's look-ahead plus the denoiser's, so the last frames hear real audio.
     lookahead = audio_encoder.lookahead_frames + denoiser.config.audio_lookahead
+    if cfg.data.latents:
+        return TalkingLatentDataset(
+            cfg.data.root,
+            num_latent_frames=vae.num_latent_frames(cfg.data.num_frames),
+            temporal_compression=vae.temporal_compression,
+            split=split,
+            seed=cfg.train.seed,
+            audio_lookahead_frames=lookahead,
+            ref_min_gap=cfg.data.ref_min_gap,
+            random_windows=random_windows,
+            vae_fingerprint=vae_fingerprint(cfg.vae),
+        )
     return TalkingClipDataset(
         cfg.data.root,
         num_frames=cfg.data.num_frames,
@@ -336,6 +385,7 @@ class EvalBatch:
     other_audio: torch.Tensor | None  # (B, N) the audio of the next clip of the evaluation set; None for one clip
     portrait: torch.Tensor  # (B, C, 1, h, w)
     draw: FlowDraw  # fixed noise and levels, every frame in the loss, no condition dropped
+    first_latent_frame: int = 0  # 1: windows inside streams (cached latents)
 
 
 def _eval_set(
@@ -350,14 +400,16 @@ def _eval_set(
     the training distribution (seeded), so that evaluations are comparable across steps and runs."""
     dataset = _dataset(cfg, cfg.data.eval_split or cfg.data.split, audio_encoder, denoiser, vae, random_windows=False)
     n = min(cfg.train.eval_clips, len(dataset))
-    items = collate_clips([dataset[i] for i in range(n)])
+    collate = collate_latent_windows if cfg.data.latents else collate_clips
+    items = collate([dataset[i] for i in range(n)])
     other_audio = items["audio"].roll(-1, dims=0) if n > 1 else None  # clip i hears clip i + 1
     generator = torch.Generator().manual_seed(cfg.train.seed + 12345)
     batches = []
     for start in range(0, n, cfg.train.batch_size):
         part = slice(start, min(start + cfg.train.batch_size, n))
-        latents = encode_latents(vae, items["video"][part].to(device), sample_posterior=False)
-        portrait = encode_latents(vae, items["ref"][part].to(device), sample_posterior=False)
+        part_items = {k: v[part].to(device) if torch.is_tensor(v) else v for k, v in items.items()}
+        latents, first = batch_latents(vae, part_items, sample_posterior=False)
+        portrait = encode_latents(vae, part_items["ref"], sample_posterior=False)
         b, f = latents.shape[0], latents.shape[2]
         u = cfg.flow.logit_mean + cfg.flow.logit_std * torch.randn(b, generator=generator)
         t = shift_timesteps(torch.sigmoid(u), shift)
@@ -369,7 +421,7 @@ def _eval_set(
             drop_portrait=torch.zeros(b, dtype=torch.bool, device=device),
         )
         other = None if other_audio is None else other_audio[part].to(device)
-        batches.append(EvalBatch(latents, items["audio"][part].to(device), other, portrait, draw))
+        batches.append(EvalBatch(latents, part_items["audio"], other, portrait, draw, first))
     return batches
 
 
@@ -385,7 +437,7 @@ def evaluate(model: nn.Module, eval_set: list[EvalBatch]) -> dict[str, float]:
         if batch.other_audio is not None:
             runs["val_loss_shuffled_audio"] = (batch.other_audio, d)
         for name, (audio, draw) in runs.items():
-            loss, _ = model(batch.latents, audio, batch.portrait, draw)
+            loss, _ = model(batch.latents, audio, batch.portrait, draw, first_latent_frame=batch.first_latent_frame)
             b = batch.latents.shape[0]
             sums[name] = sums.get(name, 0.0) + loss.item() * b
             counts[name] = counts.get(name, 0) + b
@@ -424,7 +476,9 @@ __all__ = [
     "TeacherExperiment",
     "TeacherModel",
     "TeacherTrainConfig",
+    "batch_latents",
     "collate_clips",
+    "collate_latent_windows",
     "encode_latents",
     "evaluate",
     "export_teacher",

@@ -78,6 +78,7 @@ class VAETrainConfig:
     log_every: int = 50  # status line period (steps)
     eval_every: int = 250  # PSNR of the EMA model on the training videos (steps; 0 = only at the end)
     eval_max_frames: int = 201  # frames per video used for evaluation (cut to 1 + t*k)
+    eval_videos: int | None = None  # evaluate (and measure the latent scale) on the first n videos; None = all
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
 
@@ -206,7 +207,7 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
         ema.store(model.parameters())
         ema.copy_to(model.parameters())
         model.eval()
-        result = evaluate_psnr(model, dataset.whole_videos(), tc.eval_max_frames, accelerator.device)
+        result = evaluate_psnr(model, dataset.whole_videos()[: tc.eval_videos], tc.eval_max_frames, accelerator.device)
         model.train()
         ema.restore(model.parameters())
         return result
@@ -295,7 +296,9 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
         ema.store(model.parameters())
         ema.copy_to(model.parameters())
         model.eval()
-        shift, scale = measure_latent_scale(model, dataset.whole_videos(), tc.eval_max_frames, accelerator.device)
+        shift, scale = measure_latent_scale(
+            model, dataset.whole_videos()[: tc.eval_videos], tc.eval_max_frames, accelerator.device
+        )
         model.register_to_config(shift_factor=shift, scaling_factor=scale)
         model.save_pretrained(export)
         ema.restore(model.parameters())

@@ -1,0 +1,112 @@
+"""Drift over long streams (rest/metrics/drift.py): identity similarity and sharpness per 10-second window of a
+long held-out stream, for the full student and its ablations, as a JSON table and a PNG plot.
+
+    python evaluation/drift_study.py --data runs/demo/synthtalk --student runs/demo/student/export \\
+        [--no-asd-student runs/demo/student_tf/export] --seconds 120 --output runs/demo/drift
+
+The stream's audio is the held-out clips' audio (unseen voices and identities) joined end to end; the portrait is
+a held-out identity's frame (the most closed mouth, as in the held-out study).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rest.diffusion.flow import flow_sigmas
+from rest.metrics.drift import drift_curve, stream_frames
+from rest.metrics.heldout import heldout_clips
+from rest.models.audio import AudioEncoder
+from rest.models.dit import DenoiserDiT
+from rest.models.loading import load_local
+from rest.models.vae import CausalVideoVAE
+
+
+def load_student(folder: Path) -> tuple[DenoiserDiT, AudioEncoder, CausalVideoVAE, dict]:
+    info = json.loads((folder / "student.json").read_text())
+    denoiser = load_local(DenoiserDiT, folder / "denoiser", "student denoiser").eval()
+    audio_encoder = load_local(AudioEncoder, folder / "audio_encoder", "student audio encoder").eval()
+    vae = load_local(CausalVideoVAE, info["vae"], "VAE").eval()
+    return denoiser, audio_encoder, vae, info
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="SynthTalk shard root")
+    parser.add_argument("--student", required=True, help="export/ of train/student.py (with ASD)")
+    parser.add_argument("--no-asd-student", default=None, help="export/ of a student trained by teacher forcing only")
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--window", type=float, default=10.0, help="seconds per scored window")
+    parser.add_argument("--steps", type=int, default=None, help="K (default: student.json's)")
+    parser.add_argument("--portrait-clip", type=int, default=0, help="which held-out clip gives the portrait")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", required=True, help="folder for drift.json and drift.png")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+
+    clips = heldout_clips(args.data, seconds=1e9, max_clips=64)
+    portrait = clips[args.portrait_clip].portrait
+    audio = np.concatenate([c.audio for c in clips])[: int(args.seconds * 16000)]
+
+    from rest.metrics.identity import load_face_embedder
+
+    embedder = load_face_embedder("dlib")
+    runs = [("full", args.student, "full"), ("no_sink", args.student, "no_sink")]
+    runs += [("no_context", args.student, "no_context")]
+    if args.no_asd_student:
+        runs.append(("no_asd", args.no_asd_student, "full"))
+    curves = {}
+    for name, folder, variant in runs:
+        denoiser, audio_encoder, vae, info = load_student(Path(folder))
+        if variant == "no_context":
+            denoiser = DenoiserDiT.from_config(denoiser.config, context_chunks=0).eval()
+            denoiser.load_state_dict(load_local(DenoiserDiT, Path(folder) / "denoiser").state_dict())
+        pixels = torch.from_numpy(portrait).permute(2, 0, 1)[None, :, None].float().div(127.5).sub(1)
+        portrait_latents = vae.normalize_latents(vae.encode(pixels).latent_dist.mode())
+        sigmas = flow_sigmas(args.steps or info["steps"], info["shift"])
+        blocks = stream_frames(
+            denoiser, vae, audio_encoder, portrait_latents, audio, sigmas, variant, info["context_timestep"], args.seed
+        )
+        curves[name] = drift_curve(blocks, portrait, embedder, window_seconds=args.window)
+        last = curves[name][-1]
+        print(
+            f"{name}: {len(curves[name])} windows; last csim {last.get('csim_dlib')} sharpness {last['sharpness']:.1f}"
+        )
+
+    (out / "drift.json").write_text(json.dumps({"settings": vars(args), "curves": curves}, indent=2) + "\n")
+    lines = ["| variant | " + " | ".join(f"{r['start_s']:.0f}s" for r in curves["full"]) + " |"]
+    lines.append("|---" * (len(curves["full"]) + 1) + "|")
+    for metric in ("csim_dlib", "sharpness"):
+        for name, rows in curves.items():
+            cells = [f"{r[metric]:.3f}" if r.get(metric) is not None else "-" for r in rows]
+            lines.append(f"| {name} {metric} | " + " | ".join(cells) + " |")
+    (out / "drift.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, rows in curves.items():
+        t = [r["start_s"] for r in rows]
+        axes[0].plot(
+            t, [np.nan if r.get("csim_dlib") is None else r["csim_dlib"] for r in rows], marker="o", label=name
+        )
+        axes[1].plot(t, [r["sharpness"] for r in rows], marker="o", label=name)
+    axes[0].set(title="identity similarity to the portrait (dlib)", xlabel="stream time (s)", ylabel="CSIM")
+    axes[1].set(title="sharpness (Laplacian variance)", xlabel="stream time (s)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(out / "drift.png", dpi=100)
+    print(f"wrote {out / 'drift.json'}, {out / 'drift.md'}, {out / 'drift.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""Held-out SynthTalk study: lip-sync against ground truth (vs a shuffled-audio control), identity similarity and
+speed, for the teacher (offline) and the streaming student at several step counts (rest/metrics/heldout.py).
+
+    python evaluation/heldout_study.py --data runs/demo/synthtalk --teacher runs/demo/teacher/export \\
+        --student runs/demo/student/export --student-steps 1 2 4 \\
+        --mouth-regressor runs/demo/mouth_regressor --output runs/demo/heldout.json
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from rest.diffusion.flow import Guidance, flow_sigmas
+from rest.errors import RestError
+from rest.metrics.heldout import Models, format_summary, heldout_clips, heldout_study, write_study
+from rest.metrics.lipsync_gt import load_mouth_regressor
+from rest.models.loading import load_local
+from rest.models.vae import CausalVideoVAE
+from rest.training.student import load_teacher
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="SynthTalk shard root (with test_id / test_voice clips)")
+    parser.add_argument("--teacher", default=None, help="export/ of train/teacher.py")
+    parser.add_argument("--teacher-steps", type=int, default=20)
+    parser.add_argument("--guidance-audio", type=float, default=2.0)
+    parser.add_argument("--guidance-portrait", type=float, default=1.0)
+    parser.add_argument("--student", default=None, help="export/ of train/student.py")
+    parser.add_argument(
+        "--student-steps", type=int, nargs="+", default=None, help="K values (default: student.json's)"
+    )
+    parser.add_argument("--mouth-regressor", required=True, help="folder written by train/mouth_regressor.py")
+    parser.add_argument("--splits", nargs="+", default=["test_id", "test_voice"])
+    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--no-csim", action="store_true", help="skip identity similarity (dlib)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", required=True, help="JSON file")
+    args = parser.parse_args()
+    if args.teacher is None and args.student is None:
+        raise RestError("give --teacher and/or --student")
+
+    torch.set_grad_enabled(False)
+    methods = {}
+    if args.teacher is not None:
+        denoiser, audio_encoder, info = load_teacher(args.teacher)
+        vae = load_local(CausalVideoVAE, info["vae"], "VAE").eval()
+        models = Models(vae, audio_encoder.eval(), denoiser.eval(), info["shift"])
+        guidance = Guidance(audio=args.guidance_audio, portrait=args.guidance_portrait)
+        methods["teacher"] = (models, {"kind": "teacher", "steps": args.teacher_steps, "guidance": guidance})
+    if args.student is not None:
+        folder = Path(args.student)
+        info = json.loads((folder / "student.json").read_text())
+        from rest.models.audio import AudioEncoder
+        from rest.models.dit import DenoiserDiT
+
+        vae = load_local(CausalVideoVAE, info["vae"], "VAE").eval()
+        denoiser = load_local(DenoiserDiT, folder / "denoiser", "student denoiser").eval()
+        audio_encoder = load_local(AudioEncoder, folder / "audio_encoder", "student audio encoder").eval()
+        models = Models(vae, audio_encoder, denoiser, info["shift"])
+        for k in args.student_steps or [info["steps"]]:
+            sigmas = flow_sigmas(k, info["shift"])
+            spec = {"kind": "student", "sigmas": sigmas, "context_timestep": info["context_timestep"]}
+            methods[f"student_K{k}"] = (models, spec)
+
+    regressor, _ = load_mouth_regressor(args.mouth_regressor)
+    embedder = None
+    if not args.no_csim:
+        from rest.metrics.identity import load_face_embedder
+
+        embedder = load_face_embedder("dlib")
+    clips = heldout_clips(args.data, tuple(args.splits), args.seconds, args.clips)
+    vae = next(iter(methods.values()))[0].vae
+    result = heldout_study(clips, methods, regressor, embedder, seed=args.seed, vae=vae)
+    result["settings"] = {k: v for k, v in vars(args).items()}
+    path = write_study(result, args.output)
+    print(format_summary(result["summary"]))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,244 @@
+"""Held-out SynthTalk study: does a trained model follow the audio on identities and voices it never saw?
+
+For each held-out clip (splits `test_id`: unseen faces; `test_voice`: unseen voices and languages) the first
+`seconds` of its audio drive a generation from one of the clip's own frames as the portrait: the frame with the
+most closed mouth among those after the evaluated window (a neutral portrait, and not a frame the model must
+reproduce). Per method the study reports:
+
+- `lipsync_corr`: Pearson correlation at lag 0 between the mouth openness the project's mouth regressor
+  (rest/metrics/lipsync_gt.py) reads off the generated frames and the clip's ground-truth `mouth_open` labels;
+  `lipsync_best_corr` / `lipsync_offset` at the best lag within +-MAX_OFFSET frames.
+- the same with **shuffled audio** (the audio of the next held-out clip, labels of the clip itself): the control,
+  near 0 for any model. The gap between the two is what the audio explains.
+- `csim_dlib`: identity similarity of the generated frames to the portrait (rest/metrics/identity.py, dlib).
+- `seconds_per_video_second`: generation wall time (model only, no I/O) per second of video.
+
+`ground_truth` rows score the real clip frames: the ceiling the regressor allows. `vae_reconstruction` rows score
+the ground truth after the VAE's encode and decode (when a VAE is given): the ceiling any generator in that latent
+space can reach.
+Methods: `teacher` (offline bidirectional sampling, `sample`, with CFG) and `student_K<k>` (the streaming rollout
+with k denoising steps per chunk, `StreamingGenerator`, run to the end of the audio).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rest.data.shards import ShardReader
+from rest.diffusion.flow import Guidance
+from rest.diffusion.sample import sample
+from rest.errors import RestError
+from rest.media import frames_to_tensor, tensor_to_frames
+from rest.metrics.lipsync_gt import LABEL_KEY, MAX_OFFSET, lag_correlation
+from rest.models.audio import AudioEncoder
+from rest.models.dit import DenoiserDiT
+from rest.models.vae import CausalVideoVAE
+from rest.streaming.generator import StreamingGenerator
+
+
+@dataclass
+class HeldoutClip:
+    clip_id: str
+    split: str
+    portrait: np.ndarray  # uint8 (R, R, 3)
+    audio: np.ndarray  # float32 (N,), the first `seconds`
+    labels: np.ndarray  # (F,) mouth_open of the evaluated frames
+    frames: np.ndarray  # uint8 (F, R, R, 3) ground truth
+
+
+def heldout_clips(
+    root: str | Path, splits: tuple[str, ...] = ("test_id", "test_voice"), seconds: float = 6.0, max_clips: int = 8
+) -> list[HeldoutClip]:
+    """Up to `max_clips` clips of `splits` (taken in turn from each split), cut to their first `seconds`."""
+    reader = ShardReader(root)
+    per_split = [[r for r in reader.records if r.split == s] for s in splits]
+    records = [r for group in zip(*per_split, strict=False) for r in group][:max_clips]
+    records += [r for group in per_split for r in group if r not in records][: max(0, max_clips - len(records))]
+    if not records:
+        raise RestError(f"{root} has no clips in splits {', '.join(splits)}")
+    spf = reader.sample_rate // reader.fps
+    clips = []
+    for r in records:
+        n = min(int(round(seconds * reader.fps)), r.num_frames // 2)
+        labels = reader.meta(r.clip_id).get(LABEL_KEY)
+        if labels is None:
+            raise RestError(f"clip {r.clip_id} has no {LABEL_KEY!r} labels: the study needs SynthTalk clips")
+        after = np.arange(n + 25, r.num_frames)  # at least a second after the window
+        portrait_index = int(after[np.argmin(labels[after])]) if len(after) else r.num_frames - 1
+        clips.append(
+            HeldoutClip(
+                clip_id=r.clip_id,
+                split=r.split,
+                portrait=reader.frames_at(r.clip_id, [portrait_index])[0],
+                audio=np.array(reader.audio(r.clip_id)[: n * spf], np.float32),
+                labels=np.asarray(labels[:n], np.float64),
+                frames=reader.frames(r.clip_id, 0, n),
+            )
+        )
+    return clips
+
+
+@dataclass
+class Models:
+    vae: CausalVideoVAE
+    audio_encoder: AudioEncoder
+    denoiser: DenoiserDiT
+    shift: float
+
+
+def _portrait_latents(vae: CausalVideoVAE, portrait: np.ndarray, device: torch.device) -> torch.Tensor:
+    pixels = frames_to_tensor(portrait[None])[None].to(device)  # (1, 3, 1, R, R)
+    return vae.normalize_latents(vae.encode(pixels).latent_dist.mode())
+
+
+@torch.no_grad()
+def generate_teacher(m: Models, clip: HeldoutClip, audio: np.ndarray, steps: int, guidance: Guidance, seed: int):
+    """Offline bidirectional sampling -> uint8 (F, R, R, 3)."""
+    portrait = frames_to_tensor(clip.portrait[None])[None]  # (1, 3, 1, R, R)
+    frames = sample(
+        m.denoiser,
+        m.vae,
+        m.audio_encoder,
+        portrait,
+        torch.from_numpy(audio)[None],
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        shift=m.shift,
+    )
+    return tensor_to_frames(frames[0])
+
+
+@torch.no_grad()
+def generate_student(
+    m: Models, clip: HeldoutClip, audio: np.ndarray, sigmas: torch.Tensor, seed: int, context_timestep: float = 0.0
+):
+    """The streaming rollout over the whole audio (features pushed at once, then flushed) -> uint8 (F, R, R, 3)."""
+    device = next(m.denoiser.parameters()).device
+    gen = StreamingGenerator(m.denoiser, m.vae, sigmas, context_timestep=context_timestep)
+    state = gen.init_state(_portrait_latents(m.vae, clip.portrait, device), seed=seed)
+    features = m.audio_encoder(torch.from_numpy(audio)[None].to(device))
+    head, state = gen.step(features, state)
+    tail, state = gen.flush(state)
+    return tensor_to_frames(torch.cat([head, tail], dim=2)[0])
+
+
+def _score(regressor, embedder, clip: HeldoutClip, frames: np.ndarray, csim_stride: int) -> dict:
+    pred = regressor.predict(frames)
+    row = {f"lipsync_{k}": v for k, v in lag_correlation(pred, clip.labels, MAX_OFFSET).items() if k != "frames"}
+    if embedder is not None:
+        from rest.metrics.identity import identity_similarity
+
+        row["csim_dlib"] = identity_similarity(embedder, clip.portrait, frames, stride=csim_stride)["value"]
+    return row
+
+
+def heldout_study(
+    clips: list[HeldoutClip],
+    methods: dict[str, tuple[Models, dict]],
+    regressor,
+    embedder=None,
+    seed: int = 0,
+    csim_stride: int = 5,
+    progress: bool = True,
+    vae: CausalVideoVAE | None = None,
+) -> dict:
+    """Score every method on every clip with its own and with shuffled audio (module docstring).
+
+    methods: name -> (models, spec); spec {"kind": "teacher", "steps": n, "guidance": Guidance} or
+        {"kind": "student", "sigmas": tensor, "context_timestep": float}.
+    Returns {"per_clip": [...], "summary": {method: {metric: mean}}}.
+    """
+    rows = []
+    bar = tqdm(total=len(clips) * (1 + 2 * len(methods)), desc="held-out study", disable=not progress)
+    for i, clip in enumerate(clips):
+        shuffled = clips[(i + 1) % len(clips)].audio
+        shuffled = np.pad(shuffled, (0, max(0, len(clip.audio) - len(shuffled))))[: len(clip.audio)]
+        rows.append(
+            {
+                "clip": clip.clip_id,
+                "split": clip.split,
+                "method": "ground_truth",
+                **_score(regressor, embedder, clip, clip.frames, csim_stride),
+            }
+        )
+        if vae is not None:
+            from rest.metrics.reconstruction import reconstruct
+
+            frames = reconstruct(vae, clip.frames, chunk_frames=4)
+            row = _score(regressor, embedder, clip, frames, csim_stride)
+            rows.append({"clip": clip.clip_id, "split": clip.split, "method": "vae_reconstruction", **row})
+        bar.update()
+        for name, (models, spec) in methods.items():
+            for audio_kind, audio in (("own", clip.audio), ("shuffled", shuffled)):
+                start = time.perf_counter()
+                if spec["kind"] == "teacher":
+                    frames = generate_teacher(models, clip, audio, spec["steps"], spec["guidance"], seed)
+                else:
+                    frames = generate_student(models, clip, audio, spec["sigmas"], seed, spec["context_timestep"])
+                elapsed = time.perf_counter() - start
+                row = {
+                    "clip": clip.clip_id,
+                    "split": clip.split,
+                    "method": name,
+                    "audio": audio_kind,
+                    "seconds_per_video_second": elapsed / (len(frames) / 25.0),
+                    "frames": len(frames),
+                }
+                row.update(_score(regressor, embedder if audio_kind == "own" else None, clip, frames, csim_stride))
+                rows.append(row)
+                bar.update()
+    bar.close()
+    return {"per_clip": rows, "summary": summarize(rows)}
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Means per method: own-audio metrics, and the shuffled-audio control as `shuffled_*`."""
+    out: dict[str, dict] = {}
+    for row in rows:
+        prefix = "shuffled_" if row.get("audio") == "shuffled" else ""
+        target = out.setdefault(row["method"], {})
+        for key, value in row.items():
+            if key in ("clip", "split", "method", "audio") or value is None:
+                continue
+            target.setdefault(prefix + key, []).append(float(value))
+    return {
+        m: {k: float(np.mean(v)) for k, v in metrics.items()} | {"clips": len(metrics.get("lipsync_corr", []))}
+        for m, metrics in out.items()
+    }
+
+
+def format_summary(summary: dict) -> str:
+    keys = ["lipsync_corr", "shuffled_lipsync_corr", "lipsync_best_corr", "csim_dlib", "seconds_per_video_second"]
+    lines = ["| method | " + " | ".join(keys) + " | clips |", "|---" * (len(keys) + 2) + "|"]
+    for method, values in summary.items():
+        cells = [f"{values[k]:.3f}" if k in values else "-" for k in keys]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {values['clips']} |")
+    return "\n".join(lines)
+
+
+def write_study(result: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+__all__ = [
+    "HeldoutClip",
+    "Models",
+    "format_summary",
+    "generate_student",
+    "generate_teacher",
+    "heldout_clips",
+    "heldout_study",
+    "summarize",
+    "write_study",
+]

@@ -1,0 +1,383 @@
+"""`TalkingHeadPipeline`: a portrait and speech in, video frames out, from one pipeline folder.
+
+A pipeline folder holds everything generation needs::
+
+    folder/pipeline.json     {"format": "rest-pipeline", "version": 1, preset, resolution, fps, sample_rate,
+                              steps, sigmas, shift, context_timestep, chunk_latent_frames, context_chunks, ...}
+    folder/vae/              CausalVideoVAE (save_pretrained)
+    folder/audio_encoder/    AudioEncoder
+    folder/denoiser/         DenoiserDiT, block_causal (the distilled streaming student)
+
+`export_pipeline` assembles one from a `train/student.py` export. There is one generation path: a streaming
+session (`pipe.stream(portrait)`, then `push_audio` / `flush`) runs the audio encoder's streaming step, the
+student's chunk rollout against its ID-Context cache and the VAE's streaming decoder; calling the pipeline on a
+whole file is that session run to the end. The same seed gives the same frames, however the audio is split.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rest.diffusion.flow import flow_sigmas
+from rest.errors import RestError
+from rest.media import tensor_to_frames
+from rest.models.audio import AudioEncoder
+from rest.models.dit import DenoiserDiT
+from rest.models.vae import CausalVideoVAE
+from rest.pipelines.portrait import Portrait, crop_as_is, prepare_portrait
+from rest.streaming.generator import StreamingGenerator
+
+PIPELINE_FILE = "pipeline.json"
+FORMAT, VERSION = "rest-pipeline", 1
+TRAIN_HINT = (
+    "train one (python train/demo.py, or train/vae.py -> train/teacher.py -> train/student.py, then "
+    "`rest export-pipeline --student RUN/export --output FOLDER`), or put a pipeline folder there "
+    "(pipeline.json, vae/, audio_encoder/, denoiser/)"
+)
+
+
+@dataclass
+class PipelineConfig:
+    """The contents of pipeline.json."""
+
+    preset: str
+    resolution: int
+    steps: int  # K, denoising steps per chunk the student was distilled for
+    shift: float  # timestep shift of the student's levels
+    fps: int = 25
+    sample_rate: int = 16000
+    context_timestep: float = 0.0
+    chunk_latent_frames: int = 1
+    context_chunks: int = 3
+    num_emotions: int = 0  # emotion / style labels 0 .. n-1 (label n, or none given, is the null label)
+    format: str = FORMAT
+    version: int = VERSION
+    training: dict = field(default_factory=dict)  # provenance: student.json of the export
+
+
+def _load(cls, folder: Path, what: str):
+    from rest.models.loading import load_local
+
+    return load_local(cls, folder, what)
+
+
+class StreamSession:
+    """One live stream: `push_audio(samples) -> frames`, then `flush() -> frames` (uint8 (F, R, R, 3) each).
+
+    Frames come out whole chunks at a time, as soon as a chunk's audio (with the look-ahead) has arrived.
+    `stats()` reports first-frame latency (wall time from the first audio pushed to the first frame returned),
+    compute time and the real-time factor (compute time / media time of the frames produced).
+    """
+
+    def __init__(self, pipe: TalkingHeadPipeline, portrait: Portrait, seed: int, steps: int | None, emotion):
+        self.pipe = pipe
+        self.portrait = portrait
+        cfg = pipe.config
+        sigmas = flow_sigmas(steps or cfg.steps, cfg.shift)
+        self.generator = StreamingGenerator(pipe.denoiser, pipe.vae, sigmas, context_timestep=cfg.context_timestep)
+        emotion_t = None if emotion is None else torch.tensor([int(emotion)], device=pipe.device)
+        with torch.no_grad():
+            self.state = self.generator.init_state(pipe.portrait_latents(portrait), seed=seed, emotion=emotion_t)
+        self.audio_state = pipe.audio_encoder.init_state(1)
+        self.samples_in = 0
+        self.frames_out = 0
+        self.compute_s = 0.0
+        self.first_push: float | None = None
+        self.first_frame_latency_s: float | None = None
+        self.finished = False
+
+    @torch.no_grad()
+    def push_audio(self, samples: np.ndarray) -> np.ndarray:
+        """Float mono samples at the pipeline's rate (any length) -> the frames they complete."""
+        if self.finished:
+            raise RestError("this stream was flushed; start a new one with pipe.stream(portrait)")
+        samples = np.array(samples, np.float32).reshape(-1)  # a copy: torch needs writable memory
+        if self.first_push is None:
+            self.first_push = time.perf_counter()
+        start = time.perf_counter()
+        x = torch.from_numpy(samples)[None].to(self.pipe.device)
+        features, self.audio_state = self.pipe.audio_encoder.step(x, self.audio_state)
+        frames, self.state = self.generator.step(features, self.state)
+        self.samples_in += len(samples)
+        return self._out(frames, start)
+
+    @torch.no_grad()
+    def flush(self) -> np.ndarray:
+        """End of the audio: the remaining frames (the last chunk's missing look-ahead is silence)."""
+        if self.finished:
+            return np.zeros((0, self.pipe.resolution, self.pipe.resolution, 3), np.uint8)
+        start = time.perf_counter()
+        features, self.audio_state = self.pipe.audio_encoder.flush(self.audio_state)
+        head, self.state = self.generator.step(features, self.state)
+        tail, self.state = self.generator.flush(self.state)
+        self.finished = True
+        return self._out(torch.cat([head, tail], dim=2), start)
+
+    def _out(self, frames: torch.Tensor, start: float) -> np.ndarray:
+        out = tensor_to_frames(frames[0])
+        now = time.perf_counter()
+        self.compute_s += now - start
+        if len(out) and self.first_frame_latency_s is None:
+            self.first_frame_latency_s = now - self.first_push
+        self.frames_out += len(out)
+        return out
+
+    def stats(self) -> dict:
+        media_s = self.frames_out / self.pipe.fps
+        return {
+            "frames": self.frames_out,
+            "audio_s": self.samples_in / self.pipe.sample_rate,
+            "compute_s": self.compute_s,
+            "rtf": self.compute_s / media_s if media_s else None,
+            "first_frame_latency_s": self.first_frame_latency_s,
+        }
+
+
+class TalkingHeadPipeline:
+    """VAE + audio encoder + streaming student from a pipeline folder (module docstring)."""
+
+    def __init__(
+        self,
+        vae: CausalVideoVAE,
+        audio_encoder: AudioEncoder,
+        denoiser: DenoiserDiT,
+        config: PipelineConfig,
+        device: str | torch.device = "cpu",
+    ):
+        if denoiser.attention_mode != "block_causal":
+            raise RestError("the pipeline's denoiser must be the block_causal streaming student")
+        self.device = torch.device(device)
+        self.vae = vae.to(self.device).eval().requires_grad_(False)
+        self.audio_encoder = audio_encoder.to(self.device).eval().requires_grad_(False)
+        self.denoiser = denoiser.to(self.device).eval().requires_grad_(False)
+        self.config = config
+        self._detector = None
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> TalkingHeadPipeline:
+        folder = Path(folder)
+        info = folder / PIPELINE_FILE
+        if not folder.is_dir():
+            raise RestError(f"no pipeline folder at {folder}: {TRAIN_HINT}")
+        if not info.is_file():
+            raise RestError(f"{info} not found: {folder} is not a pipeline folder; {TRAIN_HINT}")
+        data = json.loads(info.read_text())
+        if data.get("format") != FORMAT:
+            raise RestError(f"{info}: format {data.get('format')!r} is not {FORMAT!r}")
+        if data.get("version", 0) > VERSION:
+            raise RestError(f"{info}: version {data['version']} is newer than this REST reads ({VERSION}); upgrade")
+        known = PipelineConfig.__dataclass_fields__
+        config = PipelineConfig(**{k: v for k, v in data.items() if k in known})
+        return cls(
+            _load(CausalVideoVAE, folder / "vae", "pipeline VAE"),
+            _load(AudioEncoder, folder / "audio_encoder", "pipeline audio encoder"),
+            _load(DenoiserDiT, folder / "denoiser", "pipeline denoiser"),
+            config,
+            device,
+        )
+
+    @property
+    def resolution(self) -> int:
+        return self.config.resolution
+
+    @property
+    def fps(self) -> int:
+        return self.config.fps
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    # ---------------------------------------------------------------- portraits
+    def prepare_portrait(self, image: np.ndarray, crop: str = "face", name: str = "portrait") -> Portrait:
+        """crop="face": detect and crop as training crops are cut; "as_is": the image already is a face crop."""
+        if crop == "as_is":
+            return crop_as_is(image, self.resolution, name)
+        if self._detector is None:
+            from rest.data.face import FaceDetector
+
+            self._detector = FaceDetector("auto")
+        return prepare_portrait(image, self.resolution, self._detector, name)
+
+    @torch.no_grad()
+    def portrait_latents(self, portrait: Portrait | np.ndarray) -> torch.Tensor:
+        crop = portrait.crop if isinstance(portrait, Portrait) else portrait
+        pixels = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+        pixels = pixels[None, :, None].to(self.device)  # (1, 3, 1, R, R)
+        return self.vae.normalize_latents(self.vae.encode(pixels).latent_dist.mode())
+
+    # ---------------------------------------------------------------- generation
+    def stream(
+        self, portrait: Portrait | np.ndarray, seed: int = 0, steps: int | None = None, emotion: int | None = None
+    ) -> StreamSession:
+        """A live session for `portrait` (a prepared Portrait, or an image that gets `prepare_portrait`)."""
+        if not isinstance(portrait, Portrait):
+            portrait = self.prepare_portrait(portrait)
+        n = self.config.num_emotions
+        if emotion is not None and not 0 <= emotion < n:
+            known = f"labels 0..{n - 1}" if n else "no emotion labels"
+            raise RestError(f"emotion label {emotion} is out of range: this model has {known}")
+        return StreamSession(self, portrait, seed, steps, emotion)
+
+    def frames_for(self, num_samples: int) -> int:
+        """Frames a clip of `num_samples` audio samples gets: its duration in frames, rounded."""
+        return round(num_samples * self.fps / self.sample_rate)
+
+    def generate(
+        self,
+        portrait: Portrait | np.ndarray,
+        audio: np.ndarray,
+        seed: int = 0,
+        steps: int | None = None,
+        emotion: int | None = None,
+        push_seconds: float = 1.0,
+    ):
+        """Yield uint8 frame blocks for the whole `audio` (the streaming session run to the end). The frame count
+        equals the audio's duration in frames (rounded): the audio is padded with silence to whole chunks and the
+        surplus frames are dropped."""
+        session = self.stream(portrait, seed, steps, emotion)
+        target = self.frames_for(len(audio))
+        t = self.vae.temporal_compression * self.config.chunk_latent_frames
+        covered = 1 + t * max(0, -(-(target - 1) // t))  # whole chunks covering `target` frames
+        spf = self.sample_rate // self.fps
+        audio = np.pad(np.asarray(audio, np.float32), (0, max(0, covered * spf - len(audio))))
+        step = max(spf, int(push_seconds * self.sample_rate))
+        sent = 0
+        for start in range(0, len(audio), step):
+            frames = session.push_audio(audio[start : start + step])
+            frames = frames[: max(0, target - sent)]
+            sent += len(frames)
+            yield frames, session
+        frames = session.flush()[: max(0, target - sent)]
+        yield frames, session
+
+    def __call__(
+        self,
+        portrait: Portrait | np.ndarray,
+        audio: np.ndarray,
+        seed: int = 0,
+        steps: int | None = None,
+        emotion: int | None = None,
+    ) -> np.ndarray:
+        """Whole-file generation: uint8 (F, R, R, 3), F = the audio's duration in frames."""
+        blocks = [frames for frames, _ in self.generate(portrait, audio, seed, steps, emotion)]
+        return np.concatenate(blocks)
+
+
+#################################################################################
+#                                Pipeline folders                               #
+#################################################################################
+
+
+def export_pipeline(
+    student_export: str | Path, output: str | Path, vae: str | Path | None = None, preset: str = "tiny"
+) -> Path:
+    """Assemble a pipeline folder from a `train/student.py` export (student.json names the VAE unless `vae`)."""
+    student_export, output = Path(student_export), Path(output)
+    info_path = student_export / "student.json"
+    if not info_path.is_file():
+        raise RestError(f"{info_path} not found: point --student at the export/ folder of a train/student.py run")
+    info = json.loads(info_path.read_text())
+    vae_dir = Path(vae or info["vae"])
+    vae_model = _load(CausalVideoVAE, vae_dir, "VAE")
+    denoiser = _load(DenoiserDiT, student_export / "denoiser", "student denoiser")
+    audio_encoder = _load(AudioEncoder, student_export / "audio_encoder", "student audio encoder")
+    from rest.config import get_preset
+
+    spec = get_preset(preset)
+    if vae_model.spatial_compression != spec.vae.spatial_compression:
+        raise RestError(
+            f"the VAE compresses space {vae_model.spatial_compression}x, preset {preset!r} expects "
+            f"{spec.vae.spatial_compression}x: pass the preset the models were trained for (--preset)"
+        )
+    config = PipelineConfig(
+        preset=preset,
+        resolution=spec.resolution,
+        steps=int(info["steps"]),
+        shift=float(info["shift"]),
+        fps=int(audio_encoder.config.fps),
+        sample_rate=int(audio_encoder.config.sample_rate),
+        context_timestep=float(info.get("context_timestep", 0.0)),
+        chunk_latent_frames=denoiser.config.chunk_latent_frames,
+        context_chunks=denoiser.config.context_chunks,
+        num_emotions=int(denoiser.config.num_emotions),
+        training=info,
+    )
+    write_pipeline(output, vae_model, audio_encoder, denoiser, config)
+    return output
+
+
+def write_pipeline(
+    output: str | Path,
+    vae: CausalVideoVAE,
+    audio_encoder: AudioEncoder,
+    denoiser: DenoiserDiT,
+    config: PipelineConfig,
+) -> Path:
+    """Write a pipeline folder atomically (built beside `output`, then renamed over it)."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        vae.save_pretrained(tmp / "vae")
+        audio_encoder.save_pretrained(tmp / "audio_encoder")
+        denoiser.save_pretrained(tmp / "denoiser")
+        (tmp / PIPELINE_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
+        keep = output / "README.md"  # a model card survives re-exports
+        if keep.is_file():
+            shutil.copy(keep, tmp / "README.md")
+        if output.exists():
+            shutil.rmtree(output)
+        tmp.rename(output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output
+
+
+def build_test_pipeline(output: str | Path, seed: int = 0, resolution: int = 64) -> Path:
+    """A tiny random-weight pipeline folder (seconds to run on a CPU), for tests and examples."""
+    torch.manual_seed(seed)
+    vae = CausalVideoVAE(latent_channels=8, patch_size=2, block_out_channels=(16, 32, 32))
+    audio_encoder = AudioEncoder(
+        conv_channels=16, num_conv_layers=1, dim=32, num_layers=1, num_heads=2, attn_window=8, out_dim=16
+    )
+    denoiser = DenoiserDiT(
+        in_channels=8,
+        patch_size=1,
+        width=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=2.0,
+        frequency_dim=32,
+        audio_dim=16,
+        temporal_compression=vae.temporal_compression,
+        attention_mode="block_causal",
+        context_chunks=2,
+    )
+    with torch.no_grad():  # adaLN-zero starts every block as the identity: make the output depend on the inputs
+        for p in denoiser.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    config = PipelineConfig(preset="test", resolution=resolution, steps=1, shift=1.0, context_chunks=2)
+    return write_pipeline(output, vae, audio_encoder, denoiser, config)
+
+
+__all__ = [
+    "PIPELINE_FILE",
+    "PipelineConfig",
+    "StreamSession",
+    "TalkingHeadPipeline",
+    "build_test_pipeline",
+    "export_pipeline",
+    "write_pipeline",
+]

@@ -1,0 +1,80 @@
+"""Drift metrics (rest/metrics/drift.py): the blur measure, the streamed variants, and windowing."""
+
+import numpy as np
+import pytest
+import torch
+
+from rest.diffusion.flow import flow_sigmas
+from rest.metrics.drift import drift_curve, sharpness, stream_frames
+from rest.models.audio import AudioEncoder
+from rest.models.dit import DenoiserDiT
+from rest.models.vae import CausalVideoVAE
+
+
+def test_sharpness_falls_with_blur():
+    rng = np.random.default_rng(0)
+    sharp = rng.integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    blurred = (sharp.astype(np.float32) + np.roll(sharp, 1, 1) + np.roll(sharp, 1, 2) + np.roll(sharp, 1, (1, 2))) / 4
+    assert sharpness(sharp) > 4 * sharpness(blurred.astype(np.uint8))
+    assert sharpness(np.full((1, 16, 16, 3), 90, np.uint8)) == 0.0
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(latent_channels=4, patch_size=2, block_out_channels=(8, 16, 32)).eval()
+    audio = AudioEncoder(
+        conv_channels=16,
+        num_conv_layers=1,
+        dim=16,
+        num_layers=1,
+        num_heads=2,
+        attn_window=4,
+        lookahead_frames=2,
+        out_dim=8,
+    ).eval()
+    student = DenoiserDiT(
+        in_channels=4,
+        patch_size=1,
+        width=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=2.0,
+        frequency_dim=32,
+        audio_dim=8,
+        temporal_compression=4,
+        attention_mode="block_causal",
+        context_chunks=2,
+    ).eval()
+    with torch.no_grad():  # adaLN-zero starts every block as the identity: give the blocks something to do
+        for p in student.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.2)
+    return vae, audio, student
+
+
+def test_variants_stream_and_differ_only_after_the_window(models):
+    vae, audio_encoder, student = models
+    torch.manual_seed(1)
+    portrait = torch.randn(1, 4, 1, 4, 4)
+    audio = np.random.default_rng(0).standard_normal(3 * 16000).astype(np.float32) * 0.1
+    sigmas = flow_sigmas(1, 1.0)
+    outs = {}
+    for variant in ("full", "no_sink"):
+        blocks = list(stream_frames(student, vae, audio_encoder, portrait, audio, sigmas, variant, push_frames=10))
+        outs[variant] = np.concatenate(blocks)
+    assert len(outs["full"]) == len(outs["no_sink"]) == 73  # 75 frames of audio -> 1 + 4 * 18
+    # The sink is replaced after chunk context_chunks + 1 = 3 (frames 0 .. 1 + 4*2); earlier frames are identical.
+    np.testing.assert_array_equal(outs["full"][:9], outs["no_sink"][:9])
+    assert np.abs(outs["full"][13:].astype(int) - outs["no_sink"][13:].astype(int)).max() > 0
+    with pytest.raises(ValueError, match="variant must be one of"):
+        next(stream_frames(student, vae, audio_encoder, portrait, audio, sigmas, "no_teacher"))
+
+
+def test_drift_curve_windows():
+    frames = np.random.default_rng(0).integers(0, 256, (60, 16, 16, 3)).astype(np.uint8)
+    rows = drift_curve([frames[:7], frames[7:40], frames[40:]], frames[0], window_seconds=1.0)
+    assert [r["start_s"] for r in rows] == [0.0, 1.0] and [r["frames"] for r in rows] == [25, 25]
+    assert rows[0]["sharpness"] == pytest.approx(sharpness(frames[:25]))
+    rows = drift_curve([frames[:40]], frames[0], window_seconds=1.0)  # 15 left over: a partial window (>= half)
+    assert [r["frames"] for r in rows] == [25, 15]

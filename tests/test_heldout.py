@@ -1,0 +1,103 @@
+"""The held-out SynthTalk study (rest/metrics/heldout.py): clip selection, both generation paths, and the scoring
+against a regressor that reads the mouth exactly (ground truth must then correlate perfectly)."""
+
+import numpy as np
+import pytest
+import torch
+
+from rest.data.shards import ShardWriter
+from rest.diffusion.flow import Guidance, flow_sigmas
+from rest.metrics.heldout import Models, format_summary, heldout_clips, heldout_study
+from rest.models.audio import AudioEncoder
+from rest.models.dit import DenoiserDiT
+from rest.models.vae import CausalVideoVAE
+
+R, FRAMES = 32, 110
+
+
+class MouthBrightness:
+    """A 'regressor' that reads openness off the frame exactly: the mean of the mouth patch's red channel."""
+
+    def predict(self, frames: np.ndarray) -> np.ndarray:
+        return frames[:, 20:24, 12:20, 0].mean(axis=(1, 2)) / 255.0
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    writer = ShardWriter(tmp_path_factory.mktemp("heldout") / "shards", resolution=R)
+    rng = np.random.default_rng(0)
+    for k, split in enumerate(["train", "test_id", "test_voice"]):
+        labels = np.clip(0.5 + 0.5 * np.sin(np.arange(FRAMES) * (0.3 + 0.1 * k)), 0, 1).astype(np.float32)
+        frames = np.full((FRAMES, R, R, 3), 60, np.uint8)
+        frames[:, 20:24, 12:20, 0] = (labels * 255).astype(np.uint8)[:, None, None]
+        audio = (0.1 * rng.standard_normal(FRAMES * 640)).astype(np.float32)
+        writer.write_clip(f"clip{k}", frames, audio, meta={"mouth_open": labels}, split=split)
+    return writer.root
+
+
+def test_clip_selection(root):
+    clips = heldout_clips(root, seconds=2.0, max_clips=4)
+    assert [c.clip_id for c in clips] == ["clip1", "clip2"]  # held-out splits only, alternating
+    clip = clips[0]
+    assert clip.frames.shape == (50, R, R, 3) and clip.labels.shape == (50,) and clip.audio.shape == (50 * 640,)
+    # The portrait: the most closed mouth at least a second after the window.
+    assert MouthBrightness().predict(clip.portrait[None])[0] < 0.05
+    with pytest.raises(Exception, match="no clips in splits"):
+        heldout_clips(root, splits=("val",))
+
+
+def test_study_scores_both_paths(root):
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(latent_channels=4, patch_size=2, block_out_channels=(8, 16, 32)).eval()
+    audio = AudioEncoder(
+        conv_channels=16,
+        num_conv_layers=1,
+        dim=16,
+        num_layers=1,
+        num_heads=2,
+        attn_window=4,
+        lookahead_frames=2,
+        out_dim=8,
+    ).eval()
+    dims = dict(
+        in_channels=4,
+        patch_size=1,
+        width=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=2.0,
+        frequency_dim=32,
+        audio_dim=8,
+        temporal_compression=4,
+    )
+    teacher = DenoiserDiT(**dims).eval()
+    student = DenoiserDiT(**dims, attention_mode="block_causal", context_chunks=2).eval()
+    methods = {
+        "teacher": (Models(vae, audio, teacher, 1.0), {"kind": "teacher", "steps": 2, "guidance": Guidance()}),
+        "student_K1": (
+            Models(vae, audio, student, 1.0),
+            {"kind": "student", "sigmas": flow_sigmas(1, 1.0), "context_timestep": 0.0},
+        ),
+    }
+    clips = heldout_clips(root, seconds=2.0)
+    with torch.no_grad():
+        result = heldout_study(clips, methods, MouthBrightness(), seed=0, progress=False, vae=vae)
+    rows = result["per_clip"]
+    assert len(rows) == 2 * (2 + 2 * 2)
+    assert {(r["method"], r.get("audio")) for r in rows} == {
+        ("ground_truth", None),
+        ("vae_reconstruction", None),
+        ("teacher", "own"),
+        ("teacher", "shuffled"),
+        ("student_K1", "own"),
+        ("student_K1", "shuffled"),
+    }
+    generated = [r for r in rows if "audio" in r]
+    assert all(r["frames"] == 49 and r["seconds_per_video_second"] > 0 for r in generated)  # 1 + 4k of 50 frames
+    summary = result["summary"]
+    assert summary["ground_truth"]["lipsync_corr"] == pytest.approx(1.0, abs=1e-3)
+    assert summary["ground_truth"]["lipsync_offset"] == 0
+    assert {"lipsync_corr", "shuffled_lipsync_corr", "seconds_per_video_second"} <= set(summary["teacher"])
+    assert summary["teacher"]["clips"] == 2
+    table = format_summary(summary)
+    assert table.count("\n") == 2 + 3 and "| student_K1 |" in table

@@ -1,0 +1,147 @@
+"""TalkingHeadPipeline and `rest generate`: loading, determinism, streaming == whole file, face crop and paste-back,
+MP4 duration, batch jobs, and one clear error per bad input with nothing written."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rest.cli import main
+from rest.errors import RestError
+from rest.media import probe, read_video, write_audio
+from rest.pipelines import Paster, TalkingHeadPipeline, export_pipeline
+
+
+@pytest.fixture(scope="module")
+def pipe(test_pipeline):
+    return TalkingHeadPipeline.from_pretrained(test_pipeline)
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(RestError, match="no pipeline folder at .*train one"):
+        TalkingHeadPipeline.from_pretrained(tmp_path / "nope")
+    with pytest.raises(RestError, match="pipeline.json not found"):
+        TalkingHeadPipeline.from_pretrained(tmp_path)
+
+
+def test_stream_equals_whole_and_seeds(pipe, face_image):
+    portrait = pipe.prepare_portrait(face_image)
+    assert portrait.crop.shape == (64, 64, 3)
+    audio = np.random.default_rng(0).standard_normal(int(2.1 * 16000)).astype(np.float32) * 0.1
+    whole = pipe(portrait, audio, seed=5)
+    assert whole.shape == (round(2.1 * 25), 64, 64, 3)  # the audio's duration in frames
+    np.testing.assert_array_equal(whole, pipe(portrait, audio, seed=5))
+    assert not np.array_equal(whole, pipe(portrait, audio, seed=6))
+
+    session = pipe.stream(portrait, seed=5)
+    rng, parts, i = np.random.default_rng(1), [], 0
+    while i < len(audio):
+        n = int(rng.integers(1, 3000))
+        parts.append(session.push_audio(audio[i : i + n]))
+        i += n
+    parts.append(session.flush())
+    streamed = np.concatenate(parts)
+    n = min(len(streamed), len(whole))
+    assert n >= len(whole) - 4  # the whole-file path pads the last chunk with silence
+    assert np.abs(streamed[:n].astype(int) - whole[:n].astype(int)).max() <= 1  # float rounding of chunked audio
+    stats = session.stats()
+    assert stats["frames"] == len(streamed) and stats["first_frame_latency_s"] > 0 and stats["rtf"] > 0
+    with pytest.raises(RestError, match="flushed"):
+        session.push_audio(audio[:100])
+    with pytest.raises(RestError, match="no emotion labels"):
+        pipe.stream(portrait, emotion=1)
+
+
+def test_portrait_checks_and_paste(pipe, face_image):
+    with pytest.raises(RestError, match="no face found"):
+        pipe.prepare_portrait(np.full((200, 200, 3), 127, np.uint8))
+    with pytest.raises(RestError, match="needs at least 64"):
+        pipe.prepare_portrait(face_image[:40, :40])
+    big = np.asarray(Image.fromarray(face_image).resize((3000, 3000)))
+    portrait = pipe.prepare_portrait(big)
+    assert max(portrait.image.shape[:2]) == 2048  # downscaled
+    paster = Paster(portrait)
+    frames = np.zeros((2, 64, 64, 3), np.uint8)
+    out = paster.paste(frames)
+    assert out.shape == (2, 2048, 2048, 3)
+    cx, cy = (portrait.box[0] + portrait.box[2]) / 2, (portrait.box[1] + portrait.box[3]) / 2
+    assert out[0, int(cy), int(cx)].max() <= 2  # the crop's centre is the generated (black) frame
+    np.testing.assert_array_equal(out[0, 2, 2], portrait.image[2, 2])  # far corner untouched
+
+
+def test_generate_cli(test_pipeline, face_image, speech, tmp_path, capsys):
+    image = tmp_path / "portrait.png"
+    Image.fromarray(face_image).save(image)
+    out = tmp_path / "out.mp4"
+    args = ["generate", "--weights", str(test_pipeline), "--portrait", str(image), "--audio", str(speech)]
+    assert main([*args, "--output", str(out), "--no-progress"]) == 0
+    info = probe(out)
+    assert info.has_audio and info.fps == 25 and (info.width, info.height) == (160, 160)
+    assert abs(info.num_frames - 2.3 * 25) <= 1 and abs(info.audio_duration - info.duration) < 0.05
+    assert "real-time factor" in capsys.readouterr().out
+
+    crop = tmp_path / "crop.mp4"
+    assert main([*args, "--output", str(crop), "--crop-only", "--no-progress"]) == 0
+    assert read_video(crop).frames.shape[1:] == (64, 64, 3)
+
+    jobs = tmp_path / "jobs.jsonl"
+    lines = [
+        {"portrait": str(image), "audio": str(speech), "output": str(tmp_path / f"j{i}.mp4"), "seed": i}
+        for i in range(2)
+    ]
+    jobs.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert main(["generate", "--weights", str(test_pipeline), "--jobs", str(jobs), "--no-progress"]) == 0
+    assert (tmp_path / "j0.mp4").is_file() and (tmp_path / "j1.mp4").is_file()
+
+
+def test_generate_bad_inputs(test_pipeline, face_image, speech, tmp_path, capsys):
+    image = tmp_path / "portrait.png"
+    Image.fromarray(face_image).save(image)
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((200, 200, 3), 127, np.uint8)).save(blank)
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    long = tmp_path / "long.wav"
+    write_audio(long, np.zeros(16000 * 5, np.float32))
+    truncated = tmp_path / "truncated.wav"
+    truncated.write_bytes(speech.read_bytes()[: len(speech.read_bytes()) // 3])
+    out = tmp_path / "out.mp4"
+    cases = [
+        (["--portrait", str(notes), "--audio", str(speech)], "notes.png"),
+        (["--portrait", str(blank), "--audio", str(speech)], "no face found"),
+        (["--portrait", str(image), "--audio", str(tmp_path / "missing.wav")], "file not found"),
+        (["--portrait", str(image), "--audio", str(empty)], "file is empty"),
+        (["--portrait", str(image), "--audio", str(truncated)], "truncated"),
+        (["--portrait", str(image), "--audio", str(long), "--max-seconds", "3"], "longer than --max-seconds 3"),
+        (["--portrait", str(image), "--audio", str(speech), "--preset", "huge"], "huge"),
+        (["--portrait", str(image), "--audio", str(speech), "--preset", "tiny"], "not 'tiny'"),
+    ]
+    for extra, message in cases:
+        capsys.readouterr()
+        code = main(["generate", "--weights", str(test_pipeline), *extra, "--output", str(out), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, (extra, err)
+        assert err.count("\n") == 1, err
+        assert not out.exists() and not list(tmp_path.glob(".out.mp4*"))
+    code = main(
+        [
+            "generate",
+            "--weights",
+            str(tmp_path / "none"),
+            "--portrait",
+            str(image),
+            "--audio",
+            str(speech),
+            "--output",
+            str(out),
+        ]
+    )
+    assert code == 2 and "train one" in capsys.readouterr().err
+
+
+def test_export_pipeline_errors(tmp_path):
+    with pytest.raises(RestError, match="student.json not found"):
+        export_pipeline(tmp_path, tmp_path / "out")
