@@ -15,6 +15,7 @@ COMMANDS = [
     "rest.commands.export_pipeline",
     "rest.commands.generate",
     "rest.commands.preprocess",
+    "rest.commands.serve",
     "rest.commands.synth",
 ]
 

@@ -2,6 +2,7 @@
 MP4 duration, batch jobs, and one clear error per bad input with nothing written."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,23 @@ def test_generate_bad_inputs(test_pipeline, face_image, speech, tmp_path, capsys
 def test_export_pipeline_errors(tmp_path):
     with pytest.raises(RestError, match="student.json not found"):
         export_pipeline(tmp_path, tmp_path / "out")
+
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED = REPO / "weights" / "rest-tiny"
+
+
+@pytest.mark.skipif(not (BUNDLED / "pipeline.json").is_file(), reason="no bundled weights in weights/rest-tiny")
+def test_bundled_demo_model_talks(tmp_path):
+    """The README's main command on the bundled inputs: an MP4 as long as the speech, whose frames change over time
+    (the mouth and head move) but stay close to the portrait."""
+    out = tmp_path / "demo.mp4"
+    demo = REPO / "assets" / "demo"
+    args = ["generate", "--portrait", str(demo / "portrait.png"), "--audio", str(demo / "speech.wav")]
+    assert main([*args, "--output", str(out), "--no-progress"]) == 0
+    info = probe(out)
+    assert abs(info.duration - 8.0) <= 0.04 and info.has_audio
+    frames = read_video(out).frames.astype(np.float32)
+    portrait = np.asarray(Image.open(demo / "portrait.png").convert("RGB"), np.float32)
+    assert np.abs(frames - portrait).mean() < 40  # the portrait, not noise
+    assert np.abs(np.diff(frames, axis=0)).mean() > 0.2  # and it moves

@@ -223,6 +223,24 @@ def test_loss_trains_the_student_only():
     assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
 
 
+def test_teacher_forcing_only_ablation():
+    """distill_weight 0: no rollout and no teacher pass; the loss is the weighted ground-truth loss alone."""
+    teacher, student, objective, latents, features, portrait = small_setup(window_chunks=4)
+    objective.config.distill_weight = 0.0
+    student.train()
+    draw = objective.draw(latents.shape, 2, "cpu", torch.Generator().manual_seed(3))
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    loss, logs = objective(student, teacher, latents, features, features, portrait, draw)
+    loss.backward()
+    assert not calls and logs["loss_distill"] == 0 and logs["loss_gt"] > 0
+    assert loss.item() == pytest.approx(0.1 * logs["loss_gt"], rel=1e-6)
+    assert sum(p.grad.abs().sum() for p in student.parameters() if p.grad is not None) > 0
+    objective.config.gt_loss_weight = 0.0
+    with pytest.raises(ConfigError, match="nothing to train"):
+        objective.config.check()
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     """The window is longer than the context, so chunks written after a gradient pass overwrite the cache slots
     it read: the checkpointed recomputation must not see them."""

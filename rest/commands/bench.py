@@ -63,6 +63,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     stream.add_argument("--output", default=None, help="JSON file (default runs/bench/stream_<preset>_<device>.json)")
     stream.set_defaults(func=_run_stream)
 
+    serve = which.add_parser("serve", help="load test of rest serve: N concurrent live sessions on loopback")
+    serve.add_argument("--weights", default=None, help="pipeline folder (default: the bundled weights/rest-tiny)")
+    serve.add_argument("--sessions", type=int, default=8)
+    serve.add_argument("--seconds", type=float, default=60.0, help="audio streamed per session, in real time")
+    serve.add_argument("--portrait", default=None, help="portrait image (default: assets/demo/portrait.png)")
+    serve.add_argument("--audio", default=None, help="speech to loop (default: assets/demo/speech.wav)")
+    serve.add_argument("--output", default="runs/bench/serve.json", help="JSON file")
+    serve.set_defaults(func=_run_serve)
+
 
 def _run_vae(args: argparse.Namespace) -> int:
     from rest.bench.vae import bench_vae
@@ -99,6 +108,22 @@ def _run_teacher(args: argparse.Namespace) -> int:
         dtype=DTYPES[args.dtype],
     )
     write_result(result, args.output or f"runs/bench/teacher_{args.preset}_{args.device}.json")
+    return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rest.bench.serve import bench_serve
+    from rest.commands.generate import default_weights
+
+    if args.sessions < 1 or args.seconds <= 0:
+        raise RestError("--sessions must be >= 1 and --seconds > 0")
+    assets = Path(__file__).resolve().parents[2] / "assets" / "demo"
+    portrait = args.portrait or assets / "portrait.png"
+    audio = args.audio or (assets / "speech.wav" if (assets / "speech.wav").is_file() else None)
+    weights = args.weights or default_weights()
+    write_result(bench_serve(weights, args.sessions, args.seconds, portrait, audio), args.output)
     return 0
 
 

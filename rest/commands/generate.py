@@ -125,8 +125,6 @@ def generate_one(pipe, job: dict, args: argparse.Namespace) -> Path:
     output = Path(job["output"])
     if output.suffix.lower() not in (".mp4", ".mov"):
         raise RestError(f"{output}: the output must be an .mp4 or .mov file")
-    if not output.parent.is_dir():
-        raise RestError(f"{output}: the folder {output.parent} does not exist")
     image = read_image(job["portrait"])
     audio = read_audio(job["audio"], pipe.sample_rate)
     seconds = len(audio) / pipe.sample_rate
@@ -140,6 +138,7 @@ def generate_one(pipe, job: dict, args: argparse.Namespace) -> Path:
     paster = None if crop_only else Paster(portrait)
     width, height = (pipe.resolution, pipe.resolution) if paster is None else (paster.W, paster.H)
     total = pipe.frames_for(len(audio))
+    output.parent.mkdir(parents=True, exist_ok=True)  # every input is checked by now
     start = time.perf_counter()
     bar = tqdm(total=total, desc=output.name, unit="frame", disable=args.no_progress)
     with VideoWriter(output, width, height, pipe.fps, audio, pipe.sample_rate, num_frames=total) as writer:

@@ -84,17 +84,27 @@ class MouthRegressor(ModelMixin, ConfigMixin):
         return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
-def _split_frames_and_labels(reader, split: str | None, model: MouthRegressor) -> tuple[torch.Tensor, torch.Tensor]:
+def _split_frames_and_labels(
+    reader, split: str | None, model: MouthRegressor, vae=None, max_clip_frames: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from tqdm import tqdm
+
     records = [r for r in reader.records if split is None or r.split == split]
     if not records:
         raise RestError(f"no clips of split {split!r} in {reader.root}")
     xs, ys = [], []
-    for r in records:
+    for r in tqdm(records, desc="mouth regressor data", unit="clip", disable=vae is None):
         meta = reader.meta(r.clip_id)
         if LABEL_KEY not in meta:
             raise RestError(f"clip {r.clip_id} in {reader.root} has no {LABEL_KEY!r} labels (not a SynthTalk clip)")
-        xs.append(model.crops(reader.frames(r.clip_id)))
-        ys.append(torch.from_numpy(meta[LABEL_KEY].astype(np.float32)))
+        frames = reader.frames(r.clip_id, 0, max_clip_frames)
+        if vae is not None:
+            from rest.metrics.reconstruction import reconstruct
+
+            with torch.no_grad():
+                frames = reconstruct(vae, frames)  # the first 1 + t*k frames, through the VAE
+        xs.append(model.crops(frames))
+        ys.append(torch.from_numpy(meta[LABEL_KEY][: len(frames)].astype(np.float32)))
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -109,18 +119,24 @@ def train_mouth_regressor(
     seed: int = 0,
     config: dict | None = None,
     log_every: int = 100,
+    vae=None,
+    max_clip_frames: int | None = None,
 ) -> MouthRegressor:
     """Train a MouthRegressor on the `mouth_open` labels of a SynthTalk shard root; export it to `output`.
 
     All frames of the split are cropped and held in memory as uint8 (64 x 64 x 3 bytes each: 12 KiB, so 100k
     frames take 1.2 GB). MSE loss, AdamW, cosine learning-rate decay; a horizontal flip as augmentation (openness
     is symmetric).
+
+    vae: a CausalVideoVAE: train on its reconstructions of the clips instead (a regressor that reads the mouth as
+    generators in that VAE's latent space can show it; the study then reports the ceiling it allows).
+    max_clip_frames: use the first n frames of each clip.
     """
     from rest.data.shards import ShardReader
 
     torch.manual_seed(seed)
     model = MouthRegressor(**(config or {}))
-    x, y = _split_frames_and_labels(ShardReader(shard_root), split, model)
+    x, y = _split_frames_and_labels(ShardReader(shard_root), split, model, vae, max_clip_frames)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps), eta_min=lr * 0.05)
     gen = torch.Generator().manual_seed(seed)

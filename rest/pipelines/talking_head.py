@@ -16,6 +16,7 @@ whole file is that session run to the end. The same seed gives the same frames, 
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
@@ -154,9 +155,10 @@ class TalkingHeadPipeline:
         if denoiser.attention_mode != "block_causal":
             raise RestError("the pipeline's denoiser must be the block_causal streaming student")
         self.device = torch.device(device)
-        self.vae = vae.to(self.device).eval().requires_grad_(False)
-        self.audio_encoder = audio_encoder.to(self.device).eval().requires_grad_(False)
-        self.denoiser = denoiser.to(self.device).eval().requires_grad_(False)
+        self.dtype = torch.float32  # weights may be stored in float16; CPU inference runs in float32
+        # torch's Module.to: diffusers' override warns about casting models that have no float32-only modules
+        cast = lambda m: torch.nn.Module.to(m, self.device, self.dtype).eval().requires_grad_(False)  # noqa: E731
+        self.vae, self.audio_encoder, self.denoiser = cast(vae), cast(audio_encoder), cast(denoiser)
         self.config = config
         self._detector = None
 
@@ -321,16 +323,18 @@ def write_pipeline(
     audio_encoder: AudioEncoder,
     denoiser: DenoiserDiT,
     config: PipelineConfig,
+    half: bool = True,
 ) -> Path:
-    """Write a pipeline folder atomically (built beside `output`, then renamed over it)."""
+    """Write a pipeline folder atomically (built beside `output`, then renamed over it). `half`: store the weights
+    in float16 (half the size; loading casts them back to the pipeline's dtype)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        vae.save_pretrained(tmp / "vae")
-        audio_encoder.save_pretrained(tmp / "audio_encoder")
-        denoiser.save_pretrained(tmp / "denoiser")
+        for name, model in (("vae", vae), ("audio_encoder", audio_encoder), ("denoiser", denoiser)):
+            model = copy.deepcopy(model).to(torch.float16) if half else model
+            model.save_pretrained(tmp / name)
         (tmp / PIPELINE_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
         keep = output / "README.md"  # a model card survives re-exports
         if keep.is_file():

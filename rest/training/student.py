@@ -39,10 +39,13 @@ Stage 3 (Asynchronous Streaming Distillation), one training step on a batch of B
 6. Loss:
         L_distill = mean over chunks in the loss of  || v_S,i - v_T,i ||^2
         L_gt      = mean over the same chunks of     || v_gt,i - (eps_i - x0_i) ||^2
-        L         = L_distill + asd.gt_loss_weight * L_gt
+        L         = asd.distill_weight * L_distill + asd.gt_loss_weight * L_gt        (distill_weight: 1)
    where v_gt is the student's block-causal forward over the ground-truth window noised at the same levels,
    x_gt = (1 - t) x0 + t eps (teacher forcing: ground-truth past; chunks at t = 0 are clean context). It anchors
    the student to the data where the teacher is wrong. All squared errors are means over (C, c, h, w).
+
+Ablation: `asd.distill_weight: 0` skips steps 2-5 and trains by teacher forcing only (the ground-truth loss over
+the asynchronous levels, the student never seeing its own past): the "no ASD" student of evaluation/drift_study.py.
 
 Deviations from the design's wording, and why:
 - `teacher_substeps` N > 1 (tiny/base configs: 4). With N = 1 the target is the teacher's instantaneous guided
@@ -128,6 +131,7 @@ class ASDConfig:
     teacher_guidance: Guidance = field(default_factory=Guidance)  # CFG scales baked into the student
     teacher_substeps: int = 4  # N teacher Euler steps per student step (1 = the instantaneous guided velocity)
     gt_loss_weight: float = 0.1  # weight of the ground-truth flow-matching loss
+    distill_weight: float = 1.0  # weight of the distillation loss; 0 = teacher forcing only (an ablation)
     context_timestep: float = 0.0  # level at which generated chunks are written to the cache (0 = clean)
 
     def steps_at(self, step: int) -> int:
@@ -141,8 +145,13 @@ class ASDConfig:
                 f"asd.steps_schedule must be [[0, K0], [step1, K1], ...] with increasing steps and K >= 1, got "
                 f"{self.steps_schedule}"
             )
-        if self.window_chunks < 1 or self.teacher_substeps < 1 or self.gt_loss_weight < 0:
-            raise ConfigError("need asd.window_chunks >= 1, asd.teacher_substeps >= 1, asd.gt_loss_weight >= 0")
+        if self.window_chunks < 1 or self.teacher_substeps < 1 or self.gt_loss_weight < 0 or self.distill_weight < 0:
+            raise ConfigError(
+                "need asd.window_chunks >= 1, asd.teacher_substeps >= 1, asd.gt_loss_weight >= 0, "
+                "asd.distill_weight >= 0"
+            )
+        if self.gt_loss_weight == 0 and self.distill_weight == 0:
+            raise ConfigError("asd.gt_loss_weight and asd.distill_weight are both 0: nothing to train")
         if not 0 <= self.context_timestep < 1:
             raise ConfigError(f"asd.context_timestep must be in [0, 1), got {self.context_timestep}")
 
@@ -305,39 +314,43 @@ class AsynchronousStreamingDistillation:
         t_next = sigmas[(k + 1).clamp(max=k_max)]
         per_frame = lambda x: x.repeat_interleave(c, dim=1)  # noqa: E731  (B, M) -> (B, f)
 
-        # 2-3. Self-rollout without gradients; the window holds each chunk's own state at its level.
-        window, generated = self._self_rollout(student, features, portrait, draw, sigmas, chunks)
-
-        # 4. Teacher target over the whole window at once.
-        with torch.no_grad():
-            target = self._teacher_target(teacher, window, per_frame(t), per_frame(t_next), teacher_features, portrait)
-
-        # 5. Student predictions with gradients, chunk by chunk against its own past.
-        cache = write_sink(student, IDContextCache.for_model(student, b, h, w), portrait)
-        errors = []  # per chunk: (B,) squared error against the teacher's target
-        for i, chunk in enumerate(chunks):
-            audio = self._chunk_audio(student, features, i)
-            if in_loss[:, i].any():
-                v = chunk_velocity(student, cache, window[:, :, chunk], t[:, i, None].expand(b, c), audio)
-                errors.append((v.float() - target[:, :, chunk]).pow(2).mean(dim=(1, 2, 3, 4)))
-            else:  # pure context in every clip of the batch: no gradient pass
-                errors.append(latents.new_zeros(b, dtype=torch.float32))
-            context_noise = None if draw.context_noise is None else draw.context_noise[:, :, chunk]
-            write_chunk(
-                student,
-                cache,
-                generated[:, :, chunk],
-                audio,
-                context_timestep=cfg.context_timestep,
-                context_noise=context_noise,
-            )
         weight = in_loss.float()
         count = weight.sum().clamp_min(1.0)
-        loss_distill = (torch.stack(errors, dim=1) * weight).sum() / count
+        loss_distill = latents.new_zeros((), dtype=torch.float32)
+        if cfg.distill_weight > 0:  # 0: teacher forcing only (the "no ASD" ablation), steps 2-5 skipped
+            # 2-3. Self-rollout without gradients; the window holds each chunk's own state at its level.
+            window, generated = self._self_rollout(student, features, portrait, draw, sigmas, chunks)
+
+            # 4. Teacher target over the whole window at once.
+            with torch.no_grad():
+                target = self._teacher_target(
+                    teacher, window, per_frame(t), per_frame(t_next), teacher_features, portrait
+                )
+
+            # 5. Student predictions with gradients, chunk by chunk against its own past.
+            cache = write_sink(student, IDContextCache.for_model(student, b, h, w), portrait)
+            errors = []  # per chunk: (B,) squared error against the teacher's target
+            for i, chunk in enumerate(chunks):
+                audio = self._chunk_audio(student, features, i)
+                if in_loss[:, i].any():
+                    v = chunk_velocity(student, cache, window[:, :, chunk], t[:, i, None].expand(b, c), audio)
+                    errors.append((v.float() - target[:, :, chunk]).pow(2).mean(dim=(1, 2, 3, 4)))
+                else:  # pure context in every clip of the batch: no gradient pass
+                    errors.append(latents.new_zeros(b, dtype=torch.float32))
+                context_noise = None if draw.context_noise is None else draw.context_noise[:, :, chunk]
+                write_chunk(
+                    student,
+                    cache,
+                    generated[:, :, chunk],
+                    audio,
+                    context_timestep=cfg.context_timestep,
+                    context_noise=context_noise,
+                )
+            loss_distill = (torch.stack(errors, dim=1) * weight).sum() / count
         logs = {"loss_distill": loss_distill.item(), "K": float(k_max)}
 
         # 6. Ground-truth flow loss, teacher forcing (block-causal forward over the noised ground-truth window).
-        loss = loss_distill
+        loss = cfg.distill_weight * loss_distill
         if cfg.gt_loss_weight > 0:
             noise = draw.noise.to(latents.dtype)
             x_gt = interpolate(latents, noise, per_frame(t))

@@ -1,0 +1,56 @@
+"""`rest serve`: the live talking-head web demo and WebSocket API (protocol in rest/serve/app.py and the README)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from rest.commands.generate import DEFAULT_WEIGHTS
+
+    parser = sub.add_parser(
+        "serve",
+        help="live web demo + WebSocket API: stream speech in, get video frames back",
+        description="Serve a web page (choose a portrait, stream a file or the microphone, watch the video) and the "
+        "WebSocket API it uses. Each connection is one stream with its own state; needs `pip install -e .[serve]`.",
+    )
+    parser.add_argument("--weights", default=None, help=f"pipeline folder (default: the bundled {DEFAULT_WEIGHTS})")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--portraits", default=None, help="folder of portraits offered on the page (default: bundled)")
+    parser.add_argument("--max-sessions", type=int, default=4, help="concurrent streams (more are refused)")
+    parser.add_argument("--max-upload-mb", type=float, default=8.0, help="portrait upload limit")
+    parser.add_argument("--idle-timeout", type=float, default=60.0, help="close a stream idle for this many seconds")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rest.commands.generate import default_weights
+    from rest.errors import RestError
+    from rest.pipelines import TalkingHeadPipeline
+
+    try:
+        import uvicorn
+
+        from rest.serve import ServeOptions, create_app
+    except ImportError as err:
+        raise RestError(
+            f"rest serve needs the serve extra: pip install -e '.[serve]' ({err.name} is missing)"
+        ) from None
+    pipe = TalkingHeadPipeline.from_pretrained(Path(args.weights) if args.weights else default_weights(), args.device)
+    portraits = args.portraits
+    if portraits is None:
+        bundled = Path(__file__).resolve().parents[2] / "assets" / "demo"
+        portraits = bundled if bundled.is_dir() else None
+    options = ServeOptions(
+        max_sessions=args.max_sessions,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        idle_timeout_s=args.idle_timeout,
+    )
+    app = create_app(pipe, options, portraits)
+    print(f"REST live demo on http://{args.host}:{args.port}/ ({pipe.config.preset}, {args.device})")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,226 @@
+// REST live demo: pick a portrait, stream speech over a WebSocket, draw the frames the server sends back.
+// Protocol: README "rest serve" (text JSON control messages, binary float32 PCM at 16 kHz up, JPEG frames down).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const PLAYBACK_DELAY_S = 0.8; // file mode: audio starts this late so that frames (which lag) meet their sound
+const PIECE_S = 0.04; // audio message length
+
+let info = null;
+let portraitId = null;
+let ws = null;
+let ctx = null;
+let frames = new Map(); // index -> ImageBitmap
+let shown = -1;
+let received = 0;
+let playStart = null; // AudioContext time of frame 0 (file mode); null: draw on arrival (microphone)
+let firstSend = null;
+let stopAudio = () => {};
+
+function status(text, error = false) {
+  $("status").textContent = text;
+  $("status").className = error ? "error" : "";
+}
+
+async function init() {
+  info = await (await fetch("/api/info")).json();
+  const list = await (await fetch("/api/portraits")).json();
+  for (const name of list.bundled) {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = name;
+    $("bundled").appendChild(option);
+  }
+  $("bundled").onchange = () => {
+    const name = $("bundled").value;
+    if (!name) return;
+    portraitId = "bundled:" + name;
+    $("portrait-preview").src = "/api/portraits/" + encodeURIComponent(name);
+    $("portrait-preview").hidden = false;
+    $("portrait-status").textContent = "bundled portrait " + name;
+    ready();
+  };
+  $("portrait-file").onchange = upload;
+  $("start-file").onclick = startFile;
+  $("start-mic").onclick = startMic;
+  $("stop").onclick = () => finish();
+  requestAnimationFrame(draw);
+  status("pick a portrait");
+}
+
+function ready() {
+  $("start-file").disabled = !portraitId;
+  $("start-mic").disabled = !portraitId;
+  status(portraitId ? "ready: stream an audio file or the microphone" : "pick a portrait");
+}
+
+async function upload() {
+  const file = $("portrait-file").files[0];
+  if (!file) return;
+  $("portrait-status").textContent = "uploading...";
+  const response = await fetch("/api/portraits", { method: "POST", body: file });
+  const body = await response.json();
+  if (!response.ok) {
+    portraitId = null;
+    $("portrait-status").textContent = body.error;
+    $("portrait-status").className = "error";
+    ready();
+    return;
+  }
+  portraitId = body.id;
+  $("portrait-preview").src = URL.createObjectURL(file);
+  $("portrait-preview").hidden = false;
+  $("portrait-status").className = "";
+  $("portrait-status").textContent = `uploaded (${body.width}x${body.height}), face found`;
+  ready();
+}
+
+function openStream(onReady) {
+  frames = new Map();
+  shown = -1;
+  received = 0;
+  firstSend = null;
+  $("latency").textContent = "-";
+  $("rtf").textContent = "-";
+  $("frames").textContent = "0";
+  ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  ws.binaryType = "arraybuffer";
+  ws.onopen = () => ws.send(JSON.stringify({ type: "start", portrait: portraitId, seed: 0 }));
+  ws.onmessage = async (event) => {
+    if (typeof event.data === "string") {
+      const msg = JSON.parse(event.data);
+      if (msg.type === "ready") onReady();
+      else if (msg.type === "stats" || msg.type === "done") showStats(msg);
+      else if (msg.type === "error") status("server: " + msg.message, true);
+      if (msg.type === "done") status("done");
+      return;
+    }
+    const index = new DataView(event.data).getUint32(0, true);
+    if (firstSend !== null && $("latency").textContent === "-") {
+      $("latency").textContent = Math.round(performance.now() - firstSend);
+    }
+    const bitmap = await createImageBitmap(new Blob([event.data.slice(4)], { type: "image/jpeg" }));
+    frames.set(index, bitmap);
+    received += 1;
+    $("frames").textContent = received;
+  };
+  ws.onclose = (event) => {
+    if (event.code !== 1000 && $("status").className !== "error") status(`closed (${event.code})`, true);
+    $("stop").disabled = true;
+    stopAudio();
+  };
+  $("stop").disabled = false;
+}
+
+function showStats(msg) {
+  if (msg.rtf != null) $("rtf").textContent = msg.rtf.toFixed(2);
+  if (msg.first_frame_latency_s != null && $("latency").textContent === "-") {
+    $("latency").textContent = Math.round(msg.first_frame_latency_s * 1000);
+  }
+  $("dropped").textContent = msg.dropped || 0;
+}
+
+function send(samples) {
+  if (!ws || ws.readyState !== WebSocket.OPEN) return;
+  if (firstSend === null) firstSend = performance.now();
+  ws.send(new Float32Array(samples).buffer);
+}
+
+function finish() {
+  stopAudio();
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "end" }));
+}
+
+async function startFile() {
+  const file = $("audio-file").files[0];
+  if (!file) {
+    status("choose an audio file first", true);
+    return;
+  }
+  ctx = new AudioContext({ sampleRate: info.sample_rate });
+  let buffer;
+  try {
+    buffer = await ctx.decodeAudioData(await file.arrayBuffer());
+  } catch (err) {
+    status("cannot decode this audio file in the browser", true);
+    return;
+  }
+  const mono = new Float32Array(buffer.length);
+  for (let c = 0; c < buffer.numberOfChannels; c++) {
+    const data = buffer.getChannelData(c);
+    for (let i = 0; i < data.length; i++) mono[i] += data[i] / buffer.numberOfChannels;
+  }
+  openStream(() => {
+    status("streaming the file");
+    const source = ctx.createBufferSource();
+    source.buffer = buffer;
+    source.connect(ctx.destination);
+    playStart = ctx.currentTime + PLAYBACK_DELAY_S;
+    source.start(playStart);
+    const t0 = performance.now();
+    const piece = Math.round(PIECE_S * info.sample_rate);
+    let sent = 0;
+    const timer = setInterval(() => {
+      // send what real time has reached (catch up after a slow tick), then "end" after the last piece
+      const due = Math.min(mono.length, Math.round(((performance.now() - t0) / 1000 + PIECE_S) * info.sample_rate));
+      while (sent < due) {
+        send(mono.subarray(sent, Math.min(due, sent + piece)));
+        sent = Math.min(due, sent + piece);
+      }
+      if (sent >= mono.length) {
+        clearInterval(timer);
+        finish();
+      }
+    }, PIECE_S * 1000);
+    stopAudio = () => {
+      clearInterval(timer);
+      try { source.stop(); } catch (e) { /* not started */ }
+    };
+  });
+}
+
+async function startMic() {
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (err) {
+    status("no microphone: " + err.message, true);
+    return;
+  }
+  ctx = new AudioContext({ sampleRate: info.sample_rate });
+  playStart = null;
+  openStream(() => {
+    status("streaming the microphone");
+    const source = ctx.createMediaStreamSource(stream);
+    const processor = ctx.createScriptProcessor(1024, 1, 1);
+    processor.onaudioprocess = (event) => send(event.inputBuffer.getChannelData(0));
+    source.connect(processor);
+    processor.connect(ctx.destination);
+    stopAudio = () => {
+      processor.disconnect();
+      source.disconnect();
+      stream.getTracks().forEach((t) => t.stop());
+    };
+  });
+}
+
+function draw() {
+  let index = -1;
+  if (playStart === null) {
+    index = frames.size ? Math.max(...frames.keys()) : -1; // live: the newest frame
+  } else if (ctx) {
+    const due = Math.floor((ctx.currentTime - playStart) * info.fps); // file: the frame of the sound playing now
+    for (let i = due; i > shown && i >= 0; i--) {
+      if (frames.has(i)) { index = i; break; }
+    }
+  }
+  if (index > shown && frames.has(index)) {
+    const canvas = $("video");
+    canvas.getContext("2d").drawImage(frames.get(index), 0, 0, canvas.width, canvas.height);
+    for (const key of frames.keys()) if (key < index - 50) frames.delete(key); // keep memory bounded
+    shown = index;
+  }
+  requestAnimationFrame(draw);
+}
+
+init();
