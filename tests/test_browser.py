@@ -64,14 +64,17 @@ def test_live_page_streams_a_file_and_the_microphone(server, speech, tmp_path):
         page.set_input_files("#audio-file", str(speech))
         page.click("#start-file")
         page.wait_for_function("Number(document.getElementById('frames').textContent) >= 20", timeout=30000)
-        page.wait_for_function("/^[0-9]+$/.test(document.getElementById('latency').textContent)")
+        for element in ("latency", "rtf", "delay"):
+            page.wait_for_function(f"/^[0-9.]+$/.test(document.getElementById('{element}').textContent)")
         shot = tmp_path / "web_live.png"
         page.screenshot(path=str(shot))
         page.wait_for_function("document.getElementById('status').textContent === 'done'", timeout=30000)
         latency = int(page.text_content("#latency"))
         rtf = float(page.text_content("#rtf"))
         frames = int(page.text_content("#frames"))
-        assert 0 < latency < 10000 and 0 < rtf < 5 and frames == 57  # 2.3 s of audio: 1 + 4 * 14 frames
+        delay = int(page.text_content("#delay"))  # the sound starts one chunk (160 ms) after the first frame
+        assert 0 < latency < 10000 and 0 < rtf < 5 and frames == 58  # 2.3 s of audio at 25 fps
+        assert latency + 160 <= delay + 20, (latency, delay)
         drawn = page.evaluate("document.getElementById('video').getContext('2d').getImageData(128, 128, 1, 1).data[3]")
         assert drawn == 255  # the canvas shows a frame
 

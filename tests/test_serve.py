@@ -1,5 +1,5 @@
-"""`rest serve` (rest/serve/app.py): page and API, streaming sessions, caps, and malformed messages that close only
-their own session."""
+"""`rest serve` (rest/serve/app.py): page and API, streaming sessions, caps, the slow-client policy, and malformed
+messages that close only their own session."""
 
 import io
 import json
@@ -15,6 +15,7 @@ from starlette.websockets import WebSocketDisconnect  # noqa: E402
 
 from rest.pipelines import TalkingHeadPipeline  # noqa: E402
 from rest.serve import ServeOptions, create_app  # noqa: E402
+from rest.serve.app import _Session  # noqa: E402
 
 
 def png(image: np.ndarray) -> bytes:
@@ -31,7 +32,9 @@ def pipe(test_pipeline):
 @pytest.fixture
 def client(pipe, face_image, tmp_path):
     Image.fromarray(face_image).save(tmp_path / "face.png")
-    app = create_app(pipe, ServeOptions(max_sessions=2, max_upload_bytes=200_000, idle_timeout_s=2.0), tmp_path)
+    Image.fromarray(np.full((120, 120, 3), 128, np.uint8)).save(tmp_path / "blank.png")
+    options = ServeOptions(max_sessions=2, max_upload_bytes=200_000, max_upload_pixels=1_000_000, idle_timeout_s=2.0)
+    app = create_app(pipe, options, tmp_path)
     with TestClient(app) as c:
         yield c
 
@@ -69,7 +72,8 @@ def test_page_info_and_portraits(client, face_image):
     assert client.get("/static/app.js").status_code == 200
     info = client.get("/api/info").json()
     assert info["resolution"] == 64 and info["fps"] == 25 and info["sample_rate"] == 16000
-    assert client.get("/api/portraits").json() == {"bundled": ["face"]}
+    assert info["chunk_frames"] == 4 and info["max_sessions"] == 2
+    assert client.get("/api/portraits").json() == {"bundled": ["blank", "face"]}
     assert client.get("/api/portraits/face").status_code == 200
     assert client.get("/api/portraits/nobody").status_code == 404
     assert len(upload(client, face_image)) == 12
@@ -80,12 +84,16 @@ def test_page_info_and_portraits(client, face_image):
     [
         (b"not an image", 400, "not a readable image"),
         (b"", 400, "empty upload"),
-        (None, 400, "no face found"),
+        ("blank", 400, "no face found"),
+        ("tiny", 400, "needs at least 64"),
+        ("huge", 400, "the limit is 1000000 pixels"),  # a 4 kB PNG that would decode to 12 MB
         (b"x" * 300_000, 413, "limit is 200000"),
     ],
 )
 def test_bad_uploads(client, body, status, message):
-    body = png(np.full((120, 120, 3), 128, np.uint8)) if body is None else body
+    images = {"blank": (120, 120), "tiny": (40, 40), "huge": (2000, 2000)}
+    if isinstance(body, str):
+        body = png(np.full((*images[body], 3), 128, np.uint8))
     response = client.post("/api/portraits", content=body)
     assert response.status_code == status and message in response.json()["error"]
 
@@ -94,11 +102,26 @@ def test_session_streams_frames_in_order(client, face_image):
     pid = upload(client, face_image)
     with client.websocket_connect("/ws") as ws:
         ws.send_text(json.dumps({"type": "start", "portrait": pid, "seed": 1}))
-        assert json.loads(ws.receive_text()) == {"type": "ready", "fps": 25, "resolution": 64, "sample_rate": 16000}
+        ready = json.loads(ws.receive_text())
+        assert ready == {"type": "ready", "fps": 25, "resolution": 64, "sample_rate": 16000, "chunk_frames": 4}
         indices, done = stream(ws, 2.0)
-    assert indices == list(range(len(indices))) and len(indices) == 49  # 2 s: 1 + 4 * 12 whole-chunk frames
-    assert done["frames"] == 49 and done["frames_sent"] == 49 and done["dropped"] == 0
+    assert indices == list(range(50))  # 2 s at 25 fps: the end pads the last chunk with silence
+    assert done["frames"] == 50 and done["frames_sent"] == 50 and done["dropped"] == 0
     assert done["rtf"] > 0 and done["first_frame_latency_s"] > 0
+
+
+@pytest.mark.parametrize("seconds, frames", [(1.3, 32), (0.02, 0), (0.0, 0)])
+def test_frame_count_is_the_audio_duration(client, seconds, frames):
+    with client.websocket_connect("/ws") as ws:
+        ws.send_text(json.dumps({"type": "start", "portrait": "bundled:face"}))
+        assert json.loads(ws.receive_text())["type"] == "ready"
+        indices, done = stream(ws, seconds, piece=999)
+    assert len(indices) == done["frames"] == frames == round(seconds * 25)
+
+
+def test_app_from_a_pipeline_folder(test_pipeline):
+    with TestClient(create_app(test_pipeline)) as c:
+        assert c.get("/api/info").json()["resolution"] == 64
 
 
 def test_two_sessions_at_once_and_the_cap(client, face_image):
@@ -114,17 +137,28 @@ def test_two_sessions_at_once_and_the_cap(client, face_image):
         frames_a, _ = stream(a, 1.0)
         frames_b, _ = stream(b, 1.0)
         assert len(frames_a) == len(frames_b) == 25
+    with client.websocket_connect("/ws") as c:  # the two finished streams gave their places back
+        c.send_text(json.dumps({"type": "start", "portrait": "bundled:face"}))
+        assert json.loads(c.receive_text())["type"] == "ready"
 
 
 @pytest.mark.parametrize(
     "messages, code, message",
     [
         (["not json"], 1008, "must be JSON"),
+        (["[1, 2]"], 1008, "must be JSON objects"),
+        ([json.dumps({"type": "end"})], 1008, "end before start"),
+        ([json.dumps({"type": "start", "portrait": "bundled:face", "seed": "x"})], 1008, "seed must be an integer"),
+        ([json.dumps({"type": "start", "portrait": "bundled:blank"})], 1008, "no face found"),
+        ([json.dumps({"type": "start", "portrait": "bundled:nobody"})], 1008, "no bundled portrait"),
+        ([json.dumps({"type": "start"})], 1008, "start needs a portrait id"),
+        (["START", json.dumps({"type": "start", "portrait": "bundled:face"})], 1008, "already started"),
         ([b"\x00\x00\x80\x3f"], 1008, "audio before start"),
         (["START", b"\x00\x00\x00"], 1008, "multiple of 4 bytes"),
         (["START", json.dumps({"type": "pause"})], 1008, "unknown message type 'pause'"),
         ([json.dumps({"type": "start", "portrait": "nope"})], 1008, "unknown portrait id"),
         (["START", b"\x00" * (2**20 + 4)], 1009, "the limit is"),
+        (["START", json.dumps({"type": "end", "pad": "x" * 2**20})], 1009, "the limit is"),
         (["START", np.array([np.nan], "<f4").tobytes()], 1008, "NaN"),
     ],
 )
@@ -147,7 +181,7 @@ def test_malformed_messages_close_only_that_session(client, face_image, messages
     with client.websocket_connect("/ws") as ws:  # the server still serves
         ws.send_text(json.dumps({"type": "start", "portrait": pid}))
         assert json.loads(ws.receive_text())["type"] == "ready"
-        assert len(stream(ws, 0.5)[0]) == 9
+        assert len(stream(ws, 0.5)[0]) == 12
 
 
 def test_idle_session_is_closed(client, face_image):
@@ -159,3 +193,42 @@ def test_idle_session_is_closed(client, face_image):
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_text()
         assert closed.value.code == 1001
+
+
+def test_a_slow_client_loses_its_oldest_frames_not_its_messages(pipe):
+    """The outbox policy: past `frame_queue` unsent frames the oldest frames go; JSON messages always stay."""
+    session = _Session(None, pipe, ServeOptions(frame_queue=3), None, chunk_frames=4)
+    session.enqueue_frames([b"a", b"b"])
+    session._put({"type": "stats"})
+    session.enqueue_frames([b"c", b"d", b"e"])
+    kept = [item if isinstance(item, dict) else struct.unpack("<I", item[:4])[0] for item in session.outbox]
+    assert kept == [{"type": "stats"}, 2, 3, 4] and session.dropped == 2 and session.sent == 5
+
+
+def test_a_server_error_closes_that_session_only(client, pipe, monkeypatch):
+    def broken(portrait, seed=0):
+        raise ValueError("boom")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipe, "stream", broken)
+        with client.websocket_connect("/ws") as ws:
+            ws.send_text(json.dumps({"type": "start", "portrait": "bundled:face"}))
+            assert json.loads(ws.receive_text()) == {"type": "error", "message": "server error: ValueError: boom"}
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_text()
+            assert closed.value.code == 1011
+    with client.websocket_connect("/ws") as ws:
+        ws.send_text(json.dumps({"type": "start", "portrait": "bundled:face"}))
+        assert json.loads(ws.receive_text())["type"] == "ready"
+
+
+def test_bench_serve_runs_a_short_load_test(test_pipeline, face_image, tmp_path):
+    pytest.importorskip("websockets")
+    from rest.bench.serve import bench_serve, format_table
+
+    Image.fromarray(face_image).save(tmp_path / "face.png")
+    result = bench_serve(test_pipeline, sessions=2, seconds=1.0, portrait=tmp_path / "face.png")
+    assert result["errors"] == [] and result["sessions_with_all_frames"] == 2
+    assert [r["frames"] for r in result["per_session"]] == [25, 25] and result["frames_expected_per_session"] == 25
+    assert result["client_first_frame_latency_s"]["max"] > 0 and result["rss_mb"]["before"] > 0
+    assert "25/25" in format_table(result)

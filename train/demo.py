@@ -34,12 +34,26 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
     teacher_cmd += ["--set", f"data.root={data}", f"vae={vae / 'export'}", f"train.output_dir={teacher}"]
     student_cmd = [PY, str(train / "student.py"), "--config", "configs/demo/student.yaml", "--resume", "latest"]
     student_cmd += ["--set", f"data.root={data}", f"teacher={teacher / 'export'}", f"train.output_dir={student}"]
+    tf_cmd = [PY, str(train / "student.py"), "--config", "configs/demo/student_tf.yaml", "--resume", "latest"]
+    tf_cmd += [
+        "--set",
+        f"data.root={data}",
+        f"teacher={teacher / 'export'}",
+        f"train.output_dir={root / 'student_tf'}",
+    ]
+    drift = [
+        PY,
+        str(REPO / "evaluation" / "drift_study.py"),
+        "--data",
+        str(data),
+        "--student",
+        str(student / "export"),
+    ]
+    drift += ["--no-asd-student", str(root / "student_tf" / "export"), "--output", str(root / "drift")]
     mouth = [PY, str(train / "mouth_regressor.py"), "--data", str(data), "--output", str(root / "mouth_regressor")]
-    mouth_vae = [PY, str(train / "mouth_regressor.py"), "--data", str(data), "--output"]
-    mouth_vae += [str(root / "mouth_regressor_vae"), "--vae", str(vae / "export"), "--max-clip-frames", "150"]
     study = [PY, str(REPO / "evaluation" / "heldout_study.py"), "--data", str(data), "--teacher"]
     study += [str(teacher / "export"), "--student", str(student / "export"), "--student-steps", "1", "2", "4"]
-    study += ["--mouth-regressor", str(root / "mouth_regressor_vae"), "--output", str(root / "heldout.json")]
+    study += ["--mouth-regressor", str(root / "mouth_regressor"), "--output", str(root / "heldout.json")]
     return [
         ("synth", data / "manifest.jsonl", [*synth, "--contact-sheet", sheet]),
         ("vae", vae / "export" / "config.json", vae_cmd),
@@ -51,7 +65,6 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
         ("teacher", teacher / "export" / "teacher.json", teacher_cmd),
         ("student", student / "export" / "student.json", student_cmd),
         ("mouth_regressor", root / "mouth_regressor" / "config.json", [*mouth, "--steps", "800"]),
-        ("mouth_regressor_vae", root / "mouth_regressor_vae" / "config.json", [*mouth_vae, "--steps", "800"]),
         (
             "export",
             weights / "pipeline.json",
@@ -59,6 +72,8 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
         ),
         ("assets", REPO / "assets" / "demo" / "speech.wav", []),
         ("study", root / "heldout.json", study),
+        ("student_tf", root / "student_tf" / "export" / "student.json", tf_cmd),  # the "no ASD" ablation
+        ("drift", root / "drift" / "drift.json", drift),
     ]
 
 

@@ -1,11 +1,12 @@
 """`rest bench serve`: a load test of `rest serve` on loopback.
 
 N clients connect at once, each uploads the portrait, starts a stream and sends its audio in real time (40 ms
-pieces paced by the wall clock, the file looped to `seconds`), then ends the stream. Per session: first-frame
-latency seen by the client (first audio sent -> first frame received) and by the server, the server's real-time
-factor (model compute / media time), frames received against the frames the audio should give, dropped frames,
-and errors. The server runs in this process (uvicorn in a thread), so the resident memory before, right after
-and a few seconds after the sessions (after garbage collection) is the server's plus the clients'.
+pieces, each sent when its last sample would have been spoken, the file looped to `seconds`), then ends the stream.
+Per session: first-frame latency seen by the client (first audio sent -> first frame received) and by the server,
+the server's real-time factor (model compute / media time), frames received against round(seconds * fps), dropped
+frames, and errors. By default the server runs in this process (uvicorn in a thread), so the resident memory
+before, right after and a few seconds after the sessions (after garbage collection) is the server's plus the
+clients'; with `url` the test drives a running server and reports no memory.
 """
 
 from __future__ import annotations
@@ -50,16 +51,20 @@ async def _client(url: str, portrait_id: str, audio: np.ndarray, sample_rate: in
                 nonlocal first_send
                 start = time.perf_counter()
                 for i, s in enumerate(range(0, len(audio), piece)):
-                    await asyncio.sleep(max(0.0, start + i * PIECE_S - time.perf_counter()))
+                    await asyncio.sleep(max(0.0, start + (i + 1) * PIECE_S - time.perf_counter()))
                     if first_send is None:
                         first_send = time.perf_counter()
                     await ws.send(audio[s : s + piece].astype("<f4").tobytes())
                 await ws.send(json.dumps({"type": "end"}))
 
             task = asyncio.create_task(sender())
+            expected_index = 0
             async for message in ws:
                 if isinstance(message, bytes):
-                    struct.unpack("<I", message[:4])
+                    frame_index = struct.unpack("<I", message[:4])[0]
+                    if frame_index < expected_index:
+                        raise RuntimeError(f"frame {frame_index} came after frame {expected_index - 1}")
+                    expected_index = frame_index + 1
                     result["frames"] += 1
                     if first_frame is None:
                         first_frame = time.perf_counter()
@@ -81,53 +86,79 @@ async def _client(url: str, portrait_id: str, audio: np.ndarray, sample_rate: in
     return result
 
 
-def bench_serve(weights: str | Path, sessions: int, seconds: float, portrait: str | Path, audio_path=None) -> dict:
+def _start_server(weights: str | Path, sessions: int):
+    """uvicorn in a thread on a free port: (base url, server)."""
     import uvicorn
 
-    from rest.media import read_audio
     from rest.pipelines import TalkingHeadPipeline
     from rest.serve import ServeOptions, create_app
 
-    pipe = TalkingHeadPipeline.from_pretrained(weights)
-    app = create_app(pipe, ServeOptions(max_sessions=sessions, idle_timeout_s=30.0))
+    app = create_app(TalkingHeadPipeline.from_pretrained(weights), ServeOptions(max_sessions=sessions))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws_max_size=2**22))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.time() + 60
     while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("the in-process server did not start")
         time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    request = urllib.request.Request(f"{base}/api/portraits", data=Path(portrait).read_bytes(), method="POST")
-    portrait_id = json.loads(urllib.request.urlopen(request).read())["id"]
+    return f"http://127.0.0.1:{port}", server, thread
 
-    sr = pipe.sample_rate
-    if audio_path is not None:
-        speech = read_audio(audio_path, sr)
-    else:  # a modulated tone: the load does not depend on the content
-        t = np.arange(sr * 4) / sr
-        speech = (0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-    audio = np.resize(speech, int(seconds * sr))
-    gc.collect()
-    rss_before = _rss_mb()
-    start = time.perf_counter()
 
-    async def run_all():
-        url = f"ws://127.0.0.1:{port}/ws"
-        return await asyncio.gather(*(_client(url, portrait_id, audio, sr, i) for i in range(sessions)))
+def bench_serve(
+    weights: str | Path | None,
+    sessions: int,
+    seconds: float,
+    portrait: str | Path,
+    audio_path: str | Path | None = None,
+    url: str | None = None,
+) -> dict:
+    """Run the load test against `url` (http://HOST:PORT of a running `rest serve`), or a server started here on
+    `weights`. Returns the result dict (summaries over sessions, then `per_session`)."""
+    from rest.media import read_audio
 
-    results = asyncio.run(run_all())
-    wall = time.perf_counter() - start
-    rss_after = _rss_mb()
-    time.sleep(2.0)
-    gc.collect()
-    rss_settled = _rss_mb()
-    server.should_exit = True
-    thread.join(timeout=10)
+    server = thread = None
+    if url is None:
+        base, server, thread = _start_server(weights, sessions)
+    else:
+        base = url.rstrip("/")
+    try:
+        info = json.loads(urllib.request.urlopen(f"{base}/api/info").read())
+        request = urllib.request.Request(f"{base}/api/portraits", data=Path(portrait).read_bytes(), method="POST")
+        portrait_id = json.loads(urllib.request.urlopen(request).read())["id"]
 
-    t = pipe.vae.temporal_compression
-    frames_expected = 1 + t * ((int(round(seconds * pipe.fps)) - 1) // t)  # whole chunks, as the stream gives
+        sr, fps = info["sample_rate"], info["fps"]
+        if audio_path is not None:
+            speech = read_audio(audio_path, sr)
+        else:  # a modulated tone: the load does not depend on the content
+            t = np.arange(sr * 4) / sr
+            speech = (0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+        audio = np.resize(speech, int(seconds * sr))
+        gc.collect()
+        rss_before = _rss_mb()
+        start = time.perf_counter()
+
+        async def run_all():
+            ws_url = base.replace("http", "ws", 1) + "/ws"
+            return await asyncio.gather(*(_client(ws_url, portrait_id, audio, sr, i) for i in range(sessions)))
+
+        results = asyncio.run(run_all())
+        wall = time.perf_counter() - start
+        rss_after = _rss_mb()
+        time.sleep(2.0)
+        gc.collect()
+        rss_settled = _rss_mb()
+    finally:
+        if server is not None:
+            server.should_exit = True
+            thread.join(timeout=10)
+
+    frames_expected = round(len(audio) * fps / sr)  # the server sends the audio's duration in frames
+    for r in results:
+        r["frames_expected"] = frames_expected
     ok = [r for r in results if r["error"] is None]
 
     def summary(key: str) -> dict | None:
@@ -138,20 +169,49 @@ def bench_serve(weights: str | Path, sessions: int, seconds: float, portrait: st
 
     return {
         "benchmark": "serve",
-        "weights": str(weights),
+        "server": url or f"in-process on {weights}",
+        "preset": info["preset"],
+        "resolution": info["resolution"],
         "sessions": sessions,
         "seconds": seconds,
         "wall_s": wall,
         "frames_expected_per_session": frames_expected,
+        "sessions_with_all_frames": sum(r["frames"] == frames_expected for r in ok),
         "errors": [r["error"] for r in results if r["error"] is not None],
         "server_rtf": summary("server_rtf"),
         "client_first_frame_latency_s": summary("client_first_frame_latency_s"),
         "server_first_frame_latency_s": summary("server_first_frame_latency_s"),
         "frames_received": summary("frames"),
         "dropped": summary("dropped"),
-        "rss_mb": {"before": rss_before, "after": rss_after, "after_gc_2s": rss_settled},
+        "rss_mb": None if url else {"before": rss_before, "after": rss_after, "after_gc_2s": rss_settled},
         "per_session": results,
     }
 
 
-__all__ = ["bench_serve"]
+def format_table(result: dict) -> str:
+    """One line per session, then the memory line: what `rest bench serve` prints before the JSON."""
+    ms = lambda s: "-" if s is None else f"{1000 * s:.0f}"  # noqa: E731
+    lines = [
+        f"{result['sessions']} sessions x {result['seconds']:g} s on {result['server']} ({result['preset']}, "
+        f"{result['resolution']} px), wall {result['wall_s']:.1f} s",
+        f"{'session':>7} {'latency client ms':>17} {'latency server ms':>17} {'RTF':>5} {'frames':>11} "
+        f"{'dropped':>7}  error",
+    ]
+    for r in result["per_session"]:
+        rtf = "-" if r.get("server_rtf") is None else f"{r['server_rtf']:.2f}"
+        frames = f"{r['frames']}/{r['frames_expected']}"
+        lines.append(
+            f"{r['session']:>7} {ms(r.get('client_first_frame_latency_s')):>17} "
+            f"{ms(r.get('server_first_frame_latency_s')):>17} {rtf:>5} {frames:>11} {r.get('dropped', '-'):>7}  "
+            f"{r['error'] or ''}"
+        )
+    rss = result["rss_mb"]
+    if rss is not None:
+        lines.append(
+            f"RSS (server + clients) MB: before {rss['before']:.0f}, after {rss['after']:.0f}, "
+            f"after gc + 2 s {rss['after_gc_2s']:.0f}"
+        )
+    return "\n".join(lines)
+
+
+__all__ = ["bench_serve", "format_table"]

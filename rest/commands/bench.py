@@ -69,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--seconds", type=float, default=60.0, help="audio streamed per session, in real time")
     serve.add_argument("--portrait", default=None, help="portrait image (default: assets/demo/portrait.png)")
     serve.add_argument("--audio", default=None, help="speech to loop (default: assets/demo/speech.wav)")
+    serve.add_argument("--url", default=None, help="load-test a running server (http://HOST:PORT) instead")
     serve.add_argument("--output", default="runs/bench/serve.json", help="JSON file")
     serve.set_defaults(func=_run_serve)
 
@@ -114,16 +115,27 @@ def _run_teacher(args: argparse.Namespace) -> int:
 def _run_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rest.bench.serve import bench_serve
+    from rest.bench.serve import bench_serve, format_table
     from rest.commands.generate import default_weights
 
     if args.sessions < 1 or args.seconds <= 0:
         raise RestError("--sessions must be >= 1 and --seconds > 0")
+    try:
+        import websockets  # noqa: F401
+
+        if args.url is None:
+            import rest.serve  # noqa: F401
+    except ImportError as err:
+        raise RestError(
+            f"rest bench serve needs the serve extra: pip install -e '.[serve]' ({err.name} is missing)"
+        ) from None
     assets = Path(__file__).resolve().parents[2] / "assets" / "demo"
     portrait = args.portrait or assets / "portrait.png"
     audio = args.audio or (assets / "speech.wav" if (assets / "speech.wav").is_file() else None)
-    weights = args.weights or default_weights()
-    write_result(bench_serve(weights, args.sessions, args.seconds, portrait, audio), args.output)
+    weights = None if args.url else args.weights or default_weights()
+    result = bench_serve(weights, args.sessions, args.seconds, portrait, audio, url=args.url)
+    print(format_table(result))
+    write_result(result, args.output)
     return 0
 
 

@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         raise RestError(
             f"rest serve needs the serve extra: pip install -e '.[serve]' ({err.name} is missing)"
         ) from None
+    if args.max_sessions < 1 or args.max_upload_mb <= 0 or args.idle_timeout <= 0:
+        raise RestError("--max-sessions must be >= 1, --max-upload-mb and --idle-timeout > 0")
     pipe = TalkingHeadPipeline.from_pretrained(Path(args.weights) if args.weights else default_weights(), args.device)
     portraits = args.portraits
     if portraits is None:

@@ -136,7 +136,10 @@ def _score(regressor, embedder, clip: HeldoutClip, frames: np.ndarray, csim_stri
     if embedder is not None:
         from rest.metrics.identity import identity_similarity
 
-        row["csim_dlib"] = identity_similarity(embedder, clip.portrait, frames, stride=csim_stride)["value"]
+        try:
+            row["csim_dlib"] = identity_similarity(embedder, clip.portrait, frames, stride=csim_stride)["value"]
+        except RestError:  # dlib finds no face in this portrait: no identity score for the clip
+            row["csim_dlib"] = None
     return row
 
 

@@ -121,6 +121,22 @@ class StreamSession:
         self.finished = True
         return self._out(torch.cat([head, tail], dim=2), start)
 
+    @torch.no_grad()
+    def finish(self) -> np.ndarray:
+        """End of speech: pad the audio pushed so far with silence to whole chunks, flush, and return the remaining
+        frames, so that the stream has exactly round(duration * fps) frames (`flush` alone drops a trailing
+        partial chunk, and its frames would end up to one chunk short of the audio)."""
+        target = self.pipe.frames_for(self.samples_in)
+        before = self.frames_out
+        c = self.pipe.vae.temporal_compression * self.pipe.config.chunk_latent_frames
+        covered = 1 + c * max(0, -(-(target - 1) // c))  # frames of the whole chunks that cover `target`
+        missing = covered * (self.pipe.sample_rate // self.pipe.fps) - self.samples_in
+        parts = [self.push_audio(np.zeros(missing, np.float32))] if missing > 0 and target > 0 else []
+        parts.append(self.flush())
+        frames = np.concatenate(parts)[: max(0, target - before)]
+        self.frames_out = before + len(frames)
+        return frames
+
     def _out(self, frames: torch.Tensor, start: float) -> np.ndarray:
         out = tensor_to_frames(frames[0])
         now = time.perf_counter()
@@ -242,24 +258,14 @@ class TalkingHeadPipeline:
         emotion: int | None = None,
         push_seconds: float = 1.0,
     ):
-        """Yield uint8 frame blocks for the whole `audio` (the streaming session run to the end). The frame count
-        equals the audio's duration in frames (rounded): the audio is padded with silence to whole chunks and the
-        surplus frames are dropped."""
+        """Yield (frames, session) for the whole `audio`: the streaming session fed `push_seconds` at a time and
+        finished (`StreamSession.finish`), so there are as many frames as the audio lasts (rounded)."""
         session = self.stream(portrait, seed, steps, emotion)
-        target = self.frames_for(len(audio))
-        t = self.vae.temporal_compression * self.config.chunk_latent_frames
-        covered = 1 + t * max(0, -(-(target - 1) // t))  # whole chunks covering `target` frames
-        spf = self.sample_rate // self.fps
-        audio = np.pad(np.asarray(audio, np.float32), (0, max(0, covered * spf - len(audio))))
-        step = max(spf, int(push_seconds * self.sample_rate))
-        sent = 0
+        step = max(1, int(push_seconds * self.sample_rate))
+        audio = np.asarray(audio, np.float32)
         for start in range(0, len(audio), step):
-            frames = session.push_audio(audio[start : start + step])
-            frames = frames[: max(0, target - sent)]
-            sent += len(frames)
-            yield frames, session
-        frames = session.flush()[: max(0, target - sent)]
-        yield frames, session
+            yield session.push_audio(audio[start : start + step]), session
+        yield session.finish(), session
 
     def __call__(
         self,

@@ -1,32 +1,48 @@
 """`rest serve`: an HTTP + WebSocket server for live talking heads, with a web page.
 
-Protocol (one WebSocket per stream, `/ws`):
+HTTP:
+
+    GET  /                      the demo page (static/)
+    GET  /api/info              preset, resolution, fps, sample_rate, chunk_frames, sessions in use and the cap
+    GET  /api/portraits         {"bundled": [NAME, ...]}: the portraits of --portraits
+    GET  /api/portraits/NAME    one bundled portrait's image
+    POST /api/portraits         body: the image file's bytes -> {"id", "width", "height"}, or 400 / 413 {"error"}
+
+WebSocket protocol (one WebSocket per stream, `/ws`):
 
     client -> server  text   {"type": "start", "portrait": ID, "seed": 0}   ID from POST /api/portraits, or
                                                                              "bundled:NAME" of GET /api/portraits
+    server -> client  text   {"type": "ready", "fps", "resolution", "sample_rate", "chunk_frames"}
     client -> server  binary float32 little-endian mono PCM at 16 kHz, any length up to `max_message_bytes`
-    client -> server  text   {"type": "end"}                                 no more audio: flush the last chunk
-    server -> client  text   {"type": "ready", "fps", "resolution", "sample_rate"}   after "start"
     server -> client  binary 4-byte little-endian frame index, then one JPEG frame
-    server -> client  text   {"type": "stats", "frames", "rtf", "first_frame_latency_s", "dropped"}  about 1/s
+    server -> client  text   {"type": "stats", "frames", "rtf", "first_frame_latency_s", "dropped", ...}
+                             with the first frames, then about once a second
+    client -> server  text   {"type": "end"}                                 no more audio
     server -> client  text   {"type": "done", ...stats}, then the server closes (code 1000)
     server -> client  text   {"type": "error", "message"}, then the server closes with 1008 (bad message),
-                             1009 (message too big), 1013 (server full) or 1001 (idle for `idle_timeout_s`)
+                             1009 (message too big), 1013 (server full), 1001 (idle for `idle_timeout_s`) or
+                             1011 (the server failed)
 
-Each session has its own stream state and a worker thread that runs the model (the event loop never does), so
-sessions do not wait on each other's generation beyond the CPU they share. Frames go to the client through a
-bounded per-session outbox (`frame_queue` frames): a client that does not read fast enough loses the oldest
-unsent frames (counted as `dropped` in the stats) instead of growing the server's memory or stalling the model.
-A malformed message ends that session only.
+At "end" the audio is padded with silence to whole chunks and the frames past the audio's duration are not sent,
+so a stream of N seconds gets round(N * fps) frames, as `rest generate` does.
+
+Each session has its own stream state and runs the model (and JPEG encoding) in a worker thread, never on the event
+loop, so sessions do not wait on each other beyond the CPU they share. Frames go to the client through a bounded
+per-session outbox (`frame_queue` frames): a client that does not read fast enough loses the oldest unsent frames
+(counted as `dropped` in the stats) instead of growing the server's memory or stalling the model. A malformed
+message ends that session only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
+import logging
 import struct
+import threading
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -43,44 +59,70 @@ from PIL import Image
 from rest.errors import RestError
 
 STATIC = Path(__file__).parent / "static"
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 @dataclass
 class ServeOptions:
     max_sessions: int = 4  # concurrent WebSocket streams; more are refused with close code 1013
-    max_upload_bytes: int = 8 * 2**20  # portrait uploads
-    max_message_bytes: int = 2**20  # one audio message (about 16 s of float32 audio)
-    idle_timeout_s: float = 60.0  # a session that sends nothing for this long is closed
+    max_upload_bytes: int = 8 * 2**20  # portrait uploads (413 above)
+    max_upload_pixels: int = 40_000_000  # decoded portrait size: a small file can hold a huge image
+    max_message_bytes: int = 2**20  # one WebSocket message (about 16 s of float32 audio); 1009 above
+    idle_timeout_s: float = 60.0  # a session that sends nothing (or does not read its last frames) this long ends
     frame_queue: int = 50  # frames buffered per client (2 s at 25 fps) before the oldest are dropped
     max_portraits: int = 64  # uploaded portraits kept (least recently used are forgotten)
     jpeg_quality: int = 85
 
 
-def _decode_image(data: bytes) -> np.ndarray:
+def _decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
+            w, h = image.size  # read from the header: refuse before decoding
+            if w * h > max_pixels:
+                raise RestError(f"the image is {w}x{h} pixels; the limit is {max_pixels} pixels")
             image.load()
             return np.asarray(image.convert("RGB"))
+    except RestError:
+        raise
     except Exception as err:  # PIL raises many types for bad data
         raise RestError(f"not a readable image ({type(err).__name__})") from None
 
 
-def _jpeg(frame: np.ndarray, quality: int) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(frame).save(out, format="JPEG", quality=quality)
-    return out.getvalue()
+def _jpegs(frames: np.ndarray, quality: int) -> list[bytes]:
+    out = []
+    for frame in frames:
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
+        out.append(buffer.getvalue())
+    return out
+
+
+def _crop_only(portrait):
+    """What a stream needs of a prepared Portrait: the crop (the full image, up to 2048^2 px, is for pasting)."""
+    r = portrait.crop.shape[0]
+    return dataclasses.replace(portrait, image=portrait.crop, box=(0.0, 0.0, float(r), float(r)), face_box=None)
 
 
 class _Closed(Exception):
+    """Ends a session: the client gets {"type": "error", "message"} and the close code."""
+
     def __init__(self, code: int, message: str):
         self.code, self.message = code, message
 
 
-def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | Path | None = None):
-    """The FastAPI app serving `pipe` (a TalkingHeadPipeline) with `options` (ServeOptions)."""
+def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | Path | None = None) -> FastAPI:
+    """The FastAPI app serving `pipe` (a TalkingHeadPipeline, or the path of a pipeline folder to load on the CPU).
+
+    options: caps and buffer sizes (ServeOptions). portraits_dir: a folder of portraits offered on the page.
+    """
+    if isinstance(pipe, (str, Path)):
+        from rest.pipelines import TalkingHeadPipeline
+
+        pipe = TalkingHeadPipeline.from_pretrained(pipe)
     opts = options or ServeOptions()
     executor = ThreadPoolExecutor(max_workers=max(1, opts.max_sessions), thread_name_prefix="rest-session")
+    detector_lock = threading.Lock()  # one face detection at a time (the detector is shared, not thread-safe)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -89,17 +131,30 @@ def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | P
 
     app = FastAPI(title="REST live talking heads", lifespan=lifespan)
     app.state.pipe, app.state.options = pipe, opts
-    app.state.portraits = OrderedDict()  # id -> Portrait
+    app.state.portraits = OrderedDict()  # id -> Portrait (crop only)
     app.state.active = 0
     app.state.sessions_total = 0
-    app.state.executor = executor
     bundled = {}
     if portraits_dir is not None:
+        if not Path(portraits_dir).is_dir():
+            raise RestError(f"--portraits {portraits_dir} is not a folder")
         bundled = {p.stem: p for p in sorted(Path(portraits_dir).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    chunk_frames = pipe.vae.temporal_compression * pipe.config.chunk_latent_frames
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
+
+    def prepare(image: np.ndarray, name: str):
+        with detector_lock:
+            return _crop_only(pipe.prepare_portrait(image, name=name))
+
+    def remember(key: str, portrait) -> str:
+        app.state.portraits[key] = portrait
+        app.state.portraits.move_to_end(key)
+        while len(app.state.portraits) > opts.max_portraits:
+            app.state.portraits.popitem(last=False)
+        return key
 
     @app.get("/")
     def index():
@@ -113,6 +168,7 @@ def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | P
             "resolution": pipe.resolution,
             "fps": pipe.fps,
             "sample_rate": pipe.sample_rate,
+            "chunk_frames": chunk_frames,
             "steps": cfg.steps,
             "active_sessions": app.state.active,
             "max_sessions": opts.max_sessions,
@@ -128,36 +184,28 @@ def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | P
             return error(404, f"no bundled portrait {name!r}")
         return FileResponse(bundled[name])
 
-    def remember(portrait) -> str:
-        key = uuid.uuid4().hex[:12]
-        app.state.portraits[key] = portrait
-        while len(app.state.portraits) > opts.max_portraits:
-            app.state.portraits.popitem(last=False)
-        return key
-
     @app.post("/api/portraits")
     async def upload_portrait(request: Request):
+        limit = opts.max_upload_bytes
         size = int(request.headers.get("content-length") or 0)
-        if size > opts.max_upload_bytes:
-            return error(413, f"the upload is {size} bytes; the limit is {opts.max_upload_bytes}")
-        data = b""
+        if size > limit:
+            return error(413, f"the upload is {size} bytes; the limit is {limit} (rest serve --max-upload-mb)")
+        data = bytearray()
         async for piece in request.stream():
             data += piece
-            if len(data) > opts.max_upload_bytes:
-                return error(413, f"the upload is over the limit of {opts.max_upload_bytes} bytes")
+            if len(data) > limit:
+                return error(413, f"the upload is over the limit of {limit} bytes (rest serve --max-upload-mb)")
         if not data:
             return error(400, "empty upload: send the image file as the request body")
         try:
-            image = _decode_image(data)
-            portrait = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: pipe.prepare_portrait(image, name="uploaded portrait")
-            )
+            image = _decode_image(bytes(data), opts.max_upload_pixels)
+            portrait = await asyncio.get_running_loop().run_in_executor(None, prepare, image, "uploaded portrait")
         except RestError as err:
             return error(400, str(err))
         h, w = image.shape[:2]
-        return {"id": remember(portrait), "width": w, "height": h}
+        return {"id": remember(uuid.uuid4().hex[:12], portrait), "width": w, "height": h}
 
-    def resolve_portrait(ref):
+    async def resolve_portrait(ref):
         if not isinstance(ref, str):
             raise _Closed(1008, "start needs a portrait id (POST /api/portraits, or bundled:NAME)")
         if ref.startswith("bundled:"):
@@ -167,22 +215,27 @@ def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | P
             if ref not in app.state.portraits:
                 from rest.media import read_image
 
-                app.state.portraits[ref] = pipe.prepare_portrait(read_image(bundled[name]), name=name)
-            return app.state.portraits[ref]
+                load = lambda: prepare(read_image(bundled[name]), name)  # noqa: E731
+                try:
+                    remember(ref, await asyncio.get_running_loop().run_in_executor(None, load))
+                except RestError as err:
+                    raise _Closed(1008, str(err)) from None
         if ref not in app.state.portraits:
             raise _Closed(1008, f"unknown portrait id {ref!r}: upload it with POST /api/portraits first")
+        app.state.portraits.move_to_end(ref)
         return app.state.portraits[ref]
 
     @app.websocket("/ws")
     async def stream(ws: WebSocket):
         await ws.accept()
         if app.state.active >= opts.max_sessions:
-            await ws.send_text(json.dumps({"type": "error", "message": f"server full ({opts.max_sessions} sessions)"}))
+            message = f"server full: {opts.max_sessions} sessions are running (rest serve --max-sessions); try later"
+            await ws.send_text(json.dumps({"type": "error", "message": message}))
             await ws.close(code=1013)
             return
         app.state.active += 1
         app.state.sessions_total += 1
-        session = _Session(ws, pipe, opts, app.state.executor)
+        session = _Session(ws, pipe, opts, executor, chunk_frames)
         try:
             await session.run(resolve_portrait)
         except WebSocketDisconnect:
@@ -197,18 +250,19 @@ def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | P
 class _Session:
     """One WebSocket stream: receive loop, model calls in the executor, a sender task with a bounded outbox."""
 
-    def __init__(self, ws, pipe, opts: ServeOptions, executor: ThreadPoolExecutor):
+    def __init__(self, ws, pipe, opts: ServeOptions, executor: ThreadPoolExecutor, chunk_frames: int):
         self.ws, self.pipe, self.opts, self.executor = ws, pipe, opts, executor
+        self.chunk_frames = chunk_frames
         self.outbox: deque = deque()  # bytes (frames) and dicts (JSON messages), in order
         self.pending = asyncio.Event()  # set when the outbox has items
         self.drained = asyncio.Event()  # set when the sender has sent everything
         self.drained.set()
         self.dropped = 0
-        self.sent = 0
+        self.sent = 0  # frames produced (and queued) so far: the next frame's index
         self.stream = None
         self.sender: asyncio.Task | None = None
         self.lock = asyncio.Lock()  # model calls of one session run in order
-        self.last_stats = 0.0
+        self.last_stats: float | None = None
 
     def close(self) -> None:
         if self.sender is not None:
@@ -231,9 +285,10 @@ class _Session:
             self.pending.clear()
             self.drained.set()
 
-    def _enqueue_frames(self, frames: np.ndarray) -> None:
-        for frame in frames:
-            self._put(struct.pack("<I", self.sent) + _jpeg(frame, self.opts.jpeg_quality))
+    def enqueue_frames(self, jpegs: list[bytes]) -> None:
+        """Queue frames (JPEG bytes) with their index; past `frame_queue` unsent frames, drop the oldest."""
+        for jpeg in jpegs:
+            self._put(struct.pack("<I", self.sent) + jpeg)
             self.sent += 1
         excess = sum(isinstance(x, bytes) for x in self.outbox) - self.opts.frame_queue
         if excess > 0:  # the client is not keeping up: drop its oldest unsent frames, keep the messages
@@ -247,10 +302,11 @@ class _Session:
             self.outbox = kept
 
     def stats(self) -> dict:
-        s = self.stream.stats() if self.stream is not None else {}
-        return {**s, "frames_sent": self.sent - self.dropped, "dropped": self.dropped}
+        s = self.stream.stats() if self.stream is not None else {}  # rtf and compute include the end's padding
+        return {**s, "frames": self.sent, "frames_sent": self.sent - self.dropped, "dropped": self.dropped}
 
     async def _model(self, fn, *args):
+        """Run `fn(*args)` in a worker thread, this session's calls one after another."""
         async with self.lock:
             return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
@@ -280,36 +336,53 @@ class _Session:
                         return
         except _Closed as closed:
             await self._fail(closed.code, closed.message)
+        except WebSocketDisconnect:
+            raise
+        except Exception as err:  # a bug, not the client's fault: end this session, keep serving the others
+            log.exception("session failed")
+            await self._fail(1011, f"server error: {type(err).__name__}: {err}")
 
     async def _control(self, text: str, resolve_portrait) -> bool:
         if len(text) > self.opts.max_message_bytes:
-            raise _Closed(1009, "message too big")
+            raise _Closed(1009, f"text message of {len(text)} characters; the limit is {self.opts.max_message_bytes}")
         try:
             msg = json.loads(text)
         except json.JSONDecodeError:
-            raise _Closed(1008, "text messages must be JSON objects") from None
-        kind = msg.get("type") if isinstance(msg, dict) else None
+            raise _Closed(1008, 'text messages must be JSON objects like {"type": "start", ...}') from None
+        if not isinstance(msg, dict):
+            raise _Closed(1008, 'text messages must be JSON objects like {"type": "start", ...}')
+        kind = msg.get("type")
         if kind == "start":
             if self.stream is not None:
                 raise _Closed(1008, "this session has already started")
-            portrait = resolve_portrait(msg.get("portrait"))
             seed = msg.get("seed", 0)
-            if not isinstance(seed, int):
+            if not isinstance(seed, int) or isinstance(seed, bool):
                 raise _Closed(1008, "seed must be an integer")
+            portrait = await resolve_portrait(msg.get("portrait"))
             try:
                 self.stream = await self._model(lambda: self.pipe.stream(portrait, seed=seed))
             except RestError as err:
                 raise _Closed(1008, str(err)) from None
             p = self.pipe
-            self._put({"type": "ready", "fps": p.fps, "resolution": p.resolution, "sample_rate": p.sample_rate})
+            self._put(
+                {
+                    "type": "ready",
+                    "fps": p.fps,
+                    "resolution": p.resolution,
+                    "sample_rate": p.sample_rate,
+                    "chunk_frames": self.chunk_frames,
+                }
+            )
             return False
         if kind == "end":
             if self.stream is None:
                 raise _Closed(1008, "end before start")
-            frames = await self._model(self.stream.flush)
-            self._enqueue_frames(frames)
+            self.enqueue_frames(await self._model(self._finish))
             self._put({"type": "done", **self.stats()})
-            await self.drained.wait()
+            try:  # a client that stopped reading gets idle_timeout_s to take its last frames
+                await asyncio.wait_for(self.drained.wait(), timeout=self.opts.idle_timeout_s)
+            except asyncio.TimeoutError:
+                raise _Closed(1001, f"the client did not read its frames for {self.opts.idle_timeout_s:g} s") from None
             await self.ws.close(code=1000)
             return True
         raise _Closed(1008, f"unknown message type {kind!r} (expected start, end, or binary audio)")
@@ -324,12 +397,21 @@ class _Session:
         samples = np.frombuffer(data, "<f4")
         if not np.isfinite(samples).all():
             raise _Closed(1008, "audio contains NaN or infinite samples")
-        frames = await self._model(self.stream.push_audio, samples)
-        self._enqueue_frames(frames)
+        self.enqueue_frames(await self._model(self._push, samples))
         now = time.perf_counter()
-        if now - self.last_stats > 1.0:
+        if self.sent and (self.last_stats is None or now - self.last_stats > 1.0):  # first frames, then 1/s
             self.last_stats = now
             self._put({"type": "stats", **self.stats()})
+
+    # Worker-thread side: model calls and JPEG encoding, so the event loop only moves bytes.
+    def _push(self, samples: np.ndarray) -> list[bytes]:
+        return _jpegs(self.stream.push_audio(samples), self.opts.jpeg_quality)
+
+    def _finish(self) -> list[bytes]:
+        """The last frames: audio padded to whole chunks, frames kept within its duration (StreamSession.finish)."""
+        if self.stream.samples_in == 0:
+            return []
+        return _jpegs(self.stream.finish(), self.opts.jpeg_quality)
 
 
 __all__ = ["ServeOptions", "create_app"]

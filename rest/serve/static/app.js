@@ -3,7 +3,10 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const PLAYBACK_DELAY_S = 0.8; // file mode: audio starts this late so that frames (which lag) meet their sound
+// File mode keeps sound and picture in sync by delaying the sound: playback starts when frame 0 arrives plus one
+// chunk (the first frame of each later chunk waits for that chunk's audio) plus a margin for jitter, and each frame
+// is drawn when the audio clock reaches its time. With the microphone the newest frame is drawn on arrival.
+const SYNC_MARGIN_S = 0.1;
 const PIECE_S = 0.04; // audio message length
 
 let info = null;
@@ -13,9 +16,13 @@ let ctx = null;
 let frames = new Map(); // index -> ImageBitmap
 let shown = -1;
 let received = 0;
-let playStart = null; // AudioContext time of frame 0 (file mode); null: draw on arrival (microphone)
+let mode = null; // "file" or "mic"
+let chunkFrames = 4; // frames per generated chunk (from the server's "ready")
+let playStart = null; // file mode: AudioContext time at which the sound (and frame 0) starts
+let startPlayback = () => {}; // file mode: schedules the sound once frame 0 has arrived
 let firstSend = null;
-let stopAudio = () => {};
+let stopSending = () => {}; // stops the file timer or the microphone
+let stopPlayback = () => {}; // stops the delayed sound of a file
 
 function status(text, error = false) {
   $("status").textContent = text;
@@ -43,7 +50,10 @@ async function init() {
   $("portrait-file").onchange = upload;
   $("start-file").onclick = startFile;
   $("start-mic").onclick = startMic;
-  $("stop").onclick = () => finish();
+  $("stop").onclick = () => {
+    stopPlayback();
+    finish();
+  };
   requestAnimationFrame(draw);
   status("pick a portrait");
 }
@@ -80,16 +90,25 @@ function openStream(onReady) {
   shown = -1;
   received = 0;
   firstSend = null;
+  playStart = null;
   $("latency").textContent = "-";
   $("rtf").textContent = "-";
+  $("delay").textContent = "-";
   $("frames").textContent = "0";
-  ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  $("dropped").textContent = "0";
+  if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
+  const socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  ws = socket;
   ws.binaryType = "arraybuffer";
   ws.onopen = () => ws.send(JSON.stringify({ type: "start", portrait: portraitId, seed: 0 }));
   ws.onmessage = async (event) => {
+    if (socket !== ws) return; // a stream the user replaced
     if (typeof event.data === "string") {
       const msg = JSON.parse(event.data);
-      if (msg.type === "ready") onReady();
+      if (msg.type === "ready") {
+        chunkFrames = msg.chunk_frames;
+        onReady();
+      }
       else if (msg.type === "stats" || msg.type === "done") showStats(msg);
       else if (msg.type === "error") status("server: " + msg.message, true);
       if (msg.type === "done") status("done");
@@ -99,15 +118,20 @@ function openStream(onReady) {
     if (firstSend !== null && $("latency").textContent === "-") {
       $("latency").textContent = Math.round(performance.now() - firstSend);
     }
+    if (mode === "file" && playStart === null) startPlayback();
     const bitmap = await createImageBitmap(new Blob([event.data.slice(4)], { type: "image/jpeg" }));
     frames.set(index, bitmap);
     received += 1;
     $("frames").textContent = received;
   };
   ws.onclose = (event) => {
-    if (event.code !== 1000 && $("status").className !== "error") status(`closed (${event.code})`, true);
+    if (socket !== ws) return;
+    stopSending();
+    if (event.code !== 1000) {
+      if ($("status").className !== "error") status(`closed (${event.code})`, true);
+      stopPlayback();
+    } // after "done" the delayed sound plays to its end, and the frames with it
     $("stop").disabled = true;
-    stopAudio();
   };
   $("stop").disabled = false;
 }
@@ -127,8 +151,17 @@ function send(samples) {
 }
 
 function finish() {
-  stopAudio();
+  stopSending();
   if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "end" }));
+}
+
+function newAudioContext() {
+  // at the model's sample rate, so that the browser resamples both decoded files and the microphone to it
+  stopSending();
+  stopPlayback();
+  if (ctx) ctx.close();
+  ctx = new AudioContext({ sampleRate: info.sample_rate });
+  stopPlayback = () => {};
 }
 
 async function startFile() {
@@ -137,7 +170,8 @@ async function startFile() {
     status("choose an audio file first", true);
     return;
   }
-  ctx = new AudioContext({ sampleRate: info.sample_rate });
+  newAudioContext();
+  mode = "file";
   let buffer;
   try {
     buffer = await ctx.decodeAudioData(await file.arrayBuffer());
@@ -155,14 +189,18 @@ async function startFile() {
     const source = ctx.createBufferSource();
     source.buffer = buffer;
     source.connect(ctx.destination);
-    playStart = ctx.currentTime + PLAYBACK_DELAY_S;
-    source.start(playStart);
+    const sendStart = ctx.currentTime;
+    startPlayback = () => {
+      playStart = ctx.currentTime + chunkFrames / info.fps + SYNC_MARGIN_S;
+      source.start(playStart);
+      $("delay").textContent = Math.round((playStart - sendStart) * 1000);
+    };
     const t0 = performance.now();
     const piece = Math.round(PIECE_S * info.sample_rate);
     let sent = 0;
     const timer = setInterval(() => {
-      // send what real time has reached (catch up after a slow tick), then "end" after the last piece
-      const due = Math.min(mono.length, Math.round(((performance.now() - t0) / 1000 + PIECE_S) * info.sample_rate));
+      // send what real time has reached, as a microphone would (catch up after a slow tick), then "end"
+      const due = Math.min(mono.length, Math.round(((performance.now() - t0) / 1000) * info.sample_rate));
       while (sent < due) {
         send(mono.subarray(sent, Math.min(due, sent + piece)));
         sent = Math.min(due, sent + piece);
@@ -172,8 +210,8 @@ async function startFile() {
         finish();
       }
     }, PIECE_S * 1000);
-    stopAudio = () => {
-      clearInterval(timer);
+    stopSending = () => clearInterval(timer);
+    stopPlayback = () => {
       try { source.stop(); } catch (e) { /* not started */ }
     };
   });
@@ -187,8 +225,8 @@ async function startMic() {
     status("no microphone: " + err.message, true);
     return;
   }
-  ctx = new AudioContext({ sampleRate: info.sample_rate });
-  playStart = null;
+  newAudioContext();
+  mode = "mic";
   openStream(() => {
     status("streaming the microphone");
     const source = ctx.createMediaStreamSource(stream);
@@ -196,7 +234,7 @@ async function startMic() {
     processor.onaudioprocess = (event) => send(event.inputBuffer.getChannelData(0));
     source.connect(processor);
     processor.connect(ctx.destination);
-    stopAudio = () => {
+    stopSending = () => {
       processor.disconnect();
       source.disconnect();
       stream.getTracks().forEach((t) => t.stop());
@@ -206,9 +244,9 @@ async function startMic() {
 
 function draw() {
   let index = -1;
-  if (playStart === null) {
+  if (mode === "mic") {
     index = frames.size ? Math.max(...frames.keys()) : -1; // live: the newest frame
-  } else if (ctx) {
+  } else if (playStart !== null) {
     const due = Math.floor((ctx.currentTime - playStart) * info.fps); // file: the frame of the sound playing now
     for (let i = due; i > shown && i >= 0; i--) {
       if (frames.has(i)) { index = i; break; }
