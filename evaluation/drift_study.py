@@ -32,6 +32,41 @@ def load_student(folder: Path) -> tuple[DenoiserDiT, AudioEncoder, CausalVideoVA
     return denoiser, audio_encoder, vae, info
 
 
+METRICS = {
+    "csim_dlib": "identity similarity to the portrait (dlib)",
+    "mean_abs_diff_portrait": "mean |frame - portrait| (0-255)",
+    "sharpness": "sharpness (Laplacian variance)",
+}
+
+
+def write_report(curves: dict, out: Path) -> str:
+    """drift.md (a table per metric and variant) and drift.png (one panel per metric); returns the table."""
+    lines = ["| variant | " + " | ".join(f"{r['start_s']:.0f}s" for r in curves["full"]) + " |"]
+    lines.append("|---" * (len(curves["full"]) + 1) + "|")
+    for metric in METRICS:
+        for name, rows in curves.items():
+            cells = [f"{r[metric]:.3f}" if r.get(metric) is not None else "-" for r in rows]
+            lines.append(f"| {name} {metric} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+    (out / "drift.md").write_text(table)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 4))
+    for ax, (metric, title) in zip(axes, METRICS.items(), strict=True):
+        for name, rows in curves.items():
+            values = [np.nan if r.get(metric) is None else r[metric] for r in rows]
+            ax.plot([r["start_s"] for r in rows], values, marker="o", label=name)
+        ax.set(title=title, xlabel="stream time (s)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(out / "drift.png", dpi=100)
+    return table
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="SynthTalk shard root")
@@ -78,32 +113,7 @@ def main() -> int:
         )
 
     (out / "drift.json").write_text(json.dumps({"settings": vars(args), "curves": curves}, indent=2) + "\n")
-    lines = ["| variant | " + " | ".join(f"{r['start_s']:.0f}s" for r in curves["full"]) + " |"]
-    lines.append("|---" * (len(curves["full"]) + 1) + "|")
-    for metric in ("csim_dlib", "sharpness"):
-        for name, rows in curves.items():
-            cells = [f"{r[metric]:.3f}" if r.get(metric) is not None else "-" for r in rows]
-            lines.append(f"| {name} {metric} | " + " | ".join(cells) + " |")
-    (out / "drift.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, rows in curves.items():
-        t = [r["start_s"] for r in rows]
-        axes[0].plot(
-            t, [np.nan if r.get("csim_dlib") is None else r["csim_dlib"] for r in rows], marker="o", label=name
-        )
-        axes[1].plot(t, [r["sharpness"] for r in rows], marker="o", label=name)
-    axes[0].set(title="identity similarity to the portrait (dlib)", xlabel="stream time (s)", ylabel="CSIM")
-    axes[1].set(title="sharpness (Laplacian variance)", xlabel="stream time (s)")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(out / "drift.png", dpi=100)
+    print(write_report(curves, out))
     print(f"wrote {out / 'drift.json'}, {out / 'drift.md'}, {out / 'drift.png'}")
     return 0
 

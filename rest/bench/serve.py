@@ -41,7 +41,7 @@ async def _client(url: str, portrait_id: str, audio: np.ndarray, sample_rate: in
     result = {"session": index, "frames": 0, "error": None}
     first_send = first_frame = None
     try:
-        async with websockets.connect(url, max_size=2**24) as ws:
+        async with websockets.connect(url, max_size=2**24, ping_interval=None) as ws:
             await ws.send(json.dumps({"type": "start", "portrait": portrait_id, "seed": index}))
             ready = json.loads(await ws.recv())
             if ready.get("type") != "ready":
@@ -97,7 +97,9 @@ def _start_server(weights: str | Path, sessions: int):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws_ping_interval=None)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 60
