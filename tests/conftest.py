@@ -53,3 +53,34 @@ def speech(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("speech") / "speech.wav"
     write_audio(path, signal.astype(np.float32), 16000)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """Small random models that run in milliseconds: (vae, audio_encoder, teacher, student). The VAE codes 32 x 32
+    frames into 4 x 4 x 4 latents; the denoisers' blocks are perturbed out of adaLN-zero's identity start, so
+    their outputs depend on their inputs (audio, cache, portrait)."""
+    import torch
+
+    from rest.models.audio import AudioEncoder
+    from rest.models.dit import DenoiserDiT
+    from rest.models.vae import CausalVideoVAE
+
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(latent_channels=4, patch_size=2, block_out_channels=(8, 16, 32)).eval()
+    audio = AudioEncoder(
+        conv_channels=16, num_conv_layers=1, dim=16, num_layers=1, num_heads=2, attn_window=4, lookahead_frames=2,
+        out_dim=8,
+    ).eval()  # fmt: skip
+    dims = dict(
+        in_channels=4, patch_size=1, width=32, depth=2, num_heads=2, mlp_ratio=2.0, frequency_dim=32, audio_dim=8,
+        temporal_compression=4,
+    )  # fmt: skip
+    teacher = DenoiserDiT(**dims).eval()
+    student = DenoiserDiT(**dims, attention_mode="block_causal", context_chunks=2).eval()
+    with torch.no_grad():
+        for model in (teacher, student):
+            for p in model.parameters():
+                if not p.any():
+                    p.normal_(0.0, 0.2)
+    return vae, audio, teacher, student

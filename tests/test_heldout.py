@@ -8,9 +8,6 @@ import torch
 from rest.data.shards import ShardWriter
 from rest.diffusion.flow import Guidance, flow_sigmas
 from rest.metrics.heldout import Models, format_summary, heldout_clips, heldout_study
-from rest.models.audio import AudioEncoder
-from rest.models.dit import DenoiserDiT
-from rest.models.vae import CausalVideoVAE
 
 R, FRAMES = 32, 110
 
@@ -46,32 +43,8 @@ def test_clip_selection(root):
         heldout_clips(root, splits=("val",))
 
 
-def test_study_scores_both_paths(root):
-    torch.manual_seed(0)
-    vae = CausalVideoVAE(latent_channels=4, patch_size=2, block_out_channels=(8, 16, 32)).eval()
-    audio = AudioEncoder(
-        conv_channels=16,
-        num_conv_layers=1,
-        dim=16,
-        num_layers=1,
-        num_heads=2,
-        attn_window=4,
-        lookahead_frames=2,
-        out_dim=8,
-    ).eval()
-    dims = dict(
-        in_channels=4,
-        patch_size=1,
-        width=32,
-        depth=2,
-        num_heads=2,
-        mlp_ratio=2.0,
-        frequency_dim=32,
-        audio_dim=8,
-        temporal_compression=4,
-    )
-    teacher = DenoiserDiT(**dims).eval()
-    student = DenoiserDiT(**dims, attention_mode="block_causal", context_chunks=2).eval()
+def test_study_scores_both_paths(root, tiny_models):
+    vae, audio, teacher, student = tiny_models
     methods = {
         "teacher": (Models(vae, audio, teacher, 1.0), {"kind": "teacher", "steps": 2, "guidance": Guidance()}),
         "student_K1": (
