@@ -88,7 +88,8 @@ class Paster:
     def __init__(self, portrait: Portrait, feather: float = 0.12):
         image = portrait.image
         self.H, self.W = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
-        self.background = image[: self.H, : self.W].astype(np.float32)
+        self.background_u8 = np.ascontiguousarray(image[: self.H, : self.W])
+        self.background = self.background_u8.astype(np.float32)
         x0, y0, x1, y1 = portrait.box
         # Integer paste region inside the image, and the crop's resampled size for the whole box.
         self.side = max(2, round(x1 - x0))
@@ -107,16 +108,14 @@ class Paster:
         self.alpha = alpha[iy0:iy1, ix0:ix1, None].astype(np.float32)
 
     def paste(self, frames: np.ndarray) -> np.ndarray:
-        out = np.empty((len(frames), self.H, self.W, 3), np.uint8)
         x0, y0, x1, y1 = self.region
         ix0, iy0, ix1, iy1 = self.inner
+        out = np.repeat(self.background_u8[None], len(frames), axis=0)  # only the face region is blended
+        region = self.background[y0:y1, x0:x1]
         for i, frame in enumerate(frames):
             big = np.asarray(Image.fromarray(frame).resize((self.side, self.side), Image.BICUBIC), np.float32)
-            patch = big[iy0:iy1, ix0:ix1]
-            canvas = self.background.copy()
-            region = canvas[y0:y1, x0:x1]
-            canvas[y0:y1, x0:x1] = region + self.alpha * (patch - region)
-            out[i] = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
+            blended = region + self.alpha * (big[iy0:iy1, ix0:ix1] - region)
+            out[i, y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
         return out
 
 
