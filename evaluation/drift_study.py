@@ -18,19 +18,10 @@ import torch
 from rest.diffusion.flow import flow_sigmas
 from rest.metrics.drift import drift_curve, stream_frames
 from rest.metrics.heldout import heldout_clips
-from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
-
-
-def load_student(folder: Path) -> tuple[DenoiserDiT, AudioEncoder, CausalVideoVAE, dict]:
-    info = json.loads((folder / "student.json").read_text())
-    denoiser = load_local(DenoiserDiT, folder / "denoiser", "student denoiser").eval()
-    audio_encoder = load_local(AudioEncoder, folder / "audio_encoder", "student audio encoder").eval()
-    vae = load_local(CausalVideoVAE, info["vae"], "VAE").eval()
-    return denoiser, audio_encoder, vae, info
-
+from rest.training.student import load_student
 
 METRICS = {
     "csim_dlib": "identity similarity to the portrait (dlib)",
@@ -96,12 +87,15 @@ def main() -> int:
         runs.append(("no_asd", args.no_asd_student, "full"))
     curves = {}
     for name, folder, variant in runs:
-        denoiser, audio_encoder, vae, info = load_student(Path(folder))
-        if variant == "no_context":
-            denoiser = DenoiserDiT.from_config(denoiser.config, context_chunks=0).eval()
-            denoiser.load_state_dict(load_local(DenoiserDiT, Path(folder) / "denoiser").state_dict())
-        pixels = torch.from_numpy(portrait).permute(2, 0, 1)[None, :, None].float().div(127.5).sub(1)
-        portrait_latents = vae.normalize_latents(vae.encode(pixels).latent_dist.mode())
+        denoiser, audio_encoder, info = load_student(folder)
+        vae = load_local(CausalVideoVAE, info["vae"], "VAE").eval()
+        if variant == "no_context":  # the same weights, a window without context chunks
+            weights = denoiser.state_dict()
+            denoiser = DenoiserDiT.from_config(denoiser.config, context_chunks=0)
+            denoiser.load_state_dict(weights)
+        denoiser.eval()
+        audio_encoder.eval()
+        portrait_latents = vae.encode_portrait(portrait)
         sigmas = flow_sigmas(args.steps or info["steps"], info["shift"])
         blocks = stream_frames(
             denoiser, vae, audio_encoder, portrait_latents, audio, sigmas, variant, info["context_timestep"], args.seed

@@ -7,8 +7,6 @@ speed, for the teacher (offline) and the streaming student at several step count
 """
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
 
@@ -18,7 +16,7 @@ from rest.metrics.heldout import Models, format_summary, heldout_clips, heldout_
 from rest.metrics.lipsync_gt import load_mouth_regressor
 from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
-from rest.training.student import load_teacher
+from rest.training.student import load_student, load_teacher
 
 
 def main() -> int:
@@ -52,15 +50,9 @@ def main() -> int:
         guidance = Guidance(audio=args.guidance_audio, portrait=args.guidance_portrait)
         methods["teacher"] = (models, {"kind": "teacher", "steps": args.teacher_steps, "guidance": guidance})
     if args.student is not None:
-        folder = Path(args.student)
-        info = json.loads((folder / "student.json").read_text())
-        from rest.models.audio import AudioEncoder
-        from rest.models.dit import DenoiserDiT
-
+        denoiser, audio_encoder, info = load_student(args.student)
         vae = load_local(CausalVideoVAE, info["vae"], "VAE").eval()
-        denoiser = load_local(DenoiserDiT, folder / "denoiser", "student denoiser").eval()
-        audio_encoder = load_local(AudioEncoder, folder / "audio_encoder", "student audio encoder").eval()
-        models = Models(vae, audio_encoder, denoiser, info["shift"])
+        models = Models(vae, audio_encoder.eval(), denoiser.eval(), info["shift"])
         for k in args.student_steps or [info["steps"]]:
             sigmas = flow_sigmas(k, info["shift"])
             spec = {"kind": "student", "sigmas": sigmas, "context_timestep": info["context_timestep"]}

@@ -166,3 +166,29 @@ def test_bundled_demo_model_talks(tmp_path):
     portrait = np.asarray(Image.open(demo / "portrait.png").convert("RGB"), np.float32)
     assert np.abs(frames - portrait).mean() < 40  # the portrait, not noise
     assert np.abs(np.diff(frames, axis=0)).mean() > 0.2  # and it moves
+
+
+def test_export_pipeline_from_a_student_export(test_pipeline, tmp_path, capsys):
+    """`rest export-pipeline`: a student export + the VAE student.json names -> a folder that loads, in fp16."""
+    import shutil
+
+    import torch
+
+    from rest.models.vae import CausalVideoVAE
+
+    student = tmp_path / "export"
+    for name in ("denoiser", "audio_encoder"):
+        shutil.copytree(test_pipeline / name, student / name)
+    CausalVideoVAE.from_preset("tiny").save_pretrained(tmp_path / "vae")
+    info = {"steps": 2, "shift": 1.5, "context_timestep": 0.0, "vae": str(tmp_path / "vae")}
+    (student / "student.json").write_text(json.dumps(info))
+    out = tmp_path / "pipeline"
+    assert main(["export-pipeline", "--student", str(student), "--output", str(out)]) == 0
+    assert f"wrote pipeline folder {out}" in capsys.readouterr().out
+    config = json.loads((out / "pipeline.json").read_text())
+    assert (config["preset"], config["resolution"], config["steps"], config["shift"]) == ("tiny", 128, 2, 1.5)
+    assert config["training"] == info and config["context_chunks"] == 2
+    pipe = TalkingHeadPipeline.from_pretrained(out)
+    assert next(pipe.vae.parameters()).dtype == torch.float32  # stored in fp16, run in fp32
+    with pytest.raises(RestError, match="compresses space 16x, preset 'base' expects 32x"):
+        export_pipeline(student, tmp_path / "base", preset="base")

@@ -51,7 +51,8 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 3, 
     return {"median_s": statistics.median(times), "times_s": times}
 
 
-def _rss_kib(field: str) -> int:
+def rss_kib(field: str) -> int:
+    """A memory field of this process in /proc/self/status, in KiB (e.g. "VmRSS", "VmHWM")."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
@@ -87,9 +88,9 @@ def peak_memory_of(fn: Callable[[], object], device: torch.device) -> float:
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
     return_freed_memory_to_os()
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    before = _rss_kib("VmRSS")
+    before = rss_kib("VmRSS")
     fn()
-    return (_rss_kib("VmHWM") - before) / 1024
+    return (rss_kib("VmHWM") - before) / 1024
 
 
 def write_result(result: dict, output: str | Path | None) -> None:

@@ -24,14 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rest.bench.common import rss_kib
+
 PIECE_S = 0.04
-
-
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def _client(url: str, portrait_id: str, audio: np.ndarray, sample_rate: int, index: int) -> dict:
@@ -140,7 +135,7 @@ def bench_serve(
             speech = (0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
         audio = np.resize(speech, int(seconds * sr))
         gc.collect()
-        rss_before = _rss_mb()
+        rss_before = rss_kib("VmRSS") / 1024
         start = time.perf_counter()
 
         async def run_all():
@@ -149,10 +144,10 @@ def bench_serve(
 
         results = asyncio.run(run_all())
         wall = time.perf_counter() - start
-        rss_after = _rss_mb()
+        rss_after = rss_kib("VmRSS") / 1024
         time.sleep(2.0)
         gc.collect()
-        rss_settled = _rss_mb()
+        rss_settled = rss_kib("VmRSS") / 1024
     finally:
         if server is not None:
             server.should_exit = True

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from rest.bench.common import device_info, synchronize
+from rest.bench.common import device_info, rss_kib, synchronize
 from rest.config import get_preset
 from rest.diffusion.flow import FlowMatchingConfig, flow_sigmas
 from rest.errors import RestError
@@ -82,11 +82,7 @@ def _peak_reset(device: torch.device) -> None:
 def _memory_mb(device: torch.device, peak: bool) -> float:
     if device.type == "cuda":
         return (torch.cuda.max_memory_allocated(device) if peak else torch.cuda.memory_allocated(device)) / 2**20
-    field = "VmHWM:" if peak else "VmRSS:"
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    return rss_kib("VmHWM" if peak else "VmRSS") / 1024
 
 
 def _tenths(values: list[float]) -> list[list[float]]:

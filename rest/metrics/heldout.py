@@ -93,11 +93,6 @@ class Models:
     shift: float
 
 
-def _portrait_latents(vae: CausalVideoVAE, portrait: np.ndarray, device: torch.device) -> torch.Tensor:
-    pixels = frames_to_tensor(portrait[None])[None].to(device)  # (1, 3, 1, R, R)
-    return vae.normalize_latents(vae.encode(pixels).latent_dist.mode())
-
-
 @torch.no_grad()
 def generate_teacher(m: Models, clip: HeldoutClip, audio: np.ndarray, steps: int, guidance: Guidance, seed: int):
     """Offline bidirectional sampling -> uint8 (F, R, R, 3)."""
@@ -123,7 +118,7 @@ def generate_student(
     """The streaming rollout over the whole audio (features pushed at once, then flushed) -> uint8 (F, R, R, 3)."""
     device = next(m.denoiser.parameters()).device
     gen = StreamingGenerator(m.denoiser, m.vae, sigmas, context_timestep=context_timestep)
-    state = gen.init_state(_portrait_latents(m.vae, clip.portrait, device), seed=seed)
+    state = gen.init_state(m.vae.encode_portrait(clip.portrait), seed=seed)
     features = m.audio_encoder(torch.from_numpy(audio)[None].to(device))
     head, state = gen.step(features, state)
     tail, state = gen.flush(state)

@@ -456,3 +456,11 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
 
     def denormalize_latents(self, z: torch.Tensor) -> torch.Tensor:
         return z / self.config.scaling_factor + self.config.shift_factor
+
+    @torch.no_grad()
+    def encode_portrait(self, image) -> torch.Tensor:
+        """uint8 RGB image (R, R, 3) (numpy or tensor) -> the normalised latents (1, C, 1, h, w) the denoiser sees
+        as a portrait: the posterior mode of a one-frame clip."""
+        param = next(self.parameters())
+        pixels = torch.as_tensor(image).permute(2, 0, 1).to(param.device, param.dtype).div(127.5).sub(1.0)
+        return self.normalize_latents(self.encode(pixels[None, :, None]).latent_dist.mode())

@@ -228,9 +228,7 @@ class TalkingHeadPipeline:
     @torch.no_grad()
     def portrait_latents(self, portrait: Portrait | np.ndarray) -> torch.Tensor:
         crop = portrait.crop if isinstance(portrait, Portrait) else portrait
-        pixels = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float().div(127.5).sub(1.0)
-        pixels = pixels[None, :, None].to(self.device)  # (1, 3, 1, R, R)
-        return self.vae.normalize_latents(self.vae.encode(pixels).latent_dist.mode())
+        return self.vae.encode_portrait(np.ascontiguousarray(crop))
 
     # ---------------------------------------------------------------- generation
     def stream(
@@ -289,15 +287,11 @@ def export_pipeline(
     student_export: str | Path, output: str | Path, vae: str | Path | None = None, preset: str = "tiny"
 ) -> Path:
     """Assemble a pipeline folder from a `train/student.py` export (student.json names the VAE unless `vae`)."""
-    student_export, output = Path(student_export), Path(output)
-    info_path = student_export / "student.json"
-    if not info_path.is_file():
-        raise RestError(f"{info_path} not found: point --student at the export/ folder of a train/student.py run")
-    info = json.loads(info_path.read_text())
-    vae_dir = Path(vae or info["vae"])
-    vae_model = _load(CausalVideoVAE, vae_dir, "VAE")
-    denoiser = _load(DenoiserDiT, student_export / "denoiser", "student denoiser")
-    audio_encoder = _load(AudioEncoder, student_export / "audio_encoder", "student audio encoder")
+    from rest.training.student import load_student
+
+    denoiser, audio_encoder, info = load_student(student_export)
+    output = Path(output)
+    vae_model = _load(CausalVideoVAE, Path(vae or info["vae"]), "VAE")
     from rest.config import get_preset
 
     spec = get_preset(preset)
@@ -339,7 +333,8 @@ def write_pipeline(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         for name, model in (("vae", vae), ("audio_encoder", audio_encoder), ("denoiser", denoiser)):
-            model = copy.deepcopy(model).to(torch.float16) if half else model
+            # torch's Module.to, as in TalkingHeadPipeline: diffusers' override warns about a cast that is safe here
+            model = torch.nn.Module.to(copy.deepcopy(model), torch.float16) if half else model
             model.save_pretrained(tmp / name)
         (tmp / PIPELINE_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
         keep = output / "README.md"  # a model card survives re-exports

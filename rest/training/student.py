@@ -208,6 +208,18 @@ def load_teacher(folder: str | Path) -> tuple[DenoiserDiT, AudioEncoder, dict]:
     return denoiser, audio_encoder, json.loads(info_path.read_text())
 
 
+def load_student(folder: str | Path) -> tuple[DenoiserDiT, AudioEncoder, dict]:
+    """The student export: denoiser (block_causal), audio encoder and student.json's contents (K, levels, the
+    VAE folder, ...)."""
+    folder = Path(folder)
+    info_path = folder / "student.json"
+    if not info_path.is_file():
+        raise RestError(f"{info_path} not found: point at the export/ folder of a train/student.py run")
+    denoiser = load_local(DenoiserDiT, folder / "denoiser", "student denoiser")
+    audio_encoder = load_local(AudioEncoder, folder / "audio_encoder", "student audio encoder")
+    return denoiser, audio_encoder, json.loads(info_path.read_text())
+
+
 def build_student(
     teacher: DenoiserDiT, teacher_audio: AudioEncoder, overrides: dict
 ) -> tuple[DenoiserDiT, AudioEncoder]:
@@ -761,6 +773,7 @@ __all__ = [
     "draw_levels",
     "evaluate",
     "export_student",
+    "load_student",
     "load_teacher",
     "segment_levels",
     "train_student",
