@@ -4,12 +4,13 @@ python evaluation/plot_training.py runs/vae_tiny/metrics.jsonl --eval-key psnr -
 """
 
 import argparse
-import json
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from rest.training.common import MetricsLog  # noqa: E402
 
 
 def _latest_per_step(rows) -> list[dict]:
@@ -27,7 +28,7 @@ def main() -> None:
     parser.add_argument("--eval-key", default="psnr")
     parser.add_argument("--output", required=True, help="PNG file")
     args = parser.parse_args()
-    rows = [json.loads(line) for line in open(args.metrics)]
+    rows = MetricsLog.read(args.metrics)
     train = _latest_per_step(r for r in rows if r["kind"] == "train")
     evals = _latest_per_step(r for r in rows if r["kind"] == "eval" and args.eval_key in r)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))

@@ -73,3 +73,19 @@ def test_reconstruction_entry_points(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "r.json").read_text())
     assert set(result["videos"]) == {"clip.mp4", "side.mp4"} and result["streaming"] is True
+
+
+def test_metrics_log_and_training_curve_plot(tmp_path):
+    from rest.training.common import MetricsLog
+
+    log = MetricsLog(tmp_path)
+    for step in (10, 20, 30, 20):  # a resumed run logs step 20 again
+        log.write("train", {"step": step, "loss": 1.0 / step})
+    log.write("eval", {"step": 30, "psnr": 21.5})
+    assert [r["step"] for r in MetricsLog.read(tmp_path, "train")] == [10, 20, 30, 20]
+    assert MetricsLog.read(tmp_path / "metrics.jsonl", "eval")[0]["psnr"] == 21.5
+    assert len(MetricsLog.read(tmp_path)) == 5
+    out = tmp_path / "curve.png"
+    args = [str(tmp_path / "metrics.jsonl"), "--eval-key", "psnr", "--output", str(out)]
+    subprocess.run([sys.executable, str(REPO / "evaluation" / "plot_training.py"), *args], check=True)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -19,7 +19,7 @@ from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
 from rest.streaming import IDContextCache, StreamingGenerator, chunk_audio_span, rollout_chunk, write_sink
-from rest.training.common import latest_checkpoint, read_trainer_state
+from rest.training.common import MetricsLog, latest_checkpoint, read_trainer_state
 from rest.training.student import (
     ASDConfig,
     AsynchronousStreamingDistillation,
@@ -99,11 +99,6 @@ def experiment(assets, out: Path, **train) -> StudentExperiment:
             **train,
         ),
     )
-
-
-def metrics(out: Path, kind: str) -> list[dict]:
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [m for m in lines if m["kind"] == kind]
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -265,10 +260,10 @@ def test_train_resume_export(assets, tmp_path, capsys):
     export = train_student(experiment(assets, out, max_steps=3))
     first = latest_checkpoint(out)
     assert read_trainer_state(first)["step"] == 3
-    logs = metrics(out, "train")
+    logs = MetricsLog.read(out, "train")
     assert [m["step"] for m in logs] == [1, 2, 3] and [m["K"] for m in logs] == [2, 2, 1]
     assert all(np.isfinite(m["loss"]) and m["loss_distill"] > 0 for m in logs)
-    assert {"val_loss", "val_loss_distill", "val_loss_gt"} <= set(metrics(out, "eval")[-1])
+    assert {"val_loss", "val_loss_distill", "val_loss_gt"} <= set(MetricsLog.read(out, "eval")[-1])
     info = json.loads((export / "student.json").read_text())
     assert (info["steps"], info["context_chunks"], info["chunk_latent_frames"], info["step"]) == (1, 2, 1, 3)
     assert info["sigmas"] == flow_sigmas(1, 1.0).tolist() and info["vae"] == str(assets["vae"])
@@ -299,7 +294,7 @@ def test_train_resume_export(assets, tmp_path, capsys):
     capsys.readouterr()
     train_student(experiment(assets, out, max_steps=4), resume="latest")
     assert f"resumed from {first} at step 3" in capsys.readouterr().out
-    assert [m["step"] for m in metrics(out, "train")] == [1, 2, 3, 4]
+    assert [m["step"] for m in MetricsLog.read(out, "train")] == [1, 2, 3, 4]
     weights_at_4 = load_local(DenoiserDiT, out / "export" / "denoiser").state_dict()
     assert any(not torch.equal(weights_at_3[k], weights_at_4[k]) for k in weights_at_3)
 
@@ -311,7 +306,7 @@ def test_distillation_loss_decreases(assets, tmp_path):
     cfg.asd.steps_schedule, cfg.asd.gt_loss_weight = ((0, 1),), 0.0
     cfg.train.lr, cfg.train.log_every = 3e-3, 10
     train_student(cfg)
-    losses = [m["loss_distill"] for m in metrics(out, "train")]
+    losses = [m["loss_distill"] for m in MetricsLog.read(out, "train")]
     assert len(losses) == 4 and losses[-1] < 0.3 * losses[0], losses
 
 
@@ -351,4 +346,4 @@ def test_train_script_entry_point(assets, tmp_path, monkeypatch):
     runpy.run_path(str(REPO / "train" / "student.py"), run_name="__main__")
     info = json.loads((tmp_path / "run" / "export" / "student.json").read_text())
     assert info["context_chunks"] == 1 and info["steps"] == 1
-    assert metrics(tmp_path / "run", "train")[-1]["step"] == 1
+    assert MetricsLog.read(tmp_path / "run", "train")[-1]["step"] == 1

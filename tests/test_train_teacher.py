@@ -18,7 +18,7 @@ from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
-from rest.training.common import latest_checkpoint, read_trainer_state
+from rest.training.common import MetricsLog, latest_checkpoint, read_trainer_state
 from rest.training.teacher import (
     TeacherDataConfig,
     TeacherExperiment,
@@ -81,19 +81,14 @@ def experiment(assets, out: Path, **train) -> TeacherExperiment:
     )
 
 
-def metrics(out: Path, kind: str) -> list[dict]:
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [m for m in lines if m["kind"] == kind]
-
-
 def test_train_resume_export(assets, tmp_path, capsys):
     out = tmp_path / "run"
     export = train_teacher(experiment(assets, out, max_steps=2))
     first = latest_checkpoint(out)
     assert read_trainer_state(first)["step"] == 2
-    logs = metrics(out, "train")
+    logs = MetricsLog.read(out, "train")
     assert [m["step"] for m in logs] == [1, 2] and all(np.isfinite(m["loss"]) for m in logs)
-    final = metrics(out, "eval")[-1]
+    final = MetricsLog.read(out, "eval")[-1]
     assert final["step"] == 2 and {"val_loss", "val_loss_shuffled_audio", "val_loss_null_audio", "audio_gain"} <= set(
         final
     )
@@ -114,7 +109,8 @@ def test_train_resume_export(assets, tmp_path, capsys):
     train_teacher(experiment(assets, out, max_steps=4), resume="latest")
     assert f"resumed from {first} at step 2" in capsys.readouterr().out
     assert read_trainer_state(latest_checkpoint(out))["step"] == 4
-    assert [m["step"] for m in metrics(out, "train")] == [1, 2, 3, 4]  # the second run trained steps 3 and 4 only
+    steps = [m["step"] for m in MetricsLog.read(out, "train")]
+    assert steps == [1, 2, 3, 4]  # the second run trained steps 3 and 4 only
     weights_at_4 = load_local(DenoiserDiT, out / "export" / "denoiser").state_dict()
     assert any(not torch.equal(weights_at_2[k], weights_at_4[k]) for k in weights_at_2)
 
@@ -124,7 +120,7 @@ def test_loss_decreases(assets, tmp_path):
     cfg = experiment(assets, out, max_steps=40, sample_posterior=False)
     cfg.train.lr, cfg.train.log_every = 3e-3, 10
     train_teacher(cfg)
-    losses = [m["loss"] for m in metrics(out, "train")]
+    losses = [m["loss"] for m in MetricsLog.read(out, "train")]
     assert len(losses) == 4 and losses[-1] < 0.7 * losses[0], losses
 
 
@@ -164,7 +160,7 @@ def test_train_script_entry_point(assets, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(REPO / "train" / "teacher.py"), run_name="__main__")
     assert (tmp_path / "run" / "export" / "denoiser" / "config.json").is_file()
-    assert metrics(tmp_path / "run", "train")[-1]["step"] == 1
+    assert MetricsLog.read(tmp_path / "run", "train")[-1]["step"] == 1
 
 
 def test_cached_latents_dataset_and_training(assets, tmp_path, capsys):
@@ -220,6 +216,6 @@ def test_cached_latents_dataset_and_training(assets, tmp_path, capsys):
     cfg = experiment((root, vae_dir), out, max_steps=3)
     cfg.data.latents, cfg.data.stream_start_share = True, 0.5
     train_teacher(cfg)
-    assert [m["step"] for m in metrics(out, "train")] == [1, 2, 3]
-    assert np.isfinite(metrics(out, "eval")[-1]["val_loss"])
+    assert [m["step"] for m in MetricsLog.read(out, "train")] == [1, 2, 3]
+    assert np.isfinite(MetricsLog.read(out, "eval")[-1]["val_loss"])
     assert (out / "export" / "denoiser" / "config.json").is_file()

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from rest.config import ConfigError, load_config
+from rest.data.videos import motion_map
 from rest.errors import RestError
 from rest.media import write_video
 from rest.models.loading import load_local
 from rest.models.perceptual import LPIPS, VGG16Features
 from rest.models.vae import CausalVideoVAE
-from rest.training.common import latest_checkpoint, read_trainer_state
+from rest.training.common import MetricsLog, TrainingRun, latest_checkpoint, read_trainer_state
 from rest.training.vae import VAEDataConfig, VAEExperiment, VAELossConfig, VAETrainConfig, train_vae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,17 +58,12 @@ def experiment(root: Path, out: Path, **train) -> VAEExperiment:
     )
 
 
-def metrics(out: Path, kind: str) -> list[dict]:
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [m for m in lines if m["kind"] == kind]
-
-
 def test_learns_checkpoints_and_exports(video_dir, tmp_path):
     out = tmp_path / "run"
     export = train_vae(experiment(video_dir, out, max_steps=60))
-    train_logs = metrics(out, "train")
+    train_logs = MetricsLog.read(out, "train")
     assert train_logs[-1]["l1"] < 0.6 * train_logs[0]["l1"], [m["l1"] for m in train_logs]
-    evals = metrics(out, "eval")
+    evals = MetricsLog.read(out, "eval")
     assert evals and evals[-1]["step"] == 60 and evals[-1]["psnr"] > 15
     vae = load_local(CausalVideoVAE, export)
     assert vae.config.scaling_factor != 1.0  # measured on the data at export
@@ -80,7 +76,7 @@ def test_training_with_streamed_context(video_dir, tmp_path):
     cfg.data.context_frames = 9
     cfg.train.log_every = 1
     train_vae(cfg)
-    logs = metrics(tmp_path / "run", "train")
+    logs = MetricsLog.read(tmp_path / "run", "train")
     assert len(logs) == 6 and all(np.isfinite(m["l1"]) for m in logs)
     assert {m["samples_per_s"] > 0 for m in logs} == {True}
     cfg.data.context_frames = 8
@@ -99,10 +95,53 @@ def test_resume_continues_from_the_checkpoint(video_dir, tmp_path, capsys):
     train_vae(experiment(video_dir, out, max_steps=20), resume="latest")
     assert f"resumed from {first} at step 10" in capsys.readouterr().out
     assert read_trainer_state(latest_checkpoint(out))["step"] == 20
-    steps = [m["step"] for m in metrics(out, "train")]
+    steps = [m["step"] for m in MetricsLog.read(out, "train")]
     assert steps == [5, 10, 15, 20]  # the second run logged only steps 11..20
     weights_at_20 = load_local(CausalVideoVAE, out / "export").state_dict()
     assert any(not torch.equal(weights_at_10[k], weights_at_20[k]) for k in weights_at_10)
+
+
+def test_motion_map_marks_what_moves():
+    frames = np.full((20, 16, 16, 3), 100, np.uint8)
+    frames[::2, 4:8, 10:14] = 200  # a blinking patch on a still frame
+    motion = motion_map(frames)
+    assert motion.shape == (1, 16, 16)
+    assert torch.allclose(motion.mean(), torch.tensor(1.0))
+    assert motion[0, 4:8, 10:14].min() > 10 and motion[0, :4].max() == 0
+
+
+def test_fine_tune_from_an_export_with_motion_weighting(video_dir, tmp_path):
+    first = train_vae(experiment(video_dir, tmp_path / "a", max_steps=30))
+    cfg = experiment(video_dir, tmp_path / "b", max_steps=3)
+    cfg.init, cfg.loss.motion_weight, cfg.train.log_every = str(first), 1.0, 1
+    train_vae(cfg)
+    start_a, start_b = MetricsLog.read(tmp_path / "a", "train")[0], MetricsLog.read(tmp_path / "b", "train")[0]
+    assert start_b["l1"] < 0.7 * start_a["l1"]  # starts where run a ended, not from random weights
+    assert {"l1", "l1_motion"} <= set(start_b)
+    cfg = experiment(video_dir, tmp_path / "c", max_steps=1)
+    cfg.init, cfg.model = str(first), {**SMALL_ARCH, "latent_channels": 8}
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        train_vae(cfg)
+
+
+def test_ctrl_c_saves_a_checkpoint_to_resume_from(video_dir, tmp_path, monkeypatch, capsys):
+    after_step = TrainingRun.after_step
+
+    def interrupt_at_7(self, step, *args, **kwargs):
+        after_step(self, step, *args, **kwargs)
+        if step == 7:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(TrainingRun, "after_step", interrupt_at_7)
+        with pytest.raises(KeyboardInterrupt):
+            train_vae(experiment(video_dir, out, max_steps=20))
+    assert "interrupted at step 7" in capsys.readouterr().out
+    assert read_trainer_state(latest_checkpoint(out))["step"] == 7 and not (out / "export").exists()
+    train_vae(experiment(video_dir, out, max_steps=10), resume="latest")
+    assert "resumed from" in capsys.readouterr().out
+    assert [m["step"] for m in MetricsLog.read(out, "train")] == [5, 10]  # steps 8..10 after the resume
 
 
 def test_gan_and_perceptual_losses_run(video_dir, tmp_path):
@@ -112,7 +151,7 @@ def test_gan_and_perceptual_losses_run(video_dir, tmp_path):
     cfg.loss = VAELossConfig(perceptual_weight=0.1, perceptual_vgg=str(vgg), gan_weight=0.1, gan_start_step=2)
     cfg.train.log_every = 1
     train_vae(cfg)
-    logs = metrics(tmp_path / "run", "train")
+    logs = MetricsLog.read(tmp_path / "run", "train")
     assert "lpips" in logs[0] and "g_loss" not in logs[0]
     assert "g_loss" in logs[-1] and "d_loss" in logs[-1] and np.isfinite(logs[-1]["d_loss"])
 

@@ -8,7 +8,9 @@ import os
 import resource
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -134,6 +136,35 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps({"kind": kind, "time": time.time(), **values}) + "\n")
 
+    @staticmethod
+    def read(path: str | Path, kind: str | None = None) -> list[dict]:
+        """The records of a run's metrics.jsonl (`path`: the file or its run folder), of one `kind` if given."""
+        path = Path(path)
+        path = path / "metrics.jsonl" if path.is_dir() else path
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [r for r in rows if kind is None or r["kind"] == kind]
+
+
+@dataclass
+class TrainConfig:
+    """The `train:` section every trainer shares; each trainer subclasses it with its own defaults and extras."""
+
+    output_dir: str = "runs/train"
+    seed: int = 0
+    batch_size: int = 4  # per process
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    max_steps: int = 1000
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # reached after EMA warm-up (decay grows as 1 - (1 + step)^-2/3)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16 autocast on GPU
+    log_every: int = 50  # status line period (steps)
+    eval_every: int = 500  # evaluation period (steps; 0 = only at the end)
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+
 
 #################################################################################
 #                          Bookkeeping around the steps                         #
@@ -145,6 +176,8 @@ class TrainingRun:
 
     Call `after_step` once per optimizer step; use `due(step, every)` for periodic evaluation and checkpoints.
     `postfix_keys` names extra status values shown on the progress bar (as integers, e.g. the student's K).
+    Run the loop inside `with run:`: Ctrl-C saves a checkpoint of the last finished step to resume from, and the
+    progress bar is closed however the loop ends.
     """
 
     def __init__(
@@ -163,6 +196,7 @@ class TrainingRun:
 
         self.accelerator = accelerator
         self.output_dir = Path(output_dir)
+        self.step = step  # the last finished optimizer step
         self.max_steps = max_steps
         self.log_every = log_every
         self.keep_checkpoints = keep_checkpoints
@@ -175,6 +209,7 @@ class TrainingRun:
 
     def after_step(self, step: int, values: dict[str, float], samples: int, lr: float) -> None:
         """Count optimizer step `step`; every `log_every` steps (and at the last) print and log a status line."""
+        self.step = step
         self.progress.update(1)
         self.status.update(values, samples=samples)
         if step % self.log_every == 0 or step == self.max_steps:
@@ -204,3 +239,14 @@ class TrainingRun:
 
     def close(self) -> None:
         self.progress.close()
+
+    def __enter__(self) -> TrainingRun:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            if kind is KeyboardInterrupt:
+                self.accelerator.print(f"interrupted at step {self.step}; saving a checkpoint to resume from")
+                self.save_checkpoint(self.step)
+        finally:
+            self.close()

@@ -77,7 +77,6 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -103,7 +102,7 @@ from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
 from rest.streaming import IDContextCache, chunk_audio_span, chunk_velocity, rollout_chunk, write_chunk, write_sink
-from rest.training.common import TrainingRun, lr_at, read_trainer_state, resolve_resume
+from rest.training.common import TrainConfig, TrainingRun, lr_at, read_trainer_state, resolve_resume
 from rest.training.teacher import collate_clips, encode_latents
 
 STREAMING_KEYS = ("chunk_latent_frames", "context_chunks")  # the student settings a config may change
@@ -157,26 +156,15 @@ class ASDConfig:
 
 
 @dataclass
-class StudentTrainConfig:
+class StudentTrainConfig(TrainConfig):
     output_dir: str = "runs/student"
-    seed: int = 0
-    batch_size: int = 4  # per process
-    grad_accum: int = 1
     lr: float = 5e-5
-    weight_decay: float = 0.0
     warmup_steps: int = 200
     max_steps: int = 12000
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
     train_audio_encoder: bool = False  # False: the teacher's audio encoder, frozen
     sample_posterior: bool = True  # ground-truth latents drawn from the VAE posterior (False: its mean)
-    log_every: int = 50
-    eval_every: int = 500  # 0 = only at the end
     eval_clips: int = 8
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
 
 
 @dataclass
@@ -589,7 +577,7 @@ def train_student(cfg: StudentExperiment, resume: str | None = None) -> Path:
     data_iter = batches()
     t_start = time.perf_counter()
     model.train()
-    try:
+    with run:
         while step < tc.max_steps:
             lr = lr_at(step, tc.lr, tc.warmup_steps, tc.max_steps)
             for group in opt.param_groups:
@@ -617,12 +605,6 @@ def train_student(cfg: StudentExperiment, resume: str | None = None) -> Path:
                 run.log.write("eval", result)
             if run.due(step, tc.checkpoint_every):
                 run.save_checkpoint(step)
-    except KeyboardInterrupt:
-        accelerator.print(f"interrupted at step {step}; saving a checkpoint to resume from")
-        run.save_checkpoint(step)
-        raise
-    finally:
-        run.close()
 
     # 4. Final checkpoint, evaluation and export of the EMA weights.
     run.save_checkpoint(step)

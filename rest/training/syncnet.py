@@ -223,7 +223,7 @@ def train_syncnet(cfg: SyncNetTrainConfig, resume: str | None = None) -> Path:
         accelerator, out, step=step, max_steps=cfg.steps, log_every=cfg.log_every, keep_checkpoints=2, desc="syncnet"
     )
     model.train()
-    try:
+    with run:
         while step < cfg.steps:
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
             for group in opt.param_groups:
@@ -241,12 +241,6 @@ def train_syncnet(cfg: SyncNetTrainConfig, resume: str | None = None) -> Path:
             run.after_step(step, values, samples=cfg.batch_size * accelerator.num_processes, lr=lr)
             if run.due(step, cfg.checkpoint_every):
                 run.save_checkpoint(step)
-    except KeyboardInterrupt:
-        accelerator.print(f"interrupted at step {step}; saving a checkpoint to resume from")
-        run.save_checkpoint(step)
-        raise
-    finally:
-        run.close()
 
     # 4. Final checkpoint, export, and the sync of held-out clips with the evaluation pipeline.
     run.save_checkpoint(step)

@@ -26,7 +26,6 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -43,7 +42,7 @@ from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
-from rest.training.common import TrainingRun, lr_at, read_trainer_state, resolve_resume
+from rest.training.common import TrainConfig, TrainingRun, lr_at, read_trainer_state, resolve_resume
 
 #################################################################################
 #                                    Config                                     #
@@ -64,25 +63,14 @@ class TeacherDataConfig:
 
 
 @dataclass
-class TeacherTrainConfig:
+class TeacherTrainConfig(TrainConfig):
     output_dir: str = "runs/teacher"
-    seed: int = 0
-    batch_size: int = 4  # per process
-    grad_accum: int = 1
     lr: float = 2e-4
-    weight_decay: float = 0.0
     warmup_steps: int = 500
     max_steps: int = 20000
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999  # reached after EMA warm-up (decay grows as 1 - (1 + step)^-2/3)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16 autocast on GPU
     gradient_checkpointing: bool = False  # recompute DiT blocks in the backward pass (less memory, ~30% slower)
     sample_posterior: bool = True  # video latents drawn from the VAE posterior (False: its mean); portrait: mean
-    log_every: int = 50  # status line period (steps)
-    eval_every: int = 500  # evaluation period (steps; 0 = only at the end)
     eval_clips: int = 8  # clips in the evaluation set
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
 
 
 @dataclass
@@ -290,7 +278,7 @@ def train_teacher(cfg: TeacherExperiment, resume: str | None = None) -> Path:
     data_iter = batches()
     t_start = time.perf_counter()
     model.train()
-    try:
+    with run:
         while step < tc.max_steps:
             lr = lr_at(step, tc.lr, tc.warmup_steps, tc.max_steps)
             for group in opt.param_groups:
@@ -318,12 +306,6 @@ def train_teacher(cfg: TeacherExperiment, resume: str | None = None) -> Path:
                 run.log.write("eval", result)
             if run.due(step, tc.checkpoint_every):
                 run.save_checkpoint(step)
-    except KeyboardInterrupt:
-        accelerator.print(f"interrupted at step {step}; saving a checkpoint to resume from")
-        run.save_checkpoint(step)
-        raise
-    finally:
-        run.close()
 
     # 4. Final checkpoint, evaluation and export of the EMA weights.
     run.save_checkpoint(step)

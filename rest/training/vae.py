@@ -26,9 +26,10 @@ from rest.config import VAEArch, from_dict, get_preset, merge, to_dict
 from rest.data.videos import VideoClipDataset
 from rest.media import frames_to_tensor
 from rest.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
+from rest.models.loading import load_local
 from rest.models.perceptual import LPIPS
 from rest.models.vae import CausalVideoVAE
-from rest.training.common import TrainingRun, lr_at, read_trainer_state, resolve_resume
+from rest.training.common import TrainConfig, TrainingRun, lr_at, read_trainer_state, resolve_resume
 
 #################################################################################
 #                                    Config                                     #
@@ -50,6 +51,11 @@ class VAEDataConfig:
 @dataclass
 class VAELossConfig:
     kl_weight: float = 1e-4  # weight of the KL term, both terms averaged per element
+    # Motion-weighted L1: a pixel's L1 weight is 1 + motion_weight * min(motion, motion_cap), where motion is
+    # its temporal std over the whole video relative to the frame's mean (VideoClipDataset.motion_maps). Talking
+    # heads move at the mouth and eyes, a few percent of the frame that a plain mean leaves for last.
+    motion_weight: float = 0.0
+    motion_cap: float = 8.0
     perceptual_weight: float = 0.0  # LPIPS weight; needs perceptual_vgg
     perceptual_vgg: str | None = (
         None  # torchvision-layout VGG16 state dict (user-supplied, see rest/models/perceptual.py)
@@ -63,24 +69,15 @@ class VAELossConfig:
 
 
 @dataclass
-class VAETrainConfig:
+class VAETrainConfig(TrainConfig):
     output_dir: str = "runs/vae"
-    seed: int = 0
-    batch_size: int = 2  # per process
-    grad_accum: int = 1
+    batch_size: int = 2
     lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
     max_steps: int = 3000
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999  # reached after EMA warm-up (decay grows as 1 - (1 + step)^-2/3)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    log_every: int = 50  # status line period (steps)
     eval_every: int = 250  # PSNR of the EMA model on the training videos (steps; 0 = only at the end)
     eval_max_frames: int = 201  # frames per video used for evaluation (cut to 1 + t*k)
     eval_videos: int | None = None  # evaluate (and measure the latent scale) on the first n videos; None = all
     checkpoint_every: int = 500
-    keep_checkpoints: int = 2
 
 
 @dataclass
@@ -88,6 +85,7 @@ class VAEExperiment:
     data: VAEDataConfig
     preset: str = "tiny"
     model: dict = field(default_factory=dict)  # overrides of the preset's VAE architecture (VAEArch fields)
+    init: str | None = None  # a VAE export folder to start from (fine-tuning); None = random initialisation
     loss: VAELossConfig = field(default_factory=VAELossConfig)
     train: VAETrainConfig = field(default_factory=VAETrainConfig)
 
@@ -150,6 +148,8 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
 
     # 1. Model, losses, data.
     vae = CausalVideoVAE(**to_dict(cfg.arch()))
+    if cfg.init is not None:
+        vae.load_state_dict(load_local(CausalVideoVAE, cfg.init, "VAE").state_dict())
     t = vae.temporal_compression
     if (cfg.data.num_frames - 1) % t:
         raise ValueError(f"data.num_frames must be 1 + {t}*k for this VAE, got {cfg.data.num_frames}")
@@ -175,6 +175,7 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
         fps=cfg.data.fps,
         cache_in_memory=cfg.data.cache_in_memory,
         clips_per_epoch=max(1000, tc.batch_size * 100),
+        motion_maps=lc.motion_weight > 0,
     )
     loader = DataLoader(
         dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True, num_workers=cfg.data.num_workers
@@ -228,22 +229,30 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
     )
     data_iter = batches()
     t_start = time.perf_counter()
-    try:
+    with run:
         while step < tc.max_steps:
             lr = lr_at(step, tc.lr, tc.warmup_steps, tc.max_steps)
             for group in opt.param_groups:
                 group["lr"] = lr
             gan_on = use_gan and step >= lc.gan_start_step
-            clip = next(data_iter)  # (B, 3, clip_frames, R, R)
+            clip = next(data_iter)  # (B, 3, clip_frames, R, R), with (B, 1, R, R) motion maps if weighted
+            weight = None
+            if lc.motion_weight > 0:
+                clip, motion = clip
+                weight = (1 + lc.motion_weight * motion.clamp(max=lc.motion_cap)).unsqueeze(2)  # (B, 1, 1, R, R)
             context = context_lengths[int(torch.randint(len(context_lengths), ()))]
             end = cfg.data.num_frames if context == 0 else context + cfg.data.num_frames - 1
             x = clip[:, :, context:end]  # the frames the loss sees
             with accelerator.accumulate(vae):
                 recon, posterior = vae(clip[:, :, :end], context_frames=context)
-                l1 = (recon - x).abs().mean()
+                err = (recon - x).abs()
+                l1 = err.mean()
+                rec = l1 if weight is None else (err * weight).mean() / weight.mean()
                 kl = kl_per_element(posterior.mean, posterior.logvar)
-                loss = l1 + lc.kl_weight * kl
+                loss = rec + lc.kl_weight * kl
                 values = {"loss": 0.0, "l1": l1.item(), "kl": kl.item()}
+                if weight is not None:
+                    values["l1_motion"] = rec.item()
                 if lpips is not None:
                     frames_r = rearrange(recon, "b c t h w -> (b t) c h w")
                     frames_x = rearrange(x, "b c t h w -> (b t) c h w")
@@ -279,12 +288,6 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
                 run.log.write("eval", {"step": step, "wall_s": time.perf_counter() - t_start, **result})
             if run.due(step, tc.checkpoint_every):
                 run.save_checkpoint(step)
-    except KeyboardInterrupt:
-        accelerator.print(f"interrupted at step {step}; saving a checkpoint to resume from")
-        run.save_checkpoint(step)
-        raise
-    finally:
-        run.close()
 
     # 4. Final checkpoint, evaluation and export of the EMA weights.
     run.save_checkpoint(step)
