@@ -20,6 +20,7 @@ from rest.diffusion.flow import (
     flow_sigmas,
     guided_velocity,
     interpolate,
+    motion_map,
     resolution_shift,
     sample_euler,
     sample_logit_normal,
@@ -137,6 +138,28 @@ def test_loss_counts_only_noisy_frames():
     loss_fn = RectifiedFlowLoss(FlowMatchingConfig(), shift=1.0)
     loss, logs = loss_fn(ConstantDenoiser(), latents, torch.zeros(1, 1, 1), torch.zeros(1, 1, 1, 1, 1), draw)
     assert loss.item() == pytest.approx((1.0 + 4.0) / 2) and logs["loss"] == pytest.approx(2.5)
+
+
+def test_motion_weighted_loss_favours_tokens_that_move():
+    latents = torch.zeros(1, 1, 4, 1, 2)  # two tokens; the first changes over the clip, the second is still
+    latents[0, 0, :, 0, 0] = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    draw = FlowDraw(
+        noise=torch.zeros_like(latents),
+        t=torch.full((1, 4), 0.5),
+        in_loss=torch.ones(1, 4, dtype=torch.bool),
+        drop_audio=torch.zeros(1, dtype=torch.bool),
+        drop_portrait=torch.zeros(1, dtype=torch.bool),
+    )
+    motion = motion_map(latents)
+    assert motion[0, 0, 1] == 0 and motion[0, 0, 0] == pytest.approx(2.0)  # over the mean of the two tokens
+    assert motion_map(latents[:, :, :1]).abs().sum() == 0  # a single frame has no motion
+    args = (torch.zeros(1, 1, 1), torch.zeros(1, 1, 1, 1, 1), draw)
+    plain = RectifiedFlowLoss(FlowMatchingConfig(), shift=1.0)
+    weighted = RectifiedFlowLoss(FlowMatchingConfig(motion_weight=1.0), shift=1.0)
+    # Prediction 1 everywhere; target -x0: squared errors 4 or 1 at the moving token, 1 at the still one.
+    assert plain(ConstantDenoiser(), latents, *args)[0].item() == pytest.approx((4 + 1 + 4 + 1 + 4 * 1) / 8)
+    # Weights 1 + 2 = 3 and 1: (3 * mean(4, 1, 4, 1) + 1 * 1) / (3 + 1)
+    assert weighted(ConstantDenoiser(), latents, *args)[0].item() == pytest.approx((3 * 2.5 + 1) / 4)
 
 
 # ----------------------------------------------------------------------------- guidance
