@@ -18,39 +18,50 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _model_bench_args(parser: argparse.ArgumentParser, name: str) -> None:
+    """The arguments the model benchmarks share: --preset, --device, --dtype, --output."""
+    parser.add_argument("--preset", default="tiny", help="tiny | base")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    parser.add_argument("--output", default=None, help=f"JSON file (default runs/bench/{name}_<preset>_<device>.json)")
+
+
+def _checked(args: argparse.Namespace) -> torch.device:
+    """Validate --preset (a RestError naming the known ones) and --device; the device to run on."""
+    from rest.config import get_preset
+
+    get_preset(args.preset)
+    return _device(args.device)
+
+
+def _write(result: dict, args: argparse.Namespace, name: str) -> None:
+    write_result(result, args.output or f"runs/bench/{name}_{args.preset}_{args.device}.json")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="speed benchmarks (JSON output)")
     which = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
 
     vae = which.add_parser("vae", help="VAE encode/decode fps and memory, ours vs diffusers' LTX-Video VAE")
-    vae.add_argument("--preset", default="tiny", help="tiny | base")
-    vae.add_argument("--device", default="cpu", help="cpu | cuda")
+    _model_bench_args(vae, "vae")
     vae.add_argument("--frames", type=int, default=33, help="clip length, 1 + t*k (default 33)")
     vae.add_argument("--resolution", type=int, default=None, help="default: the preset's")
-    vae.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     vae.add_argument("--repeats", type=int, default=3)
     vae.add_argument("--weights", default=None, help="a VAE folder (save_pretrained layout); default random init")
     vae.add_argument("--no-peer", action="store_true", help="skip the diffusers LTX-Video comparison")
-    vae.add_argument("--output", default=None, help="JSON file (default runs/bench/vae_<preset>_<device>.json)")
     vae.set_defaults(func=_run_vae)
 
     teacher = which.add_parser("teacher", help="denoiser DiT: seconds per denoising step (plain and CFG batch)")
-    teacher.add_argument("--preset", default="tiny", help="tiny | base")
-    teacher.add_argument("--device", default="cpu", help="cpu | cuda")
+    _model_bench_args(teacher, "teacher")
     teacher.add_argument("--latent-frames", type=int, default=9, help="latent frames of the clip (default 9)")
     teacher.add_argument("--steps", type=int, default=50, help="denoising steps per clip, for the per-second cost")
-    teacher.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     teacher.add_argument("--repeats", type=int, default=3)
-    teacher.add_argument(
-        "--output", default=None, help="JSON file (default runs/bench/teacher_<preset>_<device>.json)"
-    )
     teacher.set_defaults(func=_run_teacher)
 
     stream = which.add_parser(
         "stream", help="streaming student: per-chunk and first-frame latency, real-time factor, memory vs length"
     )
-    stream.add_argument("--preset", default="tiny", help="tiny | base")
-    stream.add_argument("--device", default="cpu", help="cpu | cuda")
+    _model_bench_args(stream, "stream")
     stream.add_argument(
         "--seconds", type=float, nargs="+", default=[10.0, 60.0], help="stream lengths in seconds (default 10 60)"
     )
@@ -59,8 +70,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--weights", default=None, help="folder with denoiser/, audio_encoder/ and vae/ (or student.json naming it)"
     )
     stream.add_argument("--depth", type=int, default=None, help="random weights only: override the preset's depth")
-    stream.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    stream.add_argument("--output", default=None, help="JSON file (default runs/bench/stream_<preset>_<device>.json)")
     stream.set_defaults(func=_run_stream)
 
     serve = which.add_parser("serve", help="load test of rest serve: N concurrent live sessions on loopback")
@@ -76,12 +85,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run_vae(args: argparse.Namespace) -> int:
     from rest.bench.vae import bench_vae
-    from rest.config import get_preset
 
-    get_preset(args.preset)
     result = bench_vae(
         args.preset,
-        _device(args.device),
+        _checked(args),
         frames=args.frames,
         resolution=args.resolution,
         repeats=args.repeats,
@@ -89,26 +96,25 @@ def _run_vae(args: argparse.Namespace) -> int:
         with_peer=not args.no_peer,
         weights=args.weights,
     )
-    write_result(result, args.output or f"runs/bench/vae_{args.preset}_{args.device}.json")
+    _write(result, args, "vae")
     return 0
 
 
 def _run_teacher(args: argparse.Namespace) -> int:
     from rest.bench.teacher import bench_teacher
-    from rest.config import get_preset
 
-    get_preset(args.preset)
+    device = _checked(args)
     if args.latent_frames < 1 or args.steps < 1:
         raise RestError(f"--latent-frames and --steps must be >= 1, got {args.latent_frames}, {args.steps}")
     result = bench_teacher(
         args.preset,
-        _device(args.device),
+        device,
         latent_frames=args.latent_frames,
         steps=args.steps,
         repeats=args.repeats,
         dtype=DTYPES[args.dtype],
     )
-    write_result(result, args.output or f"runs/bench/teacher_{args.preset}_{args.device}.json")
+    _write(result, args, "teacher")
     return 0
 
 
@@ -141,21 +147,20 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 def _run_stream(args: argparse.Namespace) -> int:
     from rest.bench.stream import bench_stream
-    from rest.config import get_preset
 
-    get_preset(args.preset)
+    device = _checked(args)
     if min(args.seconds) <= 0 or (args.steps is not None and args.steps < 1):
         raise RestError(f"--seconds must be > 0 and --steps >= 1, got {args.seconds}, {args.steps}")
     if args.depth is not None and (args.weights is not None or args.depth < 1):
         raise RestError("--depth (>= 1) only applies to random weights; drop it with --weights")
     result = bench_stream(
         args.preset,
-        _device(args.device),
+        device,
         seconds=args.seconds,
         steps=args.steps,
         weights=args.weights,
         dtype=DTYPES[args.dtype],
         depth=args.depth,
     )
-    write_result(result, args.output or f"runs/bench/stream_{args.preset}_{args.device}.json")
+    _write(result, args, "stream")
     return 0
