@@ -26,6 +26,12 @@ from rest.errors import RestError
 from rest.media import frames_to_tensor
 
 
+def clips_in_turn(starts: list[range]) -> list[tuple[int, int]]:
+    """(clip, start) windows, the first window of every clip, then the second of every clip, and so on."""
+    depth = max((len(r) for r in starts), default=0)
+    return [(i, r[k]) for k in range(depth) for i, r in enumerate(starts) if k < len(r)]
+
+
 class TalkingClipDataset(Dataset):
     """Windows of `num_frames` frames with aligned audio and a reference frame, from a shard root.
 
@@ -41,7 +47,8 @@ class TalkingClipDataset(Dataset):
         audio_lookahead_frames: frames of audio appended after the window (zeros past the end of the clip).
         ref_min_gap: minimum distance in frames between the reference frame and the window (default: N).
         random_windows: True: one item per clip per epoch, at a random start (training). False: every
-            non-overlapping window of every clip, in order (evaluation).
+            non-overlapping window of every clip, clips taken in turn, so that the first n windows come from
+            n different clips when the split has that many (evaluation sets).
 
     Items are dicts:
         video: float32 (3, N, R, R) in [-1, 1]
@@ -103,9 +110,7 @@ class TalkingClipDataset(Dataset):
         if random_windows:
             self.windows = [(i, -1) for i in range(len(self.clips))]  # start drawn per epoch
         else:
-            self.windows = [
-                (i, s) for i, r in enumerate(self.clips) for s in range(0, r.num_frames - num_frames + 1, num_frames)
-            ]
+            self.windows = clips_in_turn([range(0, r.num_frames - num_frames + 1, num_frames) for r in self.clips])
 
     def set_epoch(self, epoch: int) -> None:
         """New random windows and references for a new epoch (call before creating the epoch's iterator)."""
@@ -221,8 +226,8 @@ class TalkingLatentDataset(Dataset):
             raise RestError(f"no clip of split {split!r} in {root} has more than {L} latent frames")
         if random_windows:
             self.windows = [(i, -1) for i in range(len(self.clips))]
-        else:  # every non-overlapping continuation window, in order
-            self.windows = [(i, s) for i, f in enumerate(self.latent_frames) for s in range(1, f - L + 1, L)]
+        else:  # every non-overlapping continuation window, clips taken in turn
+            self.windows = clips_in_turn([range(1, f - L + 1, L) for f in self.latent_frames])
 
     def set_epoch(self, epoch: int) -> None:
         """New random windows and references for a new epoch."""

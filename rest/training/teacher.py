@@ -378,8 +378,9 @@ def _eval_set(
     shift: float,
     device: torch.device,
 ) -> list[EvalBatch]:
-    """The first `eval_clips` windows of the evaluation split, encoded once, with noise and levels drawn once from
-    the training distribution (seeded), so that evaluations are comparable across steps and runs."""
+    """The first window of each of `eval_clips` clips of the evaluation split (more windows per clip only when the
+    split has fewer clips), encoded once, with noise and levels drawn once from the training distribution (seeded),
+    so that evaluations are comparable across steps and runs. Clip i's "shuffled" audio is clip i + 1's."""
     dataset = _dataset(cfg, cfg.data.eval_split or cfg.data.split, audio_encoder, denoiser, vae, random_windows=False)
     n = min(cfg.train.eval_clips, len(dataset))
     collate = collate_latent_windows if cfg.data.latents else collate_clips
