@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,14 @@ from rest.models.loading import load_local
 from rest.models.perceptual import LPIPS, VGG16Features
 from rest.models.vae import CausalVideoVAE
 from rest.training.common import MetricsLog, TrainingRun, latest_checkpoint, read_trainer_state
-from rest.training.vae import VAEDataConfig, VAEExperiment, VAELossConfig, VAETrainConfig, train_vae
+from rest.training.vae import (
+    VAEDataConfig,
+    VAEExperiment,
+    VAELossConfig,
+    VAETrainConfig,
+    evaluate_psnr,
+    train_vae,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_ARCH = {"latent_channels": 4, "patch_size": 2, "block_out_channels": [8, 16, 32], "layers_per_block": 1}
@@ -108,6 +116,28 @@ def test_motion_map_marks_what_moves():
     assert motion.shape == (1, 16, 16)
     assert torch.allclose(motion.mean(), torch.tensor(1.0))
     assert motion[0, 4:8, 10:14].min() > 10 and motion[0, :4].max() == 0
+
+
+def test_psnr_of_moving_pixels():
+    """A 'VAE' that reconstructs all but a blinking patch: the motion PSNR sees the patch, the plain one less."""
+
+    class BlindToThePatch:
+        temporal_compression = 4
+
+        def encode(self, x):
+            return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: x))
+
+        def decode(self, z):
+            y = z.clone()
+            y[:, :, :, 4:8, 10:14] = z[:, :, :1, 4:8, 10:14]  # the patch frozen at its first frame
+            return SimpleNamespace(sample=y)
+
+    frames = np.full((9, 16, 16, 3), 100, np.uint8)
+    frames[1::2, 4:8, 10:14] = 200
+    result = evaluate_psnr(BlindToThePatch(), [frames], 9, torch.device("cpu"))
+    plain_mse = (4 / 9) * (16 / 256) * (100 / 255) ** 2  # 4 of 9 frames wrong on 16 of 256 pixels
+    assert result["psnr"] == pytest.approx(10 * np.log10(1 / plain_mse), abs=0.01)
+    assert result["psnr_motion"] < result["psnr"] - 10  # all the weight is on the patch
 
 
 def test_fine_tune_from_an_export_with_motion_weighting(video_dir, tmp_path):
