@@ -50,6 +50,8 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
         str(student / "export"),
     ]
     drift += ["--no-asd-student", str(root / "student_tf" / "export"), "--output", str(root / "drift")]
+    probe = [PY, str(REPO / "evaluation" / "latent_probe.py"), "--data", str(data), "--vae", str(vae / "export")]
+    probe += ["--output", str(root / "latent_probe.json")]
     mouth = [PY, str(train / "mouth_regressor.py"), "--data", str(data), "--output", str(root / "mouth_regressor")]
     study = [PY, str(REPO / "evaluation" / "heldout_study.py"), "--data", str(data), "--teacher"]
     study += [str(teacher / "export"), "--student", str(student / "export"), "--student-steps", "1", "2", "4"]
@@ -57,6 +59,7 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
     return [
         ("synth", data / "manifest.jsonl", [*synth, "--contact-sheet", sheet]),
         ("vae", vae / "export" / "config.json", vae_cmd),
+        ("probe", root / "latent_probe.json", probe),  # does the VAE's latent carry the mouth? (printed)
         (
             "latents",
             data / ".latents_done",
