@@ -1,7 +1,7 @@
 """Latent probe: how much mouth openness a VAE's latents carry, on held-out SynthTalk identities
 (rest/metrics/latent_probe.py). Run it on a VAE before training a teacher on it.
 
-    python evaluation/latent_probe.py --data runs/demo/synthtalk --vae runs/demo/vae_motion/export \\
+    python evaluation/latent_probe.py --data runs/demo/synthtalk --vae runs/demo/vae/export \\
         --output runs/demo/latent_probe.json
 """
 
