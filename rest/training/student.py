@@ -183,29 +183,33 @@ class StudentExperiment:
 #################################################################################
 
 
+def _load_export(folder: str | Path, info_name: str, role: str, hint: str) -> tuple[DenoiserDiT, AudioEncoder, dict]:
+    """denoiser/, audio_encoder/ and the info JSON of a teacher or student export folder."""
+    folder = Path(folder)
+    info_path = folder / info_name
+    if not info_path.is_file():
+        raise RestError(f"{info_path} not found: {hint}")
+    denoiser = load_local(DenoiserDiT, folder / "denoiser", f"{role} denoiser")
+    audio_encoder = load_local(AudioEncoder, folder / "audio_encoder", f"{role} audio encoder")
+    return denoiser, audio_encoder, json.loads(info_path.read_text())
+
+
 def load_teacher(folder: str | Path) -> tuple[DenoiserDiT, AudioEncoder, dict]:
     """The teacher export: denoiser, audio encoder and teacher.json's contents."""
-    folder = Path(folder)
-    info_path = folder / "teacher.json"
-    if not info_path.is_file():
-        raise RestError(f"{info_path} not found: point `teacher` at the export/ folder of a train/teacher.py run")
-    denoiser = load_local(DenoiserDiT, folder / "denoiser", "teacher denoiser")
-    audio_encoder = load_local(AudioEncoder, folder / "audio_encoder", "teacher audio encoder")
+    hint = "point `teacher` at the export/ folder of a train/teacher.py run"
+    denoiser, audio_encoder, info = _load_export(folder, "teacher.json", "teacher", hint)
     if denoiser.attention_mode != "bidirectional":
-        raise RestError(f"{folder / 'denoiser'} is {denoiser.attention_mode!r}; the ASD teacher is bidirectional")
-    return denoiser, audio_encoder, json.loads(info_path.read_text())
+        raise RestError(
+            f"{Path(folder) / 'denoiser'} is {denoiser.attention_mode!r}; the ASD teacher is bidirectional"
+        )
+    return denoiser, audio_encoder, info
 
 
 def load_student(folder: str | Path) -> tuple[DenoiserDiT, AudioEncoder, dict]:
     """The student export: denoiser (block_causal), audio encoder and student.json's contents (K, levels, the
     VAE folder, ...)."""
-    folder = Path(folder)
-    info_path = folder / "student.json"
-    if not info_path.is_file():
-        raise RestError(f"{info_path} not found: point at the export/ folder of a train/student.py run")
-    denoiser = load_local(DenoiserDiT, folder / "denoiser", "student denoiser")
-    audio_encoder = load_local(AudioEncoder, folder / "audio_encoder", "student audio encoder")
-    return denoiser, audio_encoder, json.loads(info_path.read_text())
+    hint = "point at the export/ folder of a train/student.py run"
+    return _load_export(folder, "student.json", "student", hint)
 
 
 def build_student(
