@@ -42,6 +42,10 @@ class VAEArch:
     mid_layers: int = 1  # residual blocks at the lowest resolution
     scaling_factor: float = 1.0  # latents are multiplied by this after `shift_factor` is subtracted
     shift_factor: float = 0.0
+    # Normalisation in the residual blocks: "rms" (per-pixel RMS over channels) or "none" (a learned gain only).
+    # On SynthTalk frames "none" at lr 3e-4 learns faster: 23.6 dB after 200 steps against 22.4 dB for "rms" at
+    # its best rate, 1e-4 (tiny, batch 8, from scratch). "rms" stays the default, for the weights already shipped.
+    norm: str = "rms"
 
     @property
     def spatial_compression(self) -> int:

@@ -150,7 +150,10 @@ def test_fine_tune_from_an_export_with_motion_weighting(video_dir, tmp_path):
     assert {"l1", "l1_motion"} <= set(start_b)
     cfg = experiment(video_dir, tmp_path / "c", max_steps=1)
     cfg.init, cfg.model = str(first), {**SMALL_ARCH, "latent_channels": 8}
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(ValueError, match="another architecture .latent_channels: 4"):
+        train_vae(cfg)
+    cfg.model = {**SMALL_ARCH, "norm": "none"}  # same weight names and shapes: only the check catches it
+    with pytest.raises(ValueError, match="another architecture .norm: 'rms'"):
         train_vae(cfg)
 
 

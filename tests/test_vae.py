@@ -163,6 +163,19 @@ def test_chunked_decode_equals_whole(chunks):
     assert (cache.frames_in, cache.frames_out) == (9, 33)
 
 
+def test_norm_none_streams_exactly_and_shares_the_weights_layout():
+    rms, plain = small_vae(), small_vae(norm="none")
+    assert {k: v.shape for k, v in rms.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    x = clip(9)
+    with torch.no_grad():
+        whole = plain.encode(x).latent_dist.mean
+        chunked, _ = encode_in_chunks(plain, x, [1, 4, 4])
+        assert (chunked - whole).abs().max().item() <= TOL
+        assert (whole - rms.encode(x).latent_dist.mean).abs().max().item() > 1e-2  # the norm does act
+    with pytest.raises(ValueError, match="norm must be 'rms' or 'none'"):
+        small_vae(norm="group")
+
+
 def test_base_like_chunked_equals_whole():
     """8x temporal compression (three temporal levels) streams exactly too."""
     vae = small_vae(block_out_channels=(8, 16, 32, 32), temporal_downsample=(True, True, True), latent_channels=8)

@@ -1,6 +1,7 @@
-"""Reproduce the shipped demo model (weights/rest-tiny) from scratch: SynthTalk -> VAE -> latents -> teacher ->
-student (ASD) -> mouth regressor -> pipeline folder -> held-out study. Every stage is a documented command of the
-project, run in order; a finished stage (its output exists) is skipped, and the training stages resume.
+"""Reproduce the shipped demo model (weights/rest-tiny) from scratch: SynthTalk -> VAE (frames, then clips) ->
+latents -> teacher -> student (ASD) -> mouth regressor -> pipeline folder -> held-out study. Every stage is a
+documented command of the project, run in order; a finished stage (its output exists) is skipped, and the training
+stages resume.
 
     python train/demo.py                          # everything, into runs/demo, then weights/rest-tiny
     python train/demo.py --stages teacher student # some stages only
@@ -28,8 +29,10 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
     rest, train = [PY, "-m", "rest.cli"], REPO / "train"
     sheet = str(root / "synthtalk_sheet.png")
     synth = [*rest, "synth", "--output", str(data), "--identities", str(identities), "--seconds", str(seconds)]
+    frames_cmd = [PY, str(train / "vae.py"), "--config", "configs/demo/vae_images.yaml", "--resume", "latest"]
+    frames_cmd += ["--set", f"data.root={root / 'vae_videos'}", f"train.output_dir={root / 'vae_images'}"]
     vae_cmd = [PY, str(train / "vae.py"), "--config", "configs/demo/vae.yaml", "--resume", "latest", "--set"]
-    vae_cmd += [f"data.root={root / 'vae_videos'}", f"train.output_dir={vae}"]
+    vae_cmd += [f"data.root={root / 'vae_videos'}", f"train.output_dir={vae}", f"init={root / 'vae_images/export'}"]
     teacher_cmd = [PY, str(train / "teacher.py"), "--config", "configs/demo/teacher.yaml", "--resume", "latest"]
     teacher_cmd += ["--set", f"data.root={data}", f"vae={vae / 'export'}", f"train.output_dir={teacher}"]
     student_cmd = [PY, str(train / "student.py"), "--config", "configs/demo/student.yaml", "--resume", "latest"]
@@ -58,7 +61,8 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
     study += ["--mouth-regressor", str(root / "mouth_regressor"), "--output", str(root / "heldout.json")]
     return [
         ("synth", data / "manifest.jsonl", [*synth, "--contact-sheet", sheet]),
-        ("vae", vae / "export" / "config.json", vae_cmd),
+        ("vae_images", root / "vae_images" / "export" / "config.json", frames_cmd),  # stage 1a: frames
+        ("vae", vae / "export" / "config.json", vae_cmd),  # stage 1b: clips, from 1a
         ("probe", root / "latent_probe.json", probe),  # does the VAE's latent carry the mouth? (printed)
         (
             "latents",
@@ -134,7 +138,7 @@ def main() -> int:
         if done.exists() and args.stages is None:
             print(f"[demo] {name}: done ({done})")
             continue
-        if name == "vae" and not args.dry_run:
+        if name in ("vae_images", "vae") and not args.dry_run:
             link_vae_videos(root)
         if name == "assets" and not args.dry_run:
             write_assets(root)

@@ -140,26 +140,33 @@ class ChannelToTime(_Streaming):
 
 
 class ChannelRMSNorm(nn.Module):
-    """RMS norm over channels at each (frame, pixel): frame-local, so it keeps the time axis causal."""
+    """RMS norm over channels at each (frame, pixel): frame-local, so it keeps the time axis causal.
 
-    def __init__(self, channels: int, eps: float = 1e-6):
+    `kind="none"` keeps only the learned per-channel gain (same parameters, so the two share a weights layout).
+    """
+
+    def __init__(self, channels: int, kind: Literal["rms", "none"] = "rms", eps: float = 1e-6):
         super().__init__()
+        if kind not in ("rms", "none"):
+            raise ValueError(f"VAE norm must be 'rms' or 'none', got {kind!r}")
+        self.kind = kind
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)
+        if self.kind == "rms":
+            x = x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)
         return x * self.weight.view(1, -1, 1, 1, 1)
 
 
 class ResBlock3d(nn.Module):
     """Pre-norm residual block of two causal 3x3x3 convolutions."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, norm: Literal["rms", "none"] = "rms"):
         super().__init__()
-        self.norm1 = ChannelRMSNorm(in_channels)
+        self.norm1 = ChannelRMSNorm(in_channels, norm)
         self.conv1 = CausalConv3d(in_channels, out_channels)
-        self.norm2 = ChannelRMSNorm(out_channels)
+        self.norm2 = ChannelRMSNorm(out_channels, norm)
         self.conv2 = CausalConv3d(out_channels, out_channels)
         self.skip = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
@@ -237,11 +244,11 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList()
         for i, c in enumerate(ch):
             for _ in range(arch.layers_per_block):
-                self.blocks.append(ResBlock3d(c, c))
+                self.blocks.append(ResBlock3d(c, c, arch.norm))
             if i < len(ch) - 1:
                 self.blocks.append(Downsample(c, ch[i + 1], arch.temporal_downsample[i]))
-        self.mid = nn.ModuleList(ResBlock3d(ch[-1], ch[-1]) for _ in range(arch.mid_layers))
-        self.norm_out = ChannelRMSNorm(ch[-1])
+        self.mid = nn.ModuleList(ResBlock3d(ch[-1], ch[-1], arch.norm) for _ in range(arch.mid_layers))
+        self.norm_out = ChannelRMSNorm(ch[-1], arch.norm)
         self.conv_out = CausalConv3d(ch[-1], 2 * arch.latent_channels)
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
@@ -264,14 +271,14 @@ class Decoder(nn.Module):
         p = arch.patch_size
         self.patch_size = p
         self.conv_in = CausalConv3d(arch.latent_channels, ch[-1])
-        self.mid = nn.ModuleList(ResBlock3d(ch[-1], ch[-1]) for _ in range(arch.mid_layers))
+        self.mid = nn.ModuleList(ResBlock3d(ch[-1], ch[-1], arch.norm) for _ in range(arch.mid_layers))
         self.blocks = nn.ModuleList()
         for i in reversed(range(len(ch))):
             for _ in range(arch.layers_per_block + 1):
-                self.blocks.append(ResBlock3d(ch[i], ch[i]))
+                self.blocks.append(ResBlock3d(ch[i], ch[i], arch.norm))
             if i > 0:
                 self.blocks.append(Upsample(ch[i], ch[i - 1], arch.temporal_downsample[i - 1]))
-        self.norm_out = ChannelRMSNorm(ch[0])
+        self.norm_out = ChannelRMSNorm(ch[0], arch.norm)
         self.conv_out = CausalConv3d(ch[0], arch.in_channels * p * p)
 
     def forward(self, z: torch.Tensor, cache: CausalCache) -> torch.Tensor:
@@ -311,6 +318,7 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         mid_layers: int = 1,
         scaling_factor: float = 1.0,
         shift_factor: float = 0.0,
+        norm: Literal["rms", "none"] = "rms",
     ):
         super().__init__()
         arch = VAEArch(
@@ -323,6 +331,7 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
             mid_layers=mid_layers,
             scaling_factor=scaling_factor,
             shift_factor=shift_factor,
+            norm=norm,
         )
         if len(arch.temporal_downsample) != len(arch.block_out_channels) - 1:
             raise ValueError(

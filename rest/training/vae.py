@@ -159,7 +159,15 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
     # 1. Model, losses, data.
     vae = CausalVideoVAE(**to_dict(cfg.arch()))
     if cfg.init is not None:
-        vae.load_state_dict(load_local(CausalVideoVAE, cfg.init, "VAE").state_dict())
+        start = load_local(CausalVideoVAE, cfg.init, "VAE")
+        ours, theirs = to_dict(cfg.arch()), to_dict(start.arch)
+        differ = sorted(k for k in ours if k not in ("scaling_factor", "shift_factor") and ours[k] != theirs[k])
+        if differ:
+            raise ValueError(
+                f"init {cfg.init} has another architecture ({', '.join(f'{k}: {theirs[k]!r}' for k in differ)}); "
+                f"set the same under model: in the config"
+            )
+        vae.load_state_dict(start.state_dict())
     t = vae.temporal_compression
     if (cfg.data.num_frames - 1) % t:
         raise ValueError(f"data.num_frames must be 1 + {t}*k for this VAE, got {cfg.data.num_frames}")

@@ -1,0 +1,55 @@
+"""Every shipped training config loads into its experiment, and the demo recipe's commands name real configs."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from rest.config import VAEArch, load_config, parse_overrides
+from rest.training.student import StudentExperiment
+from rest.training.teacher import TeacherExperiment
+from rest.training.vae import VAEExperiment
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = {"vae": VAEExperiment, "teacher": TeacherExperiment, "student": StudentExperiment}
+CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "accelerate")
+
+
+def experiment_of(path: Path) -> type:
+    kind = path.stem.split("_")[0]
+    if kind not in EXPERIMENTS:
+        raise AssertionError(f"{path}: name it vae_*, teacher_* or student_* so its experiment is known")
+    return EXPERIMENTS[kind]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_shipped_config_loads(path):
+    cfg = load_config(experiment_of(path), path)
+    if isinstance(cfg, VAEExperiment):
+        arch = cfg.arch()
+        assert isinstance(arch, VAEArch) and arch.norm in ("rms", "none")
+
+
+def test_demo_recipe_commands_load_their_configs(tmp_path):
+    spec = importlib.util.spec_from_file_location("demo_recipe", REPO / "train" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    plan = demo.stages(tmp_path / "demo", tmp_path / "weights", identities=4, seconds=2.0)
+    names = [name for name, _, _ in plan]
+    assert names.index("vae_images") < names.index("vae") < names.index("latents") < names.index("teacher")
+    assert names.index("teacher") < names.index("student") < names.index("export")
+    trained = 0
+    for name, _, command in plan:
+        if "--config" not in command:
+            continue
+        assert command[0] == sys.executable
+        path = REPO / command[command.index("--config") + 1]
+        overrides = parse_overrides(command[command.index("--set") + 1 :])
+        cfg = load_config(experiment_of(path), path, overrides)
+        assert str(tmp_path / "demo") in cfg.train.output_dir, name
+        trained += 1
+    assert trained == 5  # vae_images, vae, teacher, student, student_tf
+    vae = load_config(VAEExperiment, REPO / "configs/demo/vae.yaml")
+    frames = load_config(VAEExperiment, REPO / "configs/demo/vae_images.yaml")
+    assert vae.arch() == frames.arch()  # stage 1b fine-tunes stage 1a's export: same architecture
