@@ -227,8 +227,11 @@ def test_bench_serve_runs_a_short_load_test(test_pipeline, face_image, tmp_path)
     from rest.bench.serve import bench_serve, format_table
 
     Image.fromarray(face_image).save(tmp_path / "face.png")
-    result = bench_serve(test_pipeline, sessions=2, seconds=1.0, portrait=tmp_path / "face.png")
-    assert result["errors"] == [] and result["sessions_with_all_frames"] == 2
-    assert [r["frames"] for r in result["per_session"]] == [25, 25] and result["frames_expected_per_session"] == 25
+    result = bench_serve(test_pipeline, sessions=2, seconds=1.0, portrait=tmp_path / "face.png", rounds=2)
+    assert result["errors"] == [] and result["sessions_with_all_frames"] == 4  # 2 sessions in each of 2 rounds
+    assert [r["frames"] for r in result["per_session"]] == [25] * 4 and result["frames_expected_per_session"] == 25
+    assert [r["round"] for r in result["per_session"]] == [0, 0, 1, 1]
     assert result["client_first_frame_latency_s"]["max"] > 0 and result["rss_mb"]["before"] > 0
-    assert "25/25" in format_table(result)
+    assert len(result["rss_mb"]["after_each_round"]) == 2
+    table = format_table(result)
+    assert "25/25" in table and "after each round" in table

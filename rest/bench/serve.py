@@ -112,9 +112,14 @@ def bench_serve(
     portrait: str | Path,
     audio_path: str | Path | None = None,
     url: str | None = None,
+    rounds: int = 1,
 ) -> dict:
     """Run the load test against `url` (http://HOST:PORT of a running `rest serve`), or a server started here on
-    `weights`. Returns the result dict (summaries over sessions, then `per_session`)."""
+    `weights`, `rounds` times in a row (the same server). Returns the result dict (summaries over all sessions,
+    then `per_session`). With an in-process server, `rss_mb.after_each_round` (after garbage collection) shows
+    whether the server keeps memory from finished sessions: a leak grows it every round."""
+    if rounds < 1 or sessions < 1:
+        raise ValueError(f"need at least one round and one session, got rounds={rounds}, sessions={sessions}")
     from rest.media import read_audio
 
     server = thread = None
@@ -142,12 +147,17 @@ def bench_serve(
             ws_url = base.replace("http", "ws", 1) + "/ws"
             return await asyncio.gather(*(_client(ws_url, portrait_id, audio, sr, i) for i in range(sessions)))
 
-        results = asyncio.run(run_all())
-        wall = time.perf_counter() - start
-        rss_after = rss_kib("VmRSS") / 1024
-        time.sleep(2.0)
-        gc.collect()
-        rss_settled = rss_kib("VmRSS") / 1024
+        results, rss_rounds = [], []
+        for round_index in range(rounds):
+            for r in asyncio.run(run_all()):
+                results.append({"round": round_index, **r})
+            if round_index == rounds - 1:
+                wall = time.perf_counter() - start
+                rss_after = rss_kib("VmRSS") / 1024
+                time.sleep(2.0)
+            gc.collect()
+            rss_rounds.append(rss_kib("VmRSS") / 1024)
+        rss_settled = rss_rounds[-1]
     finally:
         if server is not None:
             server.should_exit = True
@@ -170,6 +180,7 @@ def bench_serve(
         "preset": info["preset"],
         "resolution": info["resolution"],
         "sessions": sessions,
+        "rounds": rounds,
         "seconds": seconds,
         "wall_s": wall,
         "frames_expected_per_session": frames_expected,
@@ -180,7 +191,9 @@ def bench_serve(
         "server_first_frame_latency_s": summary("server_first_frame_latency_s"),
         "frames_received": summary("frames"),
         "dropped": summary("dropped"),
-        "rss_mb": None if url else {"before": rss_before, "after": rss_after, "after_gc_2s": rss_settled},
+        "rss_mb": None
+        if url
+        else {"before": rss_before, "after": rss_after, "after_gc_2s": rss_settled, "after_each_round": rss_rounds},
         "per_session": results,
     }
 
@@ -189,16 +202,17 @@ def format_table(result: dict) -> str:
     """One line per session, then the memory line: what `rest bench serve` prints before the JSON."""
     ms = lambda s: "-" if s is None else f"{1000 * s:.0f}"  # noqa: E731
     lines = [
-        f"{result['sessions']} sessions x {result['seconds']:g} s on {result['server']} ({result['preset']}, "
+        f"{result['rounds']} x {result['sessions']} sessions x {result['seconds']:g} s on {result['server']} "
+        f"({result['preset']}, "
         f"{result['resolution']} px), wall {result['wall_s']:.1f} s",
-        f"{'session':>7} {'latency client ms':>17} {'latency server ms':>17} {'RTF':>5} {'frames':>11} "
+        f"{'round':>5} {'session':>7} {'latency client ms':>17} {'latency server ms':>17} {'RTF':>5} {'frames':>11} "
         f"{'dropped':>7}  error",
     ]
     for r in result["per_session"]:
         rtf = "-" if r.get("server_rtf") is None else f"{r['server_rtf']:.2f}"
         frames = f"{r['frames']}/{r['frames_expected']}"
         lines.append(
-            f"{r['session']:>7} {ms(r.get('client_first_frame_latency_s')):>17} "
+            f"{r['round']:>5} {r['session']:>7} {ms(r.get('client_first_frame_latency_s')):>17} "
             f"{ms(r.get('server_first_frame_latency_s')):>17} {rtf:>5} {frames:>11} {r.get('dropped', '-'):>7}  "
             f"{r['error'] or ''}"
         )
@@ -206,7 +220,8 @@ def format_table(result: dict) -> str:
     if rss is not None:
         lines.append(
             f"RSS (server + clients) MB: before {rss['before']:.0f}, after {rss['after']:.0f}, "
-            f"after gc + 2 s {rss['after_gc_2s']:.0f}"
+            f"after gc + 2 s {rss['after_gc_2s']:.0f}; after each round "
+            + ", ".join(f"{v:.0f}" for v in rss["after_each_round"])
         )
     return "\n".join(lines)
 

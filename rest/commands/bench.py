@@ -78,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--seconds", type=float, default=60.0, help="audio streamed per session, in real time")
     serve.add_argument("--portrait", default=None, help="portrait image (default: assets/demo/portrait.png)")
     serve.add_argument("--audio", default=None, help="speech to loop (default: assets/demo/speech.wav)")
+    serve.add_argument("--rounds", type=int, default=1, help="run the sessions this many times on one server")
     serve.add_argument("--url", default=None, help="load-test a running server (http://HOST:PORT) instead")
     serve.add_argument("--output", default="runs/bench/serve.json", help="JSON file")
     serve.set_defaults(func=_run_serve)
@@ -139,7 +140,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     portrait = args.portrait or assets / "portrait.png"
     audio = args.audio or (assets / "speech.wav" if (assets / "speech.wav").is_file() else None)
     weights = None if args.url else args.weights or default_weights()
-    result = bench_serve(weights, args.sessions, args.seconds, portrait, audio, url=args.url)
+    result = bench_serve(weights, args.sessions, args.seconds, portrait, audio, url=args.url, rounds=args.rounds)
     print(format_table(result))
     write_result(result, args.output)
     return 0
