@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from rest.config import VAEArch, load_config, parse_overrides
+from rest.errors import RestError
 from rest.training.student import StudentExperiment
 from rest.training.teacher import TeacherExperiment
 from rest.training.vae import VAEExperiment
@@ -29,6 +30,12 @@ def test_shipped_config_loads(path):
     if isinstance(cfg, VAEExperiment):
         arch = cfg.arch()
         assert isinstance(arch, VAEArch) and arch.norm in ("rms", "none")
+
+
+def test_unknown_vae_norm_is_refused_at_load_naming_the_key():
+    cfg = load_config(VAEExperiment, REPO / "configs/demo/vae_images.yaml", {"model": {"norm": "group"}})
+    with pytest.raises(RestError, match=r"model.*norm.*'group' is not one of \['rms', 'none'\]"):
+        cfg.arch()
 
 
 def test_demo_recipe_commands_load_their_configs(tmp_path):

@@ -149,15 +149,16 @@ def bench_serve(
 
         results, rss_rounds = [], []
         for round_index in range(rounds):
-            for r in asyncio.run(run_all()):
-                results.append({"round": round_index, **r})
-            if round_index == rounds - 1:
-                wall = time.perf_counter() - start
-                rss_after = rss_kib("VmRSS") / 1024
-                time.sleep(2.0)
-            gc.collect()
-            rss_rounds.append(rss_kib("VmRSS") / 1024)
-        rss_settled = rss_rounds[-1]
+            if round_index:  # memory after the previous round, after garbage collection
+                gc.collect()
+                rss_rounds.append(rss_kib("VmRSS") / 1024)
+            results += [{"round": round_index, **r} for r in asyncio.run(run_all())]
+        wall = time.perf_counter() - start
+        rss_after = rss_kib("VmRSS") / 1024
+        time.sleep(2.0)
+        gc.collect()
+        rss_settled = rss_kib("VmRSS") / 1024
+        rss_rounds.append(rss_settled)
     finally:
         if server is not None:
             server.should_exit = True

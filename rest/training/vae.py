@@ -157,10 +157,11 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
         (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
 
     # 1. Model, losses, data.
-    vae = CausalVideoVAE(**to_dict(cfg.arch()))
+    arch = to_dict(cfg.arch())
+    vae = CausalVideoVAE(**arch)
     if cfg.init is not None:
         start = load_local(CausalVideoVAE, cfg.init, "VAE")
-        ours, theirs = to_dict(cfg.arch()), to_dict(start.arch)
+        ours, theirs = arch, to_dict(start.arch)
         differ = sorted(k for k in ours if k not in ("scaling_factor", "shift_factor") and ours[k] != theirs[k])
         if differ:
             raise ValueError(
