@@ -44,7 +44,8 @@ def test_demo_recipe_commands_load_their_configs(tmp_path):
     spec.loader.exec_module(demo)
     plan = demo.stages(tmp_path / "demo", tmp_path / "weights", identities=4, seconds=2.0)
     names = [name for name, _, _ in plan]
-    assert names.index("vae_images") < names.index("vae") < names.index("latents") < names.index("teacher")
+    assert names.index("vae_images") < names.index("vae_clips") < names.index("vae") < names.index("latents")
+    assert names.index("latents") < names.index("teacher")
     assert names.index("teacher") < names.index("student") < names.index("export")
     trained = 0
     for name, _, command in plan:
@@ -56,7 +57,8 @@ def test_demo_recipe_commands_load_their_configs(tmp_path):
         cfg = load_config(experiment_of(path), path, overrides)
         assert str(tmp_path / "demo") in cfg.train.output_dir, name
         trained += 1
-    assert trained == 5  # vae_images, vae, teacher, student, student_tf
-    vae = load_config(VAEExperiment, REPO / "configs/demo/vae.yaml")
-    frames = load_config(VAEExperiment, REPO / "configs/demo/vae_images.yaml")
-    assert vae.arch() == frames.arch()  # stage 1b fine-tunes stage 1a's export: same architecture
+    assert trained == 6  # vae_images, vae_clips, vae, teacher, student, student_tf
+    names = ("vae_images.yaml", "vae.yaml", "vae_motion.yaml")
+    frames, clips, motion = (load_config(VAEExperiment, REPO / "configs/demo" / name) for name in names)
+    assert frames.arch() == clips.arch() == motion.arch()  # 1b and 1c fine-tune the stage before: same architecture
+    assert clips.init_from_frames and not motion.init_from_frames

@@ -254,11 +254,11 @@ def test_dataset_is_deterministic(index_root):
 def test_dataset_windows_and_errors(index_root):
     ds = TalkingClipDataset(index_root, num_frames=13, temporal_compression=4, split=None, random_windows=False)
     assert [(ds.clips[c].clip_id, s) for c, s in ds.windows] == [  # clips in turn: evaluation sets spread
-        ("long", 0),
+        ("long", 13),  # each clip's middle window first: clips open alike
         ("short", 0),
         ("other-split", 0),
-        ("long", 13),
         ("long", 26),
+        ("long", 0),
     ]
     with pytest.raises(RestError, match="1 \\+ 4\\*k"):
         TalkingClipDataset(index_root, num_frames=8, temporal_compression=4)

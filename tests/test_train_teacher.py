@@ -118,6 +118,26 @@ def test_train_resume_export(assets, tmp_path, capsys):
     assert any(not torch.equal(weights_at_2[k], weights_at_4[k]) for k in weights_at_2)
 
 
+def test_audio_encoder_learning_rate_scale(assets, tmp_path):
+    """Scale 0 freezes the audio encoder at its initialisation (the denoiser still trains); a scale trains the
+    encoder at that fraction of the rate (logged per group by the optimizer); a negative scale is refused."""
+    cfg = experiment(assets, tmp_path / "frozen", max_steps=2, audio_encoder_lr_scale=0.0)
+    torch.manual_seed(cfg.train.seed)  # train_teacher seeds, then builds the audio encoder first
+    initial = AudioEncoder(**AUDIO).state_dict()
+    export = train_teacher(cfg)
+    frozen = load_local(AudioEncoder, export / "audio_encoder").state_dict()
+    assert all(torch.allclose(initial[k], frozen[k], rtol=0, atol=1e-6) for k in initial)
+    fresh = DenoiserDiT.from_preset("tiny", **DENOISER, in_channels=4, temporal_compression=4, audio_dim=8)
+    trained = load_local(DenoiserDiT, export / "denoiser").state_dict()
+    assert any(not torch.equal(fresh.state_dict()[k], trained[k]) for k in trained if "final" in k)
+    cfg = experiment(assets, tmp_path / "scaled", max_steps=2, audio_encoder_lr_scale=0.5)
+    export = train_teacher(cfg)
+    scaled = load_local(AudioEncoder, export / "audio_encoder").state_dict()
+    assert max((initial[k] - scaled[k]).abs().max().item() for k in initial) > 1e-5
+    with pytest.raises(ConfigError, match="audio_encoder_lr_scale must be >= 0"):
+        train_teacher(experiment(assets, tmp_path / "bad", max_steps=1, audio_encoder_lr_scale=-1.0))
+
+
 def test_loss_decreases(assets, tmp_path):
     out = tmp_path / "run"
     cfg = experiment(assets, out, max_steps=40, sample_posterior=False)
@@ -273,12 +293,13 @@ def test_teacher_learns_to_use_the_audio(tmp_path):
 
 
 def test_evaluation_windows_take_clips_in_turn():
+    """Every clip's middle window first (clips open alike), then the next ones, wrapping round to the start."""
     assert clips_in_turn([range(0, 30, 10), range(0, 10, 10), range(5, 25, 10)]) == [
-        (0, 0),
-        (1, 0),
-        (2, 5),
         (0, 10),
+        (1, 0),
         (2, 15),
         (0, 20),
+        (2, 5),
+        (0, 0),
     ]
     assert clips_in_turn([]) == []

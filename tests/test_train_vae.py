@@ -148,6 +148,16 @@ def test_fine_tune_from_an_export_with_motion_weighting(video_dir, tmp_path):
     start_a, start_b = MetricsLog.read(tmp_path / "a", "train")[0], MetricsLog.read(tmp_path / "b", "train")[0]
     assert start_b["l1"] < 0.7 * start_a["l1"]  # starts where run a ended, not from random weights
     assert {"l1", "l1_motion"} <= set(start_b)
+    # Video stage after a frames stage: the copied first-frame weights and the temporal L1.
+    cfg = experiment(video_dir, tmp_path / "d", max_steps=2)
+    cfg.init, cfg.init_from_frames, cfg.loss.temporal_weight, cfg.train.log_every = str(first), True, 1.0, 1
+    train_vae(cfg)
+    start_d = MetricsLog.read(tmp_path / "d", "train")[0]
+    assert 0 < start_d["l1_temporal"] < start_d["l1"]
+    assert start_d["loss"] > start_d["l1"] + 0.9 * start_d["l1_temporal"]  # the term is in the loss
+    cfg.init = None
+    with pytest.raises(ValueError, match="init_from_frames needs init"):
+        train_vae(cfg)
     cfg = experiment(video_dir, tmp_path / "c", max_steps=1)
     cfg.init, cfg.model = str(first), {**SMALL_ARCH, "latent_channels": 8}
     with pytest.raises(ValueError, match="another architecture .latent_channels: 4"):

@@ -176,6 +176,24 @@ def test_norm_none_streams_exactly_and_shares_the_weights_layout():
         small_vae(norm="group")
 
 
+def test_copy_last_frame_weights_keeps_the_first_frame_path():
+    """The first frame of a stream decodes through the second half of each temporal pair only; the copy fills
+    the first halves from the second, so that frame is unchanged and the other frames change."""
+    vae = small_vae()
+    z = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = vae.decode(z).sample
+        vae.copy_last_frame_weights_()
+        after = vae.decode(z).sample
+    assert torch.equal(after[:, :, :1], before[:, :, :1])
+    assert (after[:, :, 1:] - before[:, :, 1:]).abs().max().item() > 1e-2
+    upsamplers = [b for b in vae.decoder.blocks if type(b).__name__ == "Upsample" and b.channel_to_time is not None]
+    assert len(upsamplers) == 2
+    for block in upsamplers:
+        pairs = block.conv.conv.weight.view(-1, 2, 4, *block.conv.conv.weight.shape[1:])
+        assert torch.equal(pairs[:, 0], pairs[:, 1])
+
+
 def test_base_like_chunked_equals_whole():
     """8x temporal compression (three temporal levels) streams exactly too."""
     vae = small_vae(block_out_channels=(8, 16, 32, 32), temporal_downsample=(True, True, True), latent_channels=8)

@@ -31,8 +31,11 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
     synth = [*rest, "synth", "--output", str(data), "--identities", str(identities), "--seconds", str(seconds)]
     frames_cmd = [PY, str(train / "vae.py"), "--config", "configs/demo/vae_images.yaml", "--resume", "latest"]
     frames_cmd += ["--set", f"data.root={root / 'vae_videos'}", f"train.output_dir={root / 'vae_images'}"]
-    vae_cmd = [PY, str(train / "vae.py"), "--config", "configs/demo/vae.yaml", "--resume", "latest", "--set"]
-    vae_cmd += [f"data.root={root / 'vae_videos'}", f"train.output_dir={vae}", f"init={root / 'vae_images/export'}"]
+    clips_cmd = [PY, str(train / "vae.py"), "--config", "configs/demo/vae.yaml", "--resume", "latest", "--set"]
+    clips_cmd += [f"data.root={root / 'vae_videos'}", f"train.output_dir={root / 'vae_clips'}"]
+    clips_cmd += [f"init={root / 'vae_images/export'}"]
+    vae_cmd = [PY, str(train / "vae.py"), "--config", "configs/demo/vae_motion.yaml", "--resume", "latest", "--set"]
+    vae_cmd += [f"data.root={root / 'vae_videos'}", f"train.output_dir={vae}", f"init={root / 'vae_clips/export'}"]
     teacher_cmd = [PY, str(train / "teacher.py"), "--config", "configs/demo/teacher.yaml", "--resume", "latest"]
     teacher_cmd += ["--set", f"data.root={data}", f"vae={vae / 'export'}", f"train.output_dir={teacher}"]
     student_cmd = [PY, str(train / "student.py"), "--config", "configs/demo/student.yaml", "--resume", "latest"]
@@ -62,7 +65,8 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
     return [
         ("synth", data / "manifest.jsonl", [*synth, "--contact-sheet", sheet]),
         ("vae_images", root / "vae_images" / "export" / "config.json", frames_cmd),  # stage 1a: frames
-        ("vae", vae / "export" / "config.json", vae_cmd),  # stage 1b: clips, from 1a
+        ("vae_clips", root / "vae_clips" / "export" / "config.json", clips_cmd),  # stage 1b: clips, from 1a
+        ("vae", vae / "export" / "config.json", vae_cmd),  # stage 1c: the same clips, more motion weight, from 1b
         ("probe", root / "latent_probe.json", probe),  # does the VAE's latent carry the mouth? (printed)
         (
             "latents",
@@ -138,7 +142,7 @@ def main() -> int:
         if done.exists() and args.stages is None:
             print(f"[demo] {name}: done ({done})")
             continue
-        if name in ("vae_images", "vae") and not args.dry_run:
+        if name in ("vae_images", "vae_clips", "vae") and not args.dry_run:
             link_vae_videos(root)
         if name == "assets" and not args.dry_run:
             write_assets(root)

@@ -458,6 +458,23 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
         return self.decode_chunk(z, dec)[0].sample, posterior
 
+    @torch.no_grad()
+    def copy_last_frame_weights_(self) -> None:
+        """Start the first frame of every temporal upsampling pair as a copy of the second (in place).
+
+        A stream's first latent frame decodes to one frame: each `ChannelToTime` drops the first frame of its
+        pair. A VAE trained on single frames (the demo's stage 1a) has therefore trained only the second-frame
+        half of each temporal `Upsample` convolution; the other half is still random. Copying the trained half
+        over makes every frame of a latent decode through trained weights when video training starts, instead
+        of through noise. The single-frame path is unchanged.
+        """
+        for block in self.decoder.blocks:
+            if isinstance(block, Upsample) and block.channel_to_time is not None:
+                # Output channels are (c, two, p, q) with `two` the frame of the pair (see Upsample.forward).
+                for param in (block.conv.conv.weight, block.conv.conv.bias):
+                    pairs = param.view(-1, 2, 4, *param.shape[1:])
+                    pairs[:, 0] = pairs[:, 1]
+
     # ----------------------------------------------------- latent normalisation
     def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:
         """VAE latents -> the unit-scale latents the denoiser works in."""

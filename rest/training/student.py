@@ -684,7 +684,7 @@ def _eval_set(
     num_frames: int,
     device: torch.device,
 ) -> list[EvalBatch]:
-    """The first window of each of `eval_clips` clips of the evaluation split, encoded once."""
+    """The middle window of each of `eval_clips` clips of the evaluation split (`clips_in_turn`), encoded once."""
     split = cfg.data.eval_split or cfg.data.split
     dataset = _dataset(cfg, split, audio_encoder, denoiser, num_frames, random_windows=False)
     n = min(cfg.train.eval_clips, len(dataset))

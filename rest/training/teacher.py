@@ -71,6 +71,10 @@ class TeacherTrainConfig(TrainConfig):
     gradient_checkpointing: bool = False  # recompute DiT blocks in the backward pass (less memory, ~30% slower)
     sample_posterior: bool = True  # video latents drawn from the VAE posterior (False: its mean); portrait: mean
     eval_clips: int = 8  # clips in the evaluation set
+    # Learning rate of the audio encoder relative to `lr`; 0 freezes it at its initialisation. Trained from scratch
+    # at the full rate on data whose mouth is a small part of the loss, the encoder's output can collapse to one
+    # constant vector before the denoiser has found a use for it (audio_gain then stays at 0 for good).
+    audio_encoder_lr_scale: float = 1.0
 
 
 @dataclass
@@ -225,7 +229,14 @@ def train_teacher(cfg: TeacherExperiment, resume: str | None = None) -> Path:
         )
     if len(loader) == 0:
         raise ConfigError(f"{len(dataset)} training clips are fewer than one batch of {tc.batch_size}")
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
+    if tc.audio_encoder_lr_scale < 0:
+        raise ConfigError(f"train.audio_encoder_lr_scale must be >= 0, got {tc.audio_encoder_lr_scale}")
+    groups = [{"params": [p for name, p in model.named_parameters() if not name.startswith("audio_encoder.")]}]
+    if tc.audio_encoder_lr_scale > 0:
+        groups.append({"params": list(audio_encoder.parameters()), "lr_scale": tc.audio_encoder_lr_scale})
+    else:
+        audio_encoder.requires_grad_(False)
+    opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
     model, opt, loader = accelerator.prepare(model, opt, loader)
     unwrapped = accelerator.unwrap_model(model)
     params = list(unwrapped.parameters())
@@ -282,7 +293,7 @@ def train_teacher(cfg: TeacherExperiment, resume: str | None = None) -> Path:
         while step < tc.max_steps:
             lr = lr_at(step, tc.lr, tc.warmup_steps, tc.max_steps)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             batch = next(data_iter)
             latents, first = batch_latents(vae, batch, tc.sample_posterior)  # (B, C, f, h, w)
             portrait = encode_latents(vae, batch["ref"], sample_posterior=False)  # (B, C, 1, h, w)
@@ -378,7 +389,7 @@ def _eval_set(
     shift: float,
     device: torch.device,
 ) -> list[EvalBatch]:
-    """The first window of each of `eval_clips` clips of the evaluation split (more windows per clip only when the
+    """The middle window of each of `eval_clips` clips of the evaluation split (more windows per clip only when the
     split has fewer clips), encoded once, with noise and levels drawn once from the training distribution (seeded),
     so that evaluations are comparable across steps and runs. Clip i's "shuffled" audio is clip i + 1's."""
     dataset = _dataset(cfg, cfg.data.eval_split or cfg.data.split, audio_encoder, denoiser, vae, random_windows=False)

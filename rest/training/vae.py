@@ -55,6 +55,10 @@ class VAELossConfig:
     # heads move at the mouth and eyes, a few percent of the frame that a plain mean leaves for last.
     motion_weight: float = 0.0
     motion_cap: float = 8.0
+    # Temporal L1: the L1 of the reconstruction's frame-to-frame differences against the clip's. A decoder that
+    # shows the mouth of a 4-frame latent as one averaged pose loses little plain L1 (the mouth is a few percent
+    # of the pixels) but all of this term, which is zero wherever nothing moves.
+    temporal_weight: float = 0.0
     perceptual_weight: float = 0.0  # LPIPS weight; needs perceptual_vgg
     perceptual_vgg: str | None = (
         None  # torchvision-layout VGG16 state dict (user-supplied, see rest/models/perceptual.py)
@@ -85,6 +89,9 @@ class VAEExperiment:
     preset: str = "tiny"
     model: dict = field(default_factory=dict)  # overrides of the preset's VAE architecture (VAEArch fields)
     init: str | None = None  # a VAE export folder to start from (fine-tuning); None = random initialisation
+    # `init` was trained on single frames only: start the untrained first-frame halves of its temporal upsamplers
+    # as copies of the trained halves (CausalVideoVAE.copy_last_frame_weights_)
+    init_from_frames: bool = False
     loss: VAELossConfig = field(default_factory=VAELossConfig)
     train: VAETrainConfig = field(default_factory=VAETrainConfig)
 
@@ -169,6 +176,10 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
                 f"set the same under model: in the config"
             )
         vae.load_state_dict(start.state_dict())
+        if cfg.init_from_frames:
+            vae.copy_last_frame_weights_()
+    elif cfg.init_from_frames:
+        raise ValueError("init_from_frames needs init: the single-frame VAE export to start from")
     t = vae.temporal_compression
     if (cfg.data.num_frames - 1) % t:
         raise ValueError(f"data.num_frames must be 1 + {t}*k for this VAE, got {cfg.data.num_frames}")
@@ -270,6 +281,10 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
                 kl = kl_per_element(posterior.mean, posterior.logvar)
                 loss = rec + lc.kl_weight * kl
                 values = {"loss": 0.0, "l1": l1.item(), "kl": kl.item()}
+                if lc.temporal_weight > 0 and x.shape[2] > 1:
+                    temporal = (recon.diff(dim=2) - x.diff(dim=2)).abs().mean()
+                    loss = loss + lc.temporal_weight * temporal
+                    values["l1_temporal"] = temporal.item()
                 if weight is not None:
                     values["l1_motion"] = rec.item()
                 if lpips is not None:
