@@ -119,8 +119,8 @@ def test_train_resume_export(assets, tmp_path, capsys):
 
 
 def test_audio_encoder_learning_rate_scale(assets, tmp_path):
-    """Scale 0 freezes the audio encoder at its initialisation (the denoiser still trains); a scale trains the
-    encoder at that fraction of the rate (logged per group by the optimizer); a negative scale is refused."""
+    """Scale 0 freezes the audio encoder at its initialisation (the denoiser still trains); a positive scale trains
+    it; a negative scale is refused."""
     cfg = experiment(assets, tmp_path / "frozen", max_steps=2, audio_encoder_lr_scale=0.0)
     torch.manual_seed(cfg.train.seed)  # train_teacher seeds, then builds the audio encoder first
     initial = AudioEncoder(**AUDIO).state_dict()

@@ -29,13 +29,16 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
     rest, train = [PY, "-m", "rest.cli"], REPO / "train"
     sheet = str(root / "synthtalk_sheet.png")
     synth = [*rest, "synth", "--output", str(data), "--identities", str(identities), "--seconds", str(seconds)]
-    frames_cmd = [PY, str(train / "vae.py"), "--config", "configs/demo/vae_images.yaml", "--resume", "latest"]
-    frames_cmd += ["--set", f"data.root={root / 'vae_videos'}", f"train.output_dir={root / 'vae_images'}"]
-    clips_cmd = [PY, str(train / "vae.py"), "--config", "configs/demo/vae.yaml", "--resume", "latest", "--set"]
-    clips_cmd += [f"data.root={root / 'vae_videos'}", f"train.output_dir={root / 'vae_clips'}"]
-    clips_cmd += [f"init={root / 'vae_images/export'}"]
-    vae_cmd = [PY, str(train / "vae.py"), "--config", "configs/demo/vae_motion.yaml", "--resume", "latest", "--set"]
-    vae_cmd += [f"data.root={root / 'vae_videos'}", f"train.output_dir={vae}", f"init={root / 'vae_clips/export'}"]
+
+    def vae_stage(config: str, out: Path, init: Path | None = None) -> list[str]:
+        """train/vae.py on the train split's clips, into `out`, optionally from the export of the stage before."""
+        command = [PY, str(train / "vae.py"), "--config", f"configs/demo/{config}", "--resume", "latest", "--set"]
+        command += [f"data.root={root / 'vae_videos'}", f"train.output_dir={out}"]
+        return command + ([f"init={init / 'export'}"] if init is not None else [])
+
+    frames_cmd = vae_stage("vae_images.yaml", root / "vae_images")  # stage 1a
+    clips_cmd = vae_stage("vae.yaml", root / "vae_clips", init=root / "vae_images")  # stage 1b
+    vae_cmd = vae_stage("vae_motion.yaml", vae, init=root / "vae_clips")  # stage 1c
     teacher_cmd = [PY, str(train / "teacher.py"), "--config", "configs/demo/teacher.yaml", "--resume", "latest"]
     teacher_cmd += ["--set", f"data.root={data}", f"vae={vae / 'export'}", f"train.output_dir={teacher}"]
     student_cmd = [PY, str(train / "student.py"), "--config", "configs/demo/student.yaml", "--resume", "latest"]

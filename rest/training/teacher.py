@@ -189,6 +189,8 @@ def encode_latents(vae: CausalVideoVAE, pixels: torch.Tensor, sample_posterior: 
 def train_teacher(cfg: TeacherExperiment, resume: str | None = None) -> Path:
     """Train (or resume) and export the teacher; returns the export folder."""
     tc = cfg.train
+    if tc.audio_encoder_lr_scale < 0:
+        raise ConfigError(f"train.audio_encoder_lr_scale must be >= 0, got {tc.audio_encoder_lr_scale}")
     accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=tc.mixed_precision)
     set_seed(tc.seed, device_specific=True)
     device = accelerator.device
@@ -229,8 +231,6 @@ def train_teacher(cfg: TeacherExperiment, resume: str | None = None) -> Path:
         )
     if len(loader) == 0:
         raise ConfigError(f"{len(dataset)} training clips are fewer than one batch of {tc.batch_size}")
-    if tc.audio_encoder_lr_scale < 0:
-        raise ConfigError(f"train.audio_encoder_lr_scale must be >= 0, got {tc.audio_encoder_lr_scale}")
     groups = [{"params": [p for name, p in model.named_parameters() if not name.startswith("audio_encoder.")]}]
     if tc.audio_encoder_lr_scale > 0:
         groups.append({"params": list(audio_encoder.parameters()), "lr_scale": tc.audio_encoder_lr_scale})
