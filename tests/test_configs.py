@@ -44,7 +44,9 @@ def test_demo_recipe_commands_load_their_configs(tmp_path):
     spec.loader.exec_module(demo)
     plan = demo.stages(tmp_path / "demo", tmp_path / "weights", identities=4, seconds=2.0)
     names = [name for name, _, _ in plan]
-    assert names.index("vae_images") < names.index("vae_clips") < names.index("vae") < names.index("latents")
+    vae_stages = ["vae_images", "vae_clips", "vae_motion", "vae", "latents"]
+    assert [names.index(n) for n in vae_stages] == sorted(names.index(n) for n in vae_stages)
+    assert names.index("mouth_expert") < names.index("vae")
     assert names.index("latents") < names.index("teacher")
     assert names.index("teacher") < names.index("student") < names.index("export")
     trained = 0
@@ -56,9 +58,14 @@ def test_demo_recipe_commands_load_their_configs(tmp_path):
         overrides = parse_overrides(command[command.index("--set") + 1 :])
         cfg = load_config(experiment_of(path), path, overrides)
         assert str(tmp_path / "demo") in cfg.train.output_dir, name
+        if name == "vae":  # stage 1d reads the expert this recipe trains, with another seed than the study's
+            expert = next(c for n, _, c in plan if n == "mouth_expert")
+            assert cfg.loss.mouth_expert == expert[expert.index("--output") + 1] == str(tmp_path / "demo/mouth_expert")
+            assert expert[expert.index("--seed") + 1] != "0"
         trained += 1
-    assert trained == 6  # vae_images, vae_clips, vae, teacher, student, student_tf
-    names = ("vae_images.yaml", "vae.yaml", "vae_motion.yaml")
-    frames, clips, motion = (load_config(VAEExperiment, REPO / "configs/demo" / name) for name in names)
-    assert frames.arch() == clips.arch() == motion.arch()  # 1b and 1c fine-tune the stage before: same architecture
-    assert clips.init_from_frames and not motion.init_from_frames
+    assert trained == 7  # vae_images, vae_clips, vae_motion, vae, teacher, student, student_tf
+    names = ("vae_images.yaml", "vae.yaml", "vae_motion.yaml", "vae_mouth.yaml")
+    frames, clips, motion, mouth = (load_config(VAEExperiment, REPO / "configs/demo" / name) for name in names)
+    assert frames.arch() == clips.arch() == motion.arch() == mouth.arch()  # each fine-tunes the stage before
+    assert clips.init_from_frames and not motion.init_from_frames and not mouth.init_from_frames
+    assert mouth.loss.mouth_weight > 0 and motion.loss.mouth_weight == 0

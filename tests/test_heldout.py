@@ -8,6 +8,7 @@ import torch
 from rest.data.shards import ShardWriter
 from rest.diffusion.flow import Guidance, flow_sigmas
 from rest.metrics.heldout import Models, format_summary, heldout_clips, heldout_study
+from rest.metrics.lipsync_gt import within_group_correlation
 
 R, FRAMES = 32, 110
 
@@ -56,10 +57,11 @@ def test_study_scores_both_paths(root, tiny_models):
     with torch.no_grad():
         result = heldout_study(clips, methods, MouthBrightness(), seed=0, progress=False, vae=vae)
     rows = result["per_clip"]
-    assert len(rows) == 2 * (2 + 2 * 2)
+    assert len(rows) == 2 * (3 + 2 * 2)
     assert {(r["method"], r.get("audio")) for r in rows} == {
         ("ground_truth", None),
         ("vae_reconstruction", None),
+        ("vae_frames", None),
         ("teacher", "own"),
         ("teacher", "shuffled"),
         ("student_K1", "own"),
@@ -72,5 +74,19 @@ def test_study_scores_both_paths(root, tiny_models):
     assert summary["ground_truth"]["lipsync_offset"] == 0
     assert {"lipsync_corr", "shuffled_lipsync_corr", "seconds_per_video_second"} <= set(summary["teacher"])
     assert summary["teacher"]["clips"] == 2
+    assert "lipsync_within_group" in summary["vae_reconstruction"] and "lipsync_corr" in summary["vae_frames"]
+    assert [r["clip"] for r in rows if r["method"] == "vae_frames"] == ["clip1", "clip2"]
     table = format_summary(summary)
-    assert table.count("\n") == 2 + 3 and "| student_K1 |" in table
+    assert table.count("\n") == 2 + 4 and "| student_K1 |" in table
+
+
+def test_within_group_correlation():
+    labels = np.random.default_rng(0).random(41)
+    assert within_group_correlation(labels, labels, 4) == pytest.approx(1.0)
+    # One value per group of 4 (frames 1-4, 5-8, ...), however well it follows the groups' means: no motion inside.
+    means = np.concatenate([labels[:1], np.repeat(labels[1:].reshape(-1, 4).mean(1), 4)])
+    assert np.isnan(within_group_correlation(means, labels, 4))
+    noisy = means + 0.1 * (labels - means)  # a tenth of the motion inside the groups, scaled: still correlation 1
+    assert within_group_correlation(noisy, labels, 4) == pytest.approx(1.0)
+    assert within_group_correlation(-labels, labels, 4) == pytest.approx(-1.0)
+    assert np.isnan(within_group_correlation(labels[:8], labels[:8], 4))  # fewer than two groups

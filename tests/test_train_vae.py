@@ -1,4 +1,4 @@
-"""VAE training: it learns, checkpoints, resumes, exports; optional GAN and LPIPS losses run; config errors."""
+"""VAE training: learns, checkpoints, resumes, exports; optional GAN, LPIPS and mouth-expert losses; config errors."""
 
 import json
 import subprocess
@@ -14,6 +14,7 @@ from rest.config import ConfigError, load_config
 from rest.data.videos import motion_map
 from rest.errors import RestError
 from rest.media import write_video
+from rest.metrics.lipsync_gt import MouthRegressor
 from rest.models.loading import load_local
 from rest.models.perceptual import LPIPS, VGG16Features
 from rest.models.vae import CausalVideoVAE
@@ -24,6 +25,7 @@ from rest.training.vae import (
     VAELossConfig,
     VAETrainConfig,
     evaluate_psnr,
+    mouth_expert_distance,
     train_vae,
 )
 
@@ -197,6 +199,40 @@ def test_gan_and_perceptual_losses_run(video_dir, tmp_path):
     logs = MetricsLog.read(tmp_path / "run", "train")
     assert "lpips" in logs[0] and "g_loss" not in logs[0]
     assert "g_loss" in logs[-1] and "d_loss" in logs[-1] and np.isfinite(logs[-1]["d_loss"])
+
+
+def test_mouth_expert_crop_and_distance():
+    torch.manual_seed(0)
+    expert = MouthRegressor(image_size=16, crop_fraction=0.6, channels=(4, 8)).eval().requires_grad_(False)
+    frames = np.random.default_rng(0).integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)
+    as_tensor = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    # The differentiable crop is the metric's crop, up to the metric's rounding to uint8.
+    torch.testing.assert_close(expert.crop_tensor(as_tensor), expert.preprocess(frames), atol=0.501 / 127.5, rtol=0)
+    x = torch.rand(4, 3, 40, 40) * 2 - 1
+    assert mouth_expert_distance(expert, x, x).item() < 1e-10
+    recon = (x + 0.3 * torch.randn_like(x)).requires_grad_(True)
+    dist = mouth_expert_distance(expert, recon, x)
+    dist.backward()
+    assert dist.item() > 0 and recon.grad.abs().sum() > 0
+    # Only the centred 24 x 24 crop is read, and the expert gets no gradient.
+    outside = torch.ones(40, 40, dtype=torch.bool)
+    outside[8:32, 8:32] = False
+    assert recon.grad[..., outside].abs().sum() == 0 and recon.grad[..., 8:32, 8:32].abs().sum() > 0
+    assert all(p.grad is None for p in expert.parameters())
+
+
+def test_mouth_expert_loss_in_training(video_dir, tmp_path):
+    expert = tmp_path / "expert"
+    MouthRegressor(image_size=16, channels=(4, 8)).save_pretrained(expert)
+    cfg = experiment(video_dir, tmp_path / "run", max_steps=2)
+    cfg.loss.mouth_weight, cfg.train.log_every = 0.5, 1
+    with pytest.raises(ValueError, match="needs loss.mouth_expert"):
+        train_vae(cfg)
+    cfg.loss.mouth_expert = str(expert)
+    train_vae(cfg)
+    start = MetricsLog.read(tmp_path / "run", "train")[0]
+    assert start["mouth"] > 0
+    assert start["loss"] > start["l1"] + 0.45 * start["mouth"]  # the term is in the loss
 
 
 def test_lpips_loader_and_math(tmp_path):

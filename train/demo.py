@@ -1,7 +1,7 @@
-"""Reproduce the shipped demo model (weights/rest-tiny) from scratch: SynthTalk -> VAE (frames, then clips) ->
-latents -> teacher -> student (ASD) -> mouth regressor -> pipeline folder -> held-out study. Every stage is a
-documented command of the project, run in order; a finished stage (its output exists) is skipped, and the training
-stages resume.
+"""Reproduce the shipped demo model (weights/rest-tiny) from scratch: SynthTalk -> VAE (frames, then clips, then
+clips with more motion weight, then with a mouth expert in the loss) -> latents -> teacher -> student (ASD) ->
+mouth regressor -> pipeline folder -> held-out study. Every stage is a documented command of the project, run in
+order; a finished stage (its output exists) is skipped, and the training stages resume.
 
     python train/demo.py                          # everything, into runs/demo, then weights/rest-tiny
     python train/demo.py --stages teacher student # some stages only
@@ -30,15 +30,18 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
     sheet = str(root / "synthtalk_sheet.png")
     synth = [*rest, "synth", "--output", str(data), "--identities", str(identities), "--seconds", str(seconds)]
 
-    def vae_stage(config: str, out: Path, init: Path | None = None) -> list[str]:
+    def vae_stage(config: str, out: Path, init: Path | None = None, *extra: str) -> list[str]:
         """train/vae.py on the train split's clips, into `out`, optionally from the export of the stage before."""
         command = [PY, str(train / "vae.py"), "--config", f"configs/demo/{config}", "--resume", "latest", "--set"]
-        command += [f"data.root={root / 'vae_videos'}", f"train.output_dir={out}"]
+        command += [f"data.root={root / 'vae_videos'}", f"train.output_dir={out}", *extra]
         return command + ([f"init={init / 'export'}"] if init is not None else [])
 
+    mouth = [PY, str(train / "mouth_regressor.py"), "--data", str(data), "--steps", "800", "--output"]
+    expert_cmd = [*mouth, str(root / "mouth_expert"), "--seed", "1"]  # the VAE's; the study scores with seed 0
     frames_cmd = vae_stage("vae_images.yaml", root / "vae_images")  # stage 1a
     clips_cmd = vae_stage("vae.yaml", root / "vae_clips", init=root / "vae_images")  # stage 1b
-    vae_cmd = vae_stage("vae_motion.yaml", vae, init=root / "vae_clips")  # stage 1c
+    motion_cmd = vae_stage("vae_motion.yaml", root / "vae_motion", init=root / "vae_clips")  # stage 1c
+    vae_cmd = vae_stage("vae_mouth.yaml", vae, root / "vae_motion", f"loss.mouth_expert={root / 'mouth_expert'}")
     teacher_cmd = [PY, str(train / "teacher.py"), "--config", "configs/demo/teacher.yaml", "--resume", "latest"]
     teacher_cmd += ["--set", f"data.root={data}", f"vae={vae / 'export'}", f"train.output_dir={teacher}"]
     student_cmd = [PY, str(train / "student.py"), "--config", "configs/demo/student.yaml", "--resume", "latest"]
@@ -61,7 +64,6 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
     drift += ["--no-asd-student", str(root / "student_tf" / "export"), "--output", str(root / "drift")]
     probe = [PY, str(REPO / "evaluation" / "latent_probe.py"), "--data", str(data), "--vae", str(vae / "export")]
     probe += ["--output", str(root / "latent_probe.json")]
-    mouth = [PY, str(train / "mouth_regressor.py"), "--data", str(data), "--output", str(root / "mouth_regressor")]
     study = [PY, str(REPO / "evaluation" / "heldout_study.py"), "--data", str(data), "--teacher"]
     study += [str(teacher / "export"), "--student", str(student / "export"), "--student-steps", "1", "2", "4"]
     study += ["--mouth-regressor", str(root / "mouth_regressor"), "--output", str(root / "heldout.json")]
@@ -69,7 +71,9 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
         ("synth", data / "manifest.jsonl", [*synth, "--contact-sheet", sheet]),
         ("vae_images", root / "vae_images" / "export" / "config.json", frames_cmd),  # stage 1a: frames
         ("vae_clips", root / "vae_clips" / "export" / "config.json", clips_cmd),  # stage 1b: clips, from 1a
-        ("vae", vae / "export" / "config.json", vae_cmd),  # stage 1c: the same clips, more motion weight, from 1b
+        ("vae_motion", root / "vae_motion" / "export" / "config.json", motion_cmd),  # 1c: more motion weight
+        ("mouth_expert", root / "mouth_expert" / "config.json", expert_cmd),
+        ("vae", vae / "export" / "config.json", vae_cmd),  # stage 1d: 1c with the mouth expert in the loss
         ("probe", root / "latent_probe.json", probe),  # does the VAE's latent carry the mouth? (printed)
         (
             "latents",
@@ -78,7 +82,7 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
         ),
         ("teacher", teacher / "export" / "teacher.json", teacher_cmd),
         ("student", student / "export" / "student.json", student_cmd),
-        ("mouth_regressor", root / "mouth_regressor" / "config.json", [*mouth, "--steps", "800"]),
+        ("mouth_regressor", root / "mouth_regressor" / "config.json", [*mouth, str(root / "mouth_regressor")]),
         (
             "export",
             weights / "pipeline.json",
@@ -145,7 +149,7 @@ def main() -> int:
         if done.exists() and args.stages is None:
             print(f"[demo] {name}: done ({done})")
             continue
-        if name in ("vae_images", "vae_clips", "vae") and not args.dry_run:
+        if name in ("vae_images", "vae_clips", "vae_motion", "vae") and not args.dry_run:
             link_vae_videos(root)
         if name == "assets" and not args.dry_run:
             write_assets(root)

@@ -14,8 +14,11 @@ reproduce). Per method the study reports:
 - `seconds_per_video_second`: generation wall time (model only, no I/O) per second of video.
 
 `ground_truth` rows score the real clip frames: the ceiling the regressor allows. `vae_reconstruction` rows score
-the ground truth after the VAE's encode and decode (when a VAE is given): the ceiling any generator in that latent
-space can reach.
+the ground truth after the VAE's encode and decode (when a VAE is given), streamed as a live stream codes it: the
+ceiling any generator in that latent space can reach; with `lipsync_within_group`, the correlation of the motion
+inside each latent's group of frames (within_group_correlation: near 0 when a latent shows one mouth for all its
+frames). `vae_frames` rows code each frame on its own (one latent per frame): what the VAE's spatial path keeps,
+without its temporal compression.
 Methods: `teacher` (offline bidirectional sampling, `sample`, with CFG) and `student_K<k>` (the streaming rollout
 with k denoising steps per chunk, `StreamingGenerator`, run to the end of the audio).
 """
@@ -36,7 +39,7 @@ from rest.diffusion.flow import Guidance
 from rest.diffusion.sample import sample
 from rest.errors import RestError
 from rest.media import frames_to_tensor, tensor_to_frames
-from rest.metrics.lipsync_gt import LABEL_KEY, MAX_OFFSET, lag_correlation
+from rest.metrics.lipsync_gt import LABEL_KEY, MAX_OFFSET, lag_correlation, within_group_correlation
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.vae import CausalVideoVAE
@@ -170,9 +173,14 @@ def heldout_study(
         if vae is not None:
             from rest.metrics.reconstruction import reconstruct
 
-            frames = reconstruct(vae, clip.frames, chunk_frames=4)
+            t = vae.temporal_compression
+            frames = reconstruct(vae, clip.frames, chunk_frames=t)
             row = _score(regressor, embedder, clip, frames, csim_stride)
+            row["lipsync_within_group"] = within_group_correlation(regressor.predict(frames), clip.labels, t)
             rows.append({"clip": clip.clip_id, "split": clip.split, "method": "vae_reconstruction", **row})
+            frames = np.concatenate([reconstruct(vae, frame[None]) for frame in clip.frames])  # 1 latent per frame
+            row = _score(regressor, embedder, clip, frames, csim_stride)
+            rows.append({"clip": clip.clip_id, "split": clip.split, "method": "vae_frames", **row})
         bar.update()
         for name, (models, spec) in methods.items():
             for audio_kind, audio in (("own", clip.audio), ("shuffled", shuffled)):

@@ -64,6 +64,24 @@ class MouthRegressor(ModelMixin, ConfigMixin):
         """(B, 3, S, S) in [-1, 1] -> (B,) openness."""
         return self.head(self.body(x).mean(dim=(2, 3))).squeeze(1)
 
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, S, S) in [-1, 1] -> the output of each stride-2 block, then the openness (B, 1)."""
+        feats = []
+        for i, layer in enumerate(self.body):
+            x = layer(x)
+            if i % 6 == 5:  # conv, norm, act, conv, norm, act per block
+                feats.append(x)
+        return feats + [self.head(x.mean(dim=(2, 3)))]
+
+    def crop_tensor(self, frames: torch.Tensor) -> torch.Tensor:
+        """Differentiable `crops`: (N, 3, H, W) in [-1, 1] -> (N, 3, S, S), the same centred square and resize."""
+        h, w = frames.shape[-2:]
+        side = max(1, round(min(h, w) * self.config.crop_fraction))
+        top, left = (h - side) // 2, (w - side) // 2
+        x = frames[..., top : top + side, left : left + side]
+        size = self.config.image_size
+        return x if side == size else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
     def crops(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 RGB (F, H, W, 3) -> the model's uint8 input crops (F, 3, S, S)."""
         crops = center_crops(frames, self.config.crop_fraction, self.config.image_size)
@@ -185,6 +203,20 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     denom = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+
+def within_group_correlation(pred: np.ndarray, labels: np.ndarray, group: int) -> float:
+    """Correlation of `pred` with `labels` within groups of `group` frames, each series less its group means.
+
+    Frames 1..n in groups of `group`, as a causal VAE codes them (frame 0 alone, then one latent per group): near 0
+    when each latent shows one mouth for its whole group, 1 when the motion inside the groups is kept.
+    """
+    n = (min(len(pred), len(labels)) - 1) // group * group
+    if n < 2 * group:
+        return float("nan")
+    p = np.asarray(pred[1 : 1 + n], np.float64).reshape(-1, group)
+    y = np.asarray(labels[1 : 1 + n], np.float64).reshape(-1, group)
+    return _pearson((p - p.mean(1, keepdims=True)).ravel(), (y - y.mean(1, keepdims=True)).ravel())
 
 
 def lag_correlation(pred: np.ndarray, labels: np.ndarray, max_offset: int = MAX_OFFSET) -> dict:

@@ -1,4 +1,5 @@
-"""Training of the causal video VAE: L1 + KL (+ LPIPS with user weights) (+ PatchGAN after a warm-up), EMA.
+"""Training of the causal video VAE: L1 + KL (+ LPIPS with user weights) (+ a mouth expert) (+ PatchGAN after a
+warm-up), EMA.
 
 Runs unchanged on CPU, one GPU or many through accelerate (`accelerate launch train/vae.py --config ...`).
 A run folder holds `checkpoints/` (resumable accelerate state), `metrics.jsonl` (status lines and the PSNR
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers.training_utils import EMAModel
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader
 from rest.config import VAEArch, from_dict, get_preset, merge, to_dict
 from rest.data.videos import VideoClipDataset, motion_map
 from rest.media import frames_to_tensor
+from rest.metrics.lipsync_gt import MouthRegressor
 from rest.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from rest.models.loading import load_local
 from rest.models.perceptual import LPIPS
@@ -59,6 +62,12 @@ class VAELossConfig:
     # shows the mouth of a 4-frame latent as one averaged pose loses little plain L1 (the mouth is a few percent
     # of the pixels) but all of this term, which is zero wherever nothing moves.
     temporal_weight: float = 0.0
+    # Mouth-expert loss: a frozen MouthRegressor (rest/metrics/lipsync_gt.py, trained on SynthTalk labels) reads
+    # reconstruction and clip; the loss is the distance of its unit-normalised block features plus the squared
+    # difference of its openness readings (`mouth_expert_distance`). A perceptual loss that looks only at the mouth:
+    # the few percent of pixels a talking head is about. Use a regressor other than the one that scores the results.
+    mouth_weight: float = 0.0
+    mouth_expert: str | None = None  # MouthRegressor export folder (train/mouth_regressor.py)
     perceptual_weight: float = 0.0  # LPIPS weight; needs perceptual_vgg
     perceptual_vgg: str | None = (
         None  # torchvision-layout VGG16 state dict (user-supplied, see rest/models/perceptual.py)
@@ -105,6 +114,19 @@ class VAEExperiment:
 #################################################################################
 #                                   Training                                    #
 #################################################################################
+
+
+def mouth_expert_distance(expert: MouthRegressor, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mouth-expert distance of frames (N, 3, H, W) in [-1, 1]: per block, the squared distance of the channel-wise
+    unit-normalised features averaged over positions (LPIPS without learned weights), summed over blocks, plus the
+    squared difference of the openness readings. Gradients reach `recon` only; the expert stays as it is."""
+    with torch.no_grad():
+        want = expert.features(expert.crop_tensor(target))
+    got = expert.features(expert.crop_tensor(recon))
+    dist = (got[-1] - want[-1]).pow(2).mean()
+    for a, b in zip(got[:-1], want[:-1], strict=True):
+        dist = dist + (F.normalize(a, dim=1) - F.normalize(b, dim=1)).pow(2).sum(1).mean()
+    return dist
 
 
 def kl_per_element(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -197,6 +219,12 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
         if lc.perceptual_vgg is None:
             raise ValueError("loss.perceptual_weight > 0 needs loss.perceptual_vgg (a VGG16 state dict path)")
         lpips = LPIPS.from_files(lc.perceptual_vgg, lc.perceptual_lin).to(accelerator.device)
+    expert = None
+    if lc.mouth_weight > 0:
+        if lc.mouth_expert is None:
+            raise ValueError("loss.mouth_weight > 0 needs loss.mouth_expert (a MouthRegressor export folder)")
+        expert = load_local(MouthRegressor, lc.mouth_expert, "mouth expert").eval().requires_grad_(False)
+        expert.to(accelerator.device)
     dataset = VideoClipDataset(
         cfg.data.root,
         resolution=cfg.resolution(),
@@ -293,6 +321,12 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
                     perc = lpips(frames_r, frames_x).mean()
                     loss = loss + lc.perceptual_weight * perc
                     values["lpips"] = perc.item()
+                if expert is not None:
+                    frames_r = rearrange(recon, "b c t h w -> (b t) c h w")
+                    frames_x = rearrange(x, "b c t h w -> (b t) c h w")
+                    mouth = mouth_expert_distance(expert, frames_r, frames_x)
+                    loss = loss + lc.mouth_weight * mouth
+                    values["mouth"] = mouth.item()
                 if gan_on:
                     g = hinge_g_loss(disc(rearrange(recon, "b c t h w -> (b t) c h w")))
                     loss = loss + lc.gan_weight * g
