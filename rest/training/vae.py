@@ -315,20 +315,18 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
                     values["l1_temporal"] = temporal.item()
                 if weight is not None:
                     values["l1_motion"] = rec.item()
+                frames_r = rearrange(recon, "b c t h w -> (b t) c h w")  # for the per-frame losses
+                frames_x = rearrange(x, "b c t h w -> (b t) c h w")
                 if lpips is not None:
-                    frames_r = rearrange(recon, "b c t h w -> (b t) c h w")
-                    frames_x = rearrange(x, "b c t h w -> (b t) c h w")
                     perc = lpips(frames_r, frames_x).mean()
                     loss = loss + lc.perceptual_weight * perc
                     values["lpips"] = perc.item()
                 if expert is not None:
-                    frames_r = rearrange(recon, "b c t h w -> (b t) c h w")
-                    frames_x = rearrange(x, "b c t h w -> (b t) c h w")
                     mouth = mouth_expert_distance(expert, frames_r, frames_x)
                     loss = loss + lc.mouth_weight * mouth
                     values["mouth"] = mouth.item()
                 if gan_on:
-                    g = hinge_g_loss(disc(rearrange(recon, "b c t h w -> (b t) c h w")))
+                    g = hinge_g_loss(disc(frames_r))
                     loss = loss + lc.gan_weight * g
                     values["g_loss"] = g.item()
                 values["loss"] = loss.item()
@@ -338,9 +336,7 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 if gan_on:
-                    real = rearrange(x, "b c t h w -> (b t) c h w")
-                    fake = rearrange(recon.detach(), "b c t h w -> (b t) c h w")
-                    d = hinge_d_loss(disc(real), disc(fake))
+                    d = hinge_d_loss(disc(frames_x), disc(frames_r.detach()))
                     accelerator.backward(d)
                     opt_d.step()
                     opt_d.zero_grad(set_to_none=True)
