@@ -149,7 +149,7 @@ def main() -> int:
         if done.exists() and args.stages is None:
             print(f"[demo] {name}: done ({done})")
             continue
-        if name in ("vae_images", "vae_clips", "vae_motion", "vae") and not args.dry_run:
+        if str(REPO / "train" / "vae.py") in command and not args.dry_run:  # the VAE stages
             link_vae_videos(root)
         if name == "assets" and not args.dry_run:
             write_assets(root)

@@ -128,9 +128,14 @@ def generate_student(
     return tensor_to_frames(torch.cat([head, tail], dim=2)[0])
 
 
-def _score(regressor, embedder, clip: HeldoutClip, frames: np.ndarray, csim_stride: int) -> dict:
+def _score(
+    regressor, embedder, clip: HeldoutClip, frames: np.ndarray, csim_stride: int, group: int | None = None
+) -> dict:
+    """Lip-sync (and CSIM with an embedder) of `frames`; with `group`, also `lipsync_within_group`."""
     pred = regressor.predict(frames)
     row = {f"lipsync_{k}": v for k, v in lag_correlation(pred, clip.labels, MAX_OFFSET).items() if k != "frames"}
+    if group is not None:
+        row["lipsync_within_group"] = within_group_correlation(pred, clip.labels, group)
     if embedder is not None:
         from rest.metrics.identity import identity_similarity
 
@@ -175,8 +180,7 @@ def heldout_study(
 
             t = vae.temporal_compression
             frames = reconstruct(vae, clip.frames, chunk_frames=t)
-            row = _score(regressor, embedder, clip, frames, csim_stride)
-            row["lipsync_within_group"] = within_group_correlation(regressor.predict(frames), clip.labels, t)
+            row = _score(regressor, embedder, clip, frames, csim_stride, group=t)
             rows.append({"clip": clip.clip_id, "split": clip.split, "method": "vae_reconstruction", **row})
             frames = np.concatenate([reconstruct(vae, frame[None]) for frame in clip.frames])  # 1 latent per frame
             row = _score(regressor, embedder, clip, frames, csim_stride)

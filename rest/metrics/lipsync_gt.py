@@ -26,7 +26,7 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from rest.errors import RestError
 from rest.metrics.fid import Extractor, file_sha256
-from rest.metrics.syncnet import center_crops
+from rest.metrics.syncnet import center_crops, center_square
 
 MAX_OFFSET = 15  # frames searched either side, as SyncNet's vshift
 LABEL_KEY = "mouth_open"
@@ -75,9 +75,7 @@ class MouthRegressor(ModelMixin, ConfigMixin):
 
     def crop_tensor(self, frames: torch.Tensor) -> torch.Tensor:
         """Differentiable `crops`: (N, 3, H, W) in [-1, 1] -> (N, 3, S, S), the same centred square and resize."""
-        h, w = frames.shape[-2:]
-        side = max(1, round(min(h, w) * self.config.crop_fraction))
-        top, left = (h - side) // 2, (w - side) // 2
+        top, left, side = center_square(*frames.shape[-2:], self.config.crop_fraction)
         x = frames[..., top : top + side, left : left + side]
         size = self.config.image_size
         return x if side == size else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)

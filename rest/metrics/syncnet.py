@@ -381,11 +381,15 @@ def syncnet_face_crops(frames: np.ndarray, boxes: np.ndarray, size: int) -> np.n
     return out
 
 
+def center_square(h: int, w: int, fraction: float) -> tuple[int, int, int]:
+    """(top, left, side) of the centred square of `fraction` of an h x w frame's short side."""
+    side = max(1, round(min(h, w) * fraction))
+    return (h - side) // 2, (w - side) // 2, side
+
+
 def center_crops(frames: np.ndarray, fraction: float, size: int) -> np.ndarray:
     """The centred square of `fraction` of the short side, resized: uint8 (F, H, W, 3) -> (F, size, size, 3)."""
-    _, h, w, _ = frames.shape
-    side = max(1, round(min(h, w) * fraction))
-    top, left = (h - side) // 2, (w - side) // 2
+    top, left, side = center_square(*frames.shape[1:3], fraction)
     return _resize(frames[:, top : top + side, left : left + side], size)
 
 
@@ -487,6 +491,7 @@ __all__ = [
     "SyncResult",
     "audio_to_int16_range",
     "center_crops",
+    "center_square",
     "face_boxes",
     "load_syncnet",
     "mfcc",
