@@ -24,8 +24,19 @@ def main() -> int:
     parser.add_argument("--data", required=True, help="SynthTalk shard root (with test_id / test_voice clips)")
     parser.add_argument("--teacher", default=None, help="export/ of train/teacher.py")
     parser.add_argument("--teacher-steps", type=int, default=20)
-    parser.add_argument("--guidance-audio", type=float, default=2.0)
-    parser.add_argument("--guidance-portrait", type=float, default=1.0)
+    parser.add_argument("--guidance-audio", type=float, default=4.0, help="teacher CFG audio scale")
+    parser.add_argument(
+        "--guidance-portrait",
+        type=float,
+        default=2.0,
+        help="teacher CFG portrait scale (the defaults are the scales configs/demo/student.yaml distils)",
+    )
+    parser.add_argument(
+        "--teacher-window",
+        type=int,
+        default=None,
+        help="latent frames per sampling pass (default: teacher.json's train_latent_frames; 0 = the whole clip)",
+    )
     parser.add_argument("--student", default=None, help="export/ of train/student.py")
     parser.add_argument(
         "--student-steps", type=int, nargs="+", default=None, help="K values (default: student.json's)"
@@ -48,7 +59,9 @@ def main() -> int:
         vae = load_local(CausalVideoVAE, info["vae"], "VAE").eval()
         models = Models(vae, audio_encoder.eval(), denoiser.eval(), info["shift"])
         guidance = Guidance(audio=args.guidance_audio, portrait=args.guidance_portrait)
-        methods["teacher"] = (models, {"kind": "teacher", "steps": args.teacher_steps, "guidance": guidance})
+        window = info.get("train_latent_frames") if args.teacher_window is None else args.teacher_window or None
+        spec = {"kind": "teacher", "steps": args.teacher_steps, "guidance": guidance, "window": window}
+        methods["teacher"] = (models, spec)
     if args.student is not None:
         denoiser, audio_encoder, info = load_student(args.student)
         vae = load_local(CausalVideoVAE, info["vae"], "VAE").eval()

@@ -48,7 +48,8 @@ def test_demo_recipe_commands_load_their_configs(tmp_path):
     assert [names.index(n) for n in vae_stages] == sorted(names.index(n) for n in vae_stages)
     assert names.index("mouth_expert") < names.index("vae")
     assert names.index("latents") < names.index("teacher")
-    assert names.index("teacher") < names.index("student") < names.index("export")
+    assert names.index("teacher") < names.index("audio_expert") < names.index("teacher_audio") < names.index("student")
+    assert names.index("student") < names.index("export")
     trained = 0
     for name, _, command in plan:
         if "--config" not in command:
@@ -62,8 +63,21 @@ def test_demo_recipe_commands_load_their_configs(tmp_path):
             expert = next(c for n, _, c in plan if n == "mouth_expert")
             assert cfg.loss.mouth_expert == expert[expert.index("--output") + 1] == str(tmp_path / "demo/mouth_expert")
             assert expert[expert.index("--seed") + 1] != "0"
+        if name == "teacher_audio":  # stage 2b: stage 2's export with the audio expert's encoder, frozen
+            audio = next(c for n, _, c in plan if n == "audio_expert")
+            assert cfg.init == str(tmp_path / "demo/teacher/export")
+            assert cfg.audio_encoder_init == audio[audio.index("--output") + 1] == str(tmp_path / "demo/audio_expert")
+            assert cfg.train.audio_encoder_lr_scale == 0
+            assert (
+                cfg.denoiser
+                == load_config(
+                    experiment_of(REPO / "configs/demo/teacher.yaml"), REPO / "configs/demo/teacher.yaml"
+                ).denoiser
+            )
+        if name in ("student", "student_tf"):
+            assert cfg.teacher == str(tmp_path / "demo/teacher_audio/export"), name
         trained += 1
-    assert trained == 7  # vae_images, vae_clips, vae_motion, vae, teacher, student, student_tf
+    assert trained == 8  # vae_images, vae_clips, vae_motion, vae, teacher, teacher_audio, student, student_tf
     names = ("vae_images.yaml", "vae.yaml", "vae_motion.yaml", "vae_mouth.yaml")
     frames, clips, motion, mouth = (load_config(VAEExperiment, REPO / "configs/demo" / name) for name in names)
     assert frames.arch() == clips.arch() == motion.arch() == mouth.arch()  # each fine-tunes the stage before

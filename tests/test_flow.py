@@ -201,7 +201,7 @@ def test_euler_sampler_reaches_the_data_point():
             super().__init__()
             self.weight = nn.Parameter(torch.zeros(()))
 
-        def forward(self, x, t, audio, portrait, drop_audio=None, drop_portrait=None, emotion=None):
+        def forward(self, x, t, *conditions, **options):  # the velocity of the point mass; conditions unused
             return Transformer2DModelOutput(sample=(x - c) / t[:, None, :, None, None])
 
     noise = torch.randn(1, 1, 2, 2, 2, generator=torch.Generator().manual_seed(0))
@@ -234,3 +234,76 @@ def test_sample_end_to_end():
     dit.set_attention_mode("block_causal")
     with pytest.raises(ValueError, match="set_attention_mode"):
         sample(dit, vae, audio_encoder, portrait, audio, **kwargs)
+
+
+def _tiny_sampling_models():
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(latent_channels=4, patch_size=2, block_out_channels=(8, 16, 32)).eval()  # 8x spatial, 4x time
+    audio_encoder = AudioEncoder(
+        conv_channels=16, num_conv_layers=1, dim=16, num_layers=1, num_heads=2, attn_window=4, out_dim=8
+    ).eval()
+    dit = DenoiserDiT(in_channels=4, width=32, depth=1, num_heads=2, frequency_dim=32, audio_dim=8).eval()
+    with torch.no_grad():  # off the zero init, so that tokens attend to each other and to the audio
+        for p in dit.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return vae, audio_encoder, dit
+
+
+def test_sample_euler_keeps_a_clean_prefix_at_training_positions():
+    """Continuation: the clean frames are returned as given, enter every step at t = 0, and a window inside a
+    stream gets the window-relative positions the training loss gives it."""
+    _, _, dit = _tiny_sampling_models()
+    calls = []
+    forward = dit.forward
+
+    def spy(latents, timesteps, *args, **kwargs):
+        calls.append((latents[:, :, :2].clone(), timesteps.clone(), kwargs))
+        return forward(latents, timesteps, *args, **kwargs)
+
+    dit.forward = spy
+    noise = torch.randn(1, 4, 5, 4, 4, generator=torch.Generator().manual_seed(0))
+    clean = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    audio, portrait = torch.randn(1, 40, 8), torch.randn(1, 4, 1, 4, 4)
+    out = sample_euler(dit, noise, audio, portrait, 3, 2.0, Guidance(1.0, 1.0), clean=clean, first_latent_frame=7)
+    assert torch.equal(out[:, :, :2], clean) and not torch.allclose(out[:, :, 2:], noise[:, :, 2:])
+    assert len(calls) == 3
+    for x, t, kwargs in calls:
+        assert torch.equal(x, clean)
+        assert torch.all(t[:, :2] == 0) and torch.all(t[:, 2:] > 0)
+        assert kwargs["first_latent_frame"] == 7
+        assert torch.equal(kwargs["frame_positions"], dit.config.video_rope_start + torch.arange(5))
+    with pytest.raises(ValueError, match="nothing to sample"):
+        sample_euler(dit, noise[:, :, :2], audio, portrait, 3, 2.0, Guidance(1.0, 1.0), clean=clean)
+
+
+def test_sample_in_windows_chains_continuations():
+    """Windows of 3 latent frames with an overlap of 1 over an 8-latent-frame clip: starts 0, 2, 4, 6 (the last one
+    2 frames long); each later window hears the audio from the first video frame it covers and has its first frame
+    clean (t = 0); a window as long as the clip is the one-pass sample."""
+    vae, audio_encoder, dit = _tiny_sampling_models()
+    portrait = torch.rand(3, 32, 32) * 2 - 1
+    audio = torch.randn(1, 640 * 30, generator=torch.Generator().manual_seed(1)) * 0.1  # 30 frames -> 29 used
+    features = audio_encoder(audio)
+    kwargs = dict(steps=2, guidance=Guidance(audio=2.0, portrait=1.0), seed=3)
+    whole = sample(dit, vae, audio_encoder, portrait, audio, **kwargs)
+    assert torch.equal(sample(dit, vae, audio_encoder, portrait, audio, window=8, **kwargs), whole)
+
+    calls = []
+    forward = dit.forward
+
+    def spy(latents, timesteps, audio_features, *args, **kw):
+        calls.append((latents.shape[2], kw["first_latent_frame"], audio_features[:1].clone(), timesteps[0]))
+        return forward(latents, timesteps, audio_features, *args, **kw)
+
+    dit.forward = spy
+    windowed = sample(dit, vae, audio_encoder, portrait, audio, window=3, overlap=1, **kwargs)
+    assert windowed.shape == whole.shape == (1, 3, 29, 32, 32)
+    assert not torch.allclose(windowed, whole)
+    starts = [first for _, first, _, _ in calls[::2]]  # two Euler steps per window
+    assert starts == [0, 2, 4, 6] and [n for n, _, _, _ in calls[::2]] == [3, 3, 3, 2]
+    for _, first, heard, t in calls:
+        begin = 0 if first == 0 else 4 * (first - 1) + 1
+        assert torch.equal(heard, features[:, begin:])
+        assert (first == 0 and torch.all(t > 0)) or (t[0] == 0 and torch.all(t[1:] > 0))
+    with pytest.raises(ValueError, match="overlap"):
+        sample(dit, vae, audio_encoder, portrait, audio, window=3, overlap=3, **kwargs)

@@ -7,7 +7,7 @@ import torch
 
 from rest.data.shards import ShardWriter
 from rest.diffusion.flow import Guidance, flow_sigmas
-from rest.metrics.heldout import Models, format_summary, heldout_clips, heldout_study
+from rest.metrics.heldout import Models, format_summary, heldout_clips, heldout_study, summarize
 from rest.metrics.lipsync_gt import within_group_correlation
 
 R, FRAMES = 32, 110
@@ -90,3 +90,16 @@ def test_within_group_correlation():
     assert within_group_correlation(noisy, labels, 4) == pytest.approx(1.0)
     assert within_group_correlation(-labels, labels, 4) == pytest.approx(-1.0)
     assert np.isnan(within_group_correlation(labels[:8], labels[:8], 4))  # fewer than two groups
+
+
+def test_summary_counts_the_clips_with_a_face():
+    """CSIM averages over the clips where dlib found a face; the summary says how many, next to the clips scored."""
+    rows = [
+        {"clip": "a", "method": "m", "audio": "own", "lipsync_corr": 0.5, "csim_dlib": 0.9},
+        {"clip": "b", "method": "m", "audio": "own", "lipsync_corr": 0.1, "csim_dlib": None},
+        {"clip": "a", "method": "m", "audio": "shuffled", "lipsync_corr": 0.0, "csim_dlib": 0.8},
+    ]
+    summary = summarize(rows)["m"]
+    assert summary["clips"] == 2 and summary["csim_dlib_clips"] == 1
+    assert summary["csim_dlib"] == pytest.approx(0.9) and summary["lipsync_corr"] == pytest.approx(0.3)
+    assert "| 0.900 (1/2) |" in format_summary({"m": summary})

@@ -99,6 +99,7 @@ def test_train_resume_export(assets, tmp_path, capsys):
     audio_encoder = load_local(AudioEncoder, export / "audio_encoder")
     info = json.loads((export / "teacher.json").read_text())
     assert info["shift"] == pytest.approx(2.0 * (16 / 64) ** 0.5) and info["step"] == 2  # 4x4 latents
+    assert info["train_latent_frames"] == 3  # 9-frame clips: the window offline sampling uses
     assert denoiser.config.in_channels == 4 and denoiser.config.audio_dim == AUDIO["out_dim"]
     assert denoiser.attention_mode == "bidirectional"
     weights_at_2 = {k: v.clone() for k, v in denoiser.state_dict().items()}
@@ -303,3 +304,34 @@ def test_evaluation_windows_take_clips_in_turn():
         (0, 0),
     ]
     assert clips_in_turn([]) == []
+
+
+def test_init_and_audio_encoder_init(assets, tmp_path):
+    """`init` starts both networks from a teacher export, `audio_encoder_init` the audio encoder from its own
+    folder (it wins over init's); a folder of another architecture is a config error naming the difference."""
+    vae = load_local(CausalVideoVAE, assets[1])
+    cfg = experiment(assets, tmp_path / "run")
+    torch.manual_seed(1)
+    denoiser, audio_encoder = cfg.build_models(vae)
+    denoiser.save_pretrained(tmp_path / "teacher" / "denoiser")
+    audio_encoder.save_pretrained(tmp_path / "teacher" / "audio_encoder")
+    expert = AudioEncoder(**AUDIO)
+    expert.save_pretrained(tmp_path / "expert")
+
+    fresh, fresh_audio = cfg.build_models(vae)
+    assert not torch.equal(fresh.state_dict()["patch_embed.weight"], denoiser.state_dict()["patch_embed.weight"])
+    cfg.init = str(tmp_path / "teacher")
+    started, started_audio = cfg.build_models(vae)
+    for name, value in denoiser.state_dict().items():
+        assert torch.equal(started.state_dict()[name], value), name
+    for name, value in audio_encoder.state_dict().items():
+        assert torch.equal(started_audio.state_dict()[name], value), name
+    cfg.audio_encoder_init = str(tmp_path / "expert")
+    _, from_expert = cfg.build_models(vae)
+    for name, value in expert.state_dict().items():
+        assert torch.equal(from_expert.state_dict()[name], value), name
+
+    AudioEncoder(**{**AUDIO, "dim": 32}).save_pretrained(tmp_path / "wide")
+    cfg.audio_encoder_init = str(tmp_path / "wide")
+    with pytest.raises(ConfigError, match="audio_encoder_init: .* another architecture .*dim: 32"):
+        cfg.build_models(vae)

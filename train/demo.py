@@ -1,7 +1,8 @@
 """Reproduce the shipped demo model (weights/rest-tiny) from scratch: SynthTalk -> VAE (frames, then clips, then
-clips with more motion weight, then with a mouth expert in the loss) -> latents -> teacher -> student (ASD) ->
-mouth regressor -> pipeline folder -> held-out study. Every stage is a documented command of the project, run in
-order; a finished stage (its output exists) is skipped, and the training stages resume.
+clips with more motion weight, then with a mouth expert in the loss) -> latents -> teacher (then fine-tuned with an
+audio encoder pretrained on the mouth) -> student (ASD) -> mouth regressor -> pipeline folder -> held-out study.
+Every stage is a documented command of the project, run in order; a finished stage (its output exists) is skipped,
+and the training stages resume.
 
     python train/demo.py                          # everything, into runs/demo, then weights/rest-tiny
     python train/demo.py --stages teacher student # some stages only
@@ -25,7 +26,8 @@ PY = sys.executable
 
 def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[tuple[str, Path, list[str]]]:
     """(name, output that marks the stage done, command; empty for stages done in this script)."""
-    data, vae, teacher, student = root / "synthtalk", root / "vae", root / "teacher", root / "student"
+    data, vae, student = root / "synthtalk", root / "vae", root / "student"
+    teacher = root / "teacher_audio"  # the teacher the student distils: stage 2b
     rest, train = [PY, "-m", "rest.cli"], REPO / "train"
     sheet = str(root / "synthtalk_sheet.png")
     synth = [*rest, "synth", "--output", str(data), "--identities", str(identities), "--seconds", str(seconds)]
@@ -43,7 +45,12 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
     motion_cmd = vae_stage("vae_motion.yaml", root / "vae_motion", init=root / "vae_clips")  # stage 1c
     vae_cmd = vae_stage("vae_mouth.yaml", vae, root / "vae_motion", f"loss.mouth_expert={root / 'mouth_expert'}")
     teacher_cmd = [PY, str(train / "teacher.py"), "--config", "configs/demo/teacher.yaml", "--resume", "latest"]
-    teacher_cmd += ["--set", f"data.root={data}", f"vae={vae / 'export'}", f"train.output_dir={teacher}"]
+    teacher_cmd += ["--set", f"data.root={data}", f"vae={vae / 'export'}", f"train.output_dir={root / 'teacher'}"]
+    audio_cmd = [PY, str(train / "audio_expert.py"), "--data", str(data), "--output", str(root / "audio_expert")]
+    teacher_audio_cmd = [PY, str(train / "teacher.py"), "--config", "configs/demo/teacher_audio.yaml"]
+    teacher_audio_cmd += ["--resume", "latest", "--set", f"data.root={data}", f"vae={vae / 'export'}"]
+    teacher_audio_cmd += [f"init={root / 'teacher' / 'export'}", f"audio_encoder_init={root / 'audio_expert'}"]
+    teacher_audio_cmd += [f"train.output_dir={teacher}"]
     student_cmd = [PY, str(train / "student.py"), "--config", "configs/demo/student.yaml", "--resume", "latest"]
     student_cmd += ["--set", f"data.root={data}", f"teacher={teacher / 'export'}", f"train.output_dir={student}"]
     tf_cmd = [PY, str(train / "student.py"), "--config", "configs/demo/student_tf.yaml", "--resume", "latest"]
@@ -80,7 +87,9 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
             data / ".latents_done",
             [*rest, "preprocess", "--output", str(data), "--vae", str(vae / "export")],
         ),
-        ("teacher", teacher / "export" / "teacher.json", teacher_cmd),
+        ("teacher", root / "teacher" / "export" / "teacher.json", teacher_cmd),  # stage 2: the image
+        ("audio_expert", root / "audio_expert" / "metrics.json", audio_cmd),  # the audio encoder, on the labels
+        ("teacher_audio", teacher / "export" / "teacher.json", teacher_audio_cmd),  # 2b: 2 with the expert's encoder
         ("student", student / "export" / "student.json", student_cmd),
         ("mouth_regressor", root / "mouth_regressor" / "config.json", [*mouth, str(root / "mouth_regressor")]),
         (

@@ -287,8 +287,12 @@ def guided_velocity(
     portrait: torch.Tensor,
     guidance: Guidance,
     emotion: torch.Tensor | None = None,
+    first_latent_frame: int = 0,
+    frame_positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The guided velocity of x (B, C, f, h, w) at levels t (B, f): one batched forward over the needed branches."""
+    """The guided velocity of x (B, C, f, h, w) at levels t (B, f): one batched forward over the needed branches.
+
+    first_latent_frame / frame_positions: where x sits in its stream (`DenoiserDiT.forward`)."""
     branches = guidance.branches
     k, b = len(branches), x.shape[0]
     drops = {"uncond": (True, True), "portrait": (True, False), "full": (False, False)}
@@ -302,6 +306,8 @@ def guided_velocity(
         drop_audio=drop_audio,
         drop_portrait=drop_portrait,
         emotion=None if emotion is None else emotion.repeat(k),
+        first_latent_frame=first_latent_frame,
+        frame_positions=frame_positions,
     ).sample
     out = dict(zip(branches, v.chunk(k), strict=True))
     return cfg_combine(out.get("uncond"), out.get("portrait"), out["full"], guidance)
@@ -317,17 +323,45 @@ def sample_euler(
     shift: float,
     guidance: Guidance,
     emotion: torch.Tensor | None = None,
+    clean: torch.Tensor | None = None,
+    first_latent_frame: int = 0,
 ) -> torch.Tensor:
     """Integrate from pure noise (B, C, f, h, w) at t = 1 to clean latents over `flow_sigmas(steps, shift)`,
-    every latent frame at the same level (the whole clip, bidirectional). Returns float32 latents."""
+    every noisy latent frame at the same level (bidirectional). Returns float32 latents (B, C, f, h, w).
+
+    clean: (B, C, k, h, w) latents given clean (t = 0) as the clip's first k frames, the teacher's continuation
+    context (`continuation_frames`); the first k frames of `noise` are ignored and the output starts with `clean`.
+    first_latent_frame: > 0 for a window inside a stream; its frames then take the window-relative RoPE positions
+    of training (`RectifiedFlowLoss.__call__`) and `audio` starts at the window's first covered video frame.
+    """
     sigmas = flow_sigmas(steps, shift).to(noise.device)
     dtype = next(denoiser.parameters()).dtype  # the state stays float32; the forward runs in the model's dtype
-    x = noise.float()
+    x = noise.float().clone()  # written in place below; the caller's noise stays as given
     b, _, f = noise.shape[:3]
+    k = 0 if clean is None else clean.shape[2]
+    if k >= f:
+        raise ValueError(f"{k} clean frames leave nothing to sample in a clip of {f} latent frames")
+    if k:
+        x[:, :, :k] = clean.float()
+    positions = None
+    if first_latent_frame > 0:
+        positions = denoiser.config.video_rope_start + torch.arange(f)
+    noisy = torch.arange(f, device=noise.device) >= k  # (f,)
     for i in range(steps):
-        t = sigmas[i].expand(b, f)  # float32 whatever the model's dtype: the timestep embedding is computed in float32
-        v = guided_velocity(denoiser, x.to(dtype), t, audio.to(dtype), portrait.to(dtype), guidance, emotion)
-        x = euler_step(x, v, sigmas[i], sigmas[i + 1])
+        # float32 whatever the model's dtype: the timestep embedding is computed in float32
+        t = torch.where(noisy, sigmas[i], sigmas.new_zeros(())).expand(b, f)
+        v = guided_velocity(
+            denoiser,
+            x.to(dtype),
+            t,
+            audio.to(dtype),
+            portrait.to(dtype),
+            guidance,
+            emotion,
+            first_latent_frame=first_latent_frame,
+            frame_positions=positions,
+        )
+        x[:, :, k:] = euler_step(x[:, :, k:], v[:, :, k:], sigmas[i], sigmas[i + 1])
     return x
 
 

@@ -26,8 +26,17 @@ def sample(
     seed: int = 0,
     shift: float | None = None,
     emotion: torch.Tensor | None = None,
+    window: int | None = None,
+    overlap: int = 2,
 ) -> torch.Tensor:
     """Generate a talking-head clip from a portrait and speech.
+
+    A teacher sees clips of one length in training (`window` latent frames; teacher.json's
+    `train_latent_frames`). Longer clips are generated window by window: each later window starts with the last
+    `overlap` latent frames of the one before, given clean (the continuation the teacher trains on, flow
+    `continuation_share`), at the window-relative positions of training. Sampling a much longer clip in one pass
+    puts the frames at positions and attention lengths training never saw; the samples blur (measured in the
+    model card).
 
     Args:
         denoiser: a bidirectional `DenoiserDiT` (set_attention_mode("bidirectional") for a student).
@@ -41,6 +50,9 @@ def sample(
         shift: timestep shift; None = the default resolution rule (`FlowMatchingConfig().shift_for`), which is
             what training uses unless its config overrides `flow.shift` (then pass that value).
         emotion: (B,) emotion labels, or None for the null label.
+        window: latent frames per pass; None = the whole clip in one pass.
+        overlap: clean latent frames carried into each later window, 1 .. window - 1 (at most the teacher's
+            `flow.max_clean_frames` to stay within training).
 
     Returns:
         frames (B, 3, F, H, W) in [-1, 1], F = N // samples_per_frame rounded down to 1 + t*k (t = VAE temporal
@@ -76,13 +88,35 @@ def sample(
     ref = vae.encode(portrait.to(device=device, dtype=vae_dtype)).latent_dist.mode()
     ref = vae.normalize_latents(ref)  # (B, C, 1, h, w)
 
-    # 2. Denoise the whole clip from noise
+    # 2. Denoise from noise: the whole clip, or window by window
     _, c, _, h, w = ref.shape
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(b, c, num_latent, h, w, generator=generator).to(device)
     if shift is None:
         shift = FlowMatchingConfig().shift_for(denoiser.tokens_per_frame(h, w))
-    latents = sample_euler(denoiser, noise, features, ref, steps, shift, guidance or Guidance(), emotion)
+    guidance = guidance or Guidance()
+    if window is None or window >= num_latent:
+        latents = sample_euler(denoiser, noise, features, ref, steps, shift, guidance, emotion)
+    else:
+        if not 1 <= overlap < window:
+            raise ValueError(f"overlap must be in 1 .. window - 1 = {window - 1}, got {overlap}")
+        latents = sample_euler(denoiser, noise[:, :, :window], features, ref, steps, shift, guidance, emotion)
+        while latents.shape[2] < num_latent:
+            start = latents.shape[2] - overlap
+            end = min(start + window, num_latent)
+            part = sample_euler(
+                denoiser,
+                noise[:, :, start:end],
+                features[:, t * (start - 1) + 1 :],  # from the first video frame latent frame `start` covers
+                ref,
+                steps,
+                shift,
+                guidance,
+                emotion,
+                clean=latents[:, :, start:],
+                first_latent_frame=start,
+            )
+            latents = torch.cat([latents, part[:, :, overlap:]], dim=2)
 
     # 3. Decode
     frames = vae.decode(vae.denormalize_latents(latents.to(vae_dtype))).sample

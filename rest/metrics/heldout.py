@@ -97,8 +97,16 @@ class Models:
 
 
 @torch.no_grad()
-def generate_teacher(m: Models, clip: HeldoutClip, audio: np.ndarray, steps: int, guidance: Guidance, seed: int):
-    """Offline bidirectional sampling -> uint8 (F, R, R, 3)."""
+def generate_teacher(
+    m: Models,
+    clip: HeldoutClip,
+    audio: np.ndarray,
+    steps: int,
+    guidance: Guidance,
+    seed: int,
+    window: int | None = None,
+):
+    """Offline bidirectional sampling, `window` latent frames per pass (None: the whole clip) -> uint8 (F, R, R, 3)."""
     portrait = frames_to_tensor(clip.portrait[None])[None]  # (1, 3, 1, R, R)
     frames = sample(
         m.denoiser,
@@ -110,6 +118,7 @@ def generate_teacher(m: Models, clip: HeldoutClip, audio: np.ndarray, steps: int
         guidance=guidance,
         seed=seed,
         shift=m.shift,
+        window=window,
     )
     return tensor_to_frames(frames[0])
 
@@ -158,7 +167,7 @@ def heldout_study(
 ) -> dict:
     """Score every method on every clip with its own and with shuffled audio (module docstring).
 
-    methods: name -> (models, spec); spec {"kind": "teacher", "steps": n, "guidance": Guidance} or
+    methods: name -> (models, spec); spec {"kind": "teacher", "steps": n, "guidance": Guidance, "window": w} or
         {"kind": "student", "sigmas": tensor, "context_timestep": float}.
     Returns {"per_clip": [...], "summary": {method: {metric: mean}}}.
     """
@@ -190,7 +199,9 @@ def heldout_study(
             for audio_kind, audio in (("own", clip.audio), ("shuffled", shuffled)):
                 start = time.perf_counter()
                 if spec["kind"] == "teacher":
-                    frames = generate_teacher(models, clip, audio, spec["steps"], spec["guidance"], seed)
+                    frames = generate_teacher(
+                        models, clip, audio, spec["steps"], spec["guidance"], seed, spec.get("window")
+                    )
                 else:
                     frames = generate_student(models, clip, audio, spec["sigmas"], seed, spec["context_timestep"])
                 elapsed = time.perf_counter() - start
@@ -210,7 +221,8 @@ def heldout_study(
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Means per method: own-audio metrics, and the shuffled-audio control as `shuffled_*`."""
+    """Means per method: own-audio metrics, and the shuffled-audio control as `shuffled_*`; `clips` scored, and
+    `csim_dlib_clips`, those where dlib found a face (the clips `csim_dlib` averages over)."""
     out: dict[str, dict] = {}
     for row in rows:
         prefix = "shuffled_" if row.get("audio") == "shuffled" else ""
@@ -220,7 +232,8 @@ def summarize(rows: list[dict]) -> dict:
                 continue
             target.setdefault(prefix + key, []).append(float(value))
     return {
-        m: {k: float(np.mean(v)) for k, v in metrics.items()} | {"clips": len(metrics.get("lipsync_corr", []))}
+        m: {k: float(np.mean(v)) for k, v in metrics.items()}
+        | {"clips": len(metrics.get("lipsync_corr", [])), "csim_dlib_clips": len(metrics.get("csim_dlib", []))}
         for m, metrics in out.items()
     }
 
@@ -230,6 +243,8 @@ def format_summary(summary: dict) -> str:
     lines = ["| method | " + " | ".join(keys) + " | clips |", "|---" * (len(keys) + 2) + "|"]
     for method, values in summary.items():
         cells = [f"{values[k]:.3f}" if k in values else "-" for k in keys]
+        if "csim_dlib" in values:  # over the clips with a face found
+            cells[keys.index("csim_dlib")] += f" ({values['csim_dlib_clips']}/{values['clips']})"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {values['clips']} |")
     return "\n".join(lines)
 

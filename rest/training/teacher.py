@@ -2,9 +2,11 @@
 
 Each step reads clips of F = 1 + t*k frames with their audio and a reference frame (TalkingClipDataset), encodes
 video and reference with the frozen, pretrained VAE (no gradients; latents normalised with the VAE's measured
-scale), and trains the audio encoder (from scratch) jointly with the denoiser on the flow-matching loss of
-rest/diffusion/flow.py: synchronous noise, a share of clips with clean leading frames (continuation), and
-independent audio / portrait dropout for classifier-free guidance.
+scale), and trains the audio encoder jointly with the denoiser (at `audio_encoder_lr_scale` times the rate; 0
+freezes it) on the flow-matching loss of rest/diffusion/flow.py: synchronous noise, a share of clips with clean
+leading frames (continuation), and independent audio / portrait dropout for classifier-free guidance. Both networks
+start fresh, or from `init` (a teacher export: fine-tuning); the audio encoder from `audio_encoder_init` instead
+(an AudioEncoder folder, e.g. the audio expert of rest/training/audio_expert.py).
 
 Runs unchanged on CPU, one GPU or many through accelerate (`accelerate launch train/teacher.py --config ...`;
 configs/accelerate/ddp.yaml or fsdp.yaml). The two trained networks live in one module (`TeacherModel`) so that
@@ -12,7 +14,8 @@ DDP, FSDP, the EMA and the checkpoints each see a single model.
 
 A run folder holds `checkpoints/` (resumable accelerate state: weights, optimizer, EMA, RNG, step),
 `metrics.jsonl` (status lines and evaluations), and `export/` (EMA weights in save_pretrained layout:
-`export/denoiser/`, `export/audio_encoder/`, plus `export/teacher.json` with the VAE path and the timestep shift).
+`export/denoiser/`, `export/audio_encoder/`, plus `export/teacher.json` with the VAE path, the timestep shift and
+the latent frames of a training clip, the window offline sampling uses).
 
 Evaluation (every `eval_every` steps, EMA weights, fixed clips, noise and levels): `val_loss` with the true audio,
 `val_loss_shuffled_audio` with the audio of another clip of the evaluation set, and `val_loss_null_audio` with
@@ -86,9 +89,13 @@ class TeacherExperiment:
     audio_encoder: dict = field(default_factory=dict)  # AudioEncoder arguments over its defaults
     flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+    init: str | None = None  # a teacher export (denoiser/, audio_encoder/) to start from: fine-tuning
+    # An AudioEncoder folder to start the audio encoder from (train/audio_expert.py); wins over init's.
+    audio_encoder_init: str | None = None
 
     def build_models(self, vae: CausalVideoVAE) -> tuple[DenoiserDiT, AudioEncoder]:
-        """Fresh denoiser and audio encoder; latent channels, temporal compression and the audio width are taken
+        """The denoiser and audio encoder: fresh, or with the weights of `init` / `audio_encoder_init` (whose
+        architecture must be the config's). Latent channels, temporal compression and the audio width are taken
         from the VAE and the audio encoder, and an override that contradicts them is an error."""
         _check_arguments(AudioEncoder, self.audio_encoder, "audio_encoder")
         _check_arguments(DenoiserDiT, self.denoiser, "denoiser")
@@ -108,7 +115,27 @@ class TeacherExperiment:
         denoiser = DenoiserDiT.from_preset(self.preset, **{**self.denoiser, **derived})
         if denoiser.attention_mode != "bidirectional":
             raise ConfigError("the teacher is bidirectional: remove denoiser.attention_mode from the config")
+        if self.init is not None:
+            _start_from(denoiser, Path(self.init) / "denoiser", "init", "denoiser")
+        audio_init = self.audio_encoder_init or (self.init and str(Path(self.init) / "audio_encoder"))
+        if audio_init:
+            _start_from(
+                audio_encoder, audio_init, "audio_encoder_init" if self.audio_encoder_init else "init", "audio_encoder"
+            )
         return denoiser, audio_encoder
+
+
+def _start_from(model: nn.Module, folder: str | Path, key: str, section: str) -> None:
+    """Copy the weights of the save_pretrained `folder` into `model` once their configs agree."""
+    start = load_local(type(model), folder, section)
+    ours, theirs = (json.loads(json.dumps(dict(m.config), default=str)) for m in (model, start))  # tuples: lists
+    differ = sorted(k for k in ours if not k.startswith("_") and ours[k] != theirs.get(k))
+    if differ:
+        raise ConfigError(
+            f"{key}: {folder} has another architecture ({', '.join(f'{k}: {theirs.get(k)!r}' for k in differ)}); "
+            f"set the same under {section}: in the config"
+        )
+    model.load_state_dict(start.state_dict())
 
 
 def _check_arguments(cls: type, overrides: dict, where: str) -> None:
@@ -328,7 +355,15 @@ def train_teacher(cfg: TeacherExperiment, resume: str | None = None) -> Path:
     ema.copy_to(params)
     state = accelerator.get_state_dict(model)  # full weights on the main process, also under FSDP
     if is_main:
-        export_teacher(unwrapped, state, export, vae_path=cfg.vae, shift=shift, step=step)
+        export_teacher(
+            unwrapped,
+            state,
+            export,
+            vae_path=cfg.vae,
+            shift=shift,
+            step=step,
+            train_latent_frames=vae.num_latent_frames(cfg.data.num_frames),
+        )
         print(f"exported EMA weights to {export} (denoiser/, audio_encoder/, teacher.json)")
     ema.restore(params)
     accelerator.wait_for_everyone()
@@ -450,10 +485,17 @@ def _format_eval(result: dict) -> str:
 
 
 def export_teacher(
-    model: TeacherModel, state: dict[str, torch.Tensor], export: Path, vae_path: str, shift: float, step: int
+    model: TeacherModel,
+    state: dict[str, torch.Tensor],
+    export: Path,
+    vae_path: str,
+    shift: float,
+    step: int,
+    train_latent_frames: int | None = None,
 ) -> None:
     """Write `state` (the TeacherModel's full state dict) as `denoiser/` and `audio_encoder/` save_pretrained
-    folders plus `teacher.json`; loading is strict, so a missing or extra key is an error here, not later."""
+    folders plus `teacher.json` (VAE, shift, step, and the latent frames of a training clip: the window offline
+    sampling uses); loading is strict, so a missing or extra key is an error here, not later."""
     # Named classes, not type(module): FSDP2 swaps a sharded module's class for a generated subclass.
     for name, cls in (("denoiser", DenoiserDiT), ("audio_encoder", AudioEncoder)):
         prefix = f"{name}."
@@ -462,6 +504,8 @@ def export_teacher(
         fresh.load_state_dict(weights, strict=True)
         fresh.save_pretrained(export / name)
     info = {"vae": str(vae_path), "shift": shift, "num_train_timesteps": 1000, "step": step}
+    if train_latent_frames is not None:
+        info["train_latent_frames"] = train_latent_frames
     (export / "teacher.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
