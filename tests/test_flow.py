@@ -212,15 +212,21 @@ def test_euler_sampler_reaches_the_data_point():
 # ----------------------------------------------------------------------------- offline sampling
 
 
-def test_sample_end_to_end():
+def _tiny_sampling_models():
     torch.manual_seed(0)
     vae = CausalVideoVAE(latent_channels=4, patch_size=2, block_out_channels=(8, 16, 32)).eval()  # 8x spatial, 4x time
     audio_encoder = AudioEncoder(
         conv_channels=16, num_conv_layers=1, dim=16, num_layers=1, num_heads=2, attn_window=4, out_dim=8
     ).eval()
     dit = DenoiserDiT(in_channels=4, width=32, depth=1, num_heads=2, frequency_dim=32, audio_dim=8).eval()
-    with torch.no_grad():
-        dit.final.linear.weight.normal_(0.0, 0.1)  # a non-zero velocity, so the seed matters
+    with torch.no_grad():  # off the zero init, so that tokens attend to each other and to the audio
+        for p in dit.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return vae, audio_encoder, dit
+
+
+def test_sample_end_to_end():
+    vae, audio_encoder, dit = _tiny_sampling_models()  # a non-zero velocity, so the seed matters
     portrait = torch.rand(3, 32, 32) * 2 - 1
     audio = torch.randn(2, 640 * 10 + 100, generator=torch.Generator().manual_seed(1)) * 0.1  # 10 frames -> 9 used
     kwargs = dict(steps=2, guidance=Guidance(audio=2.0, portrait=1.5))
@@ -234,19 +240,6 @@ def test_sample_end_to_end():
     dit.set_attention_mode("block_causal")
     with pytest.raises(ValueError, match="set_attention_mode"):
         sample(dit, vae, audio_encoder, portrait, audio, **kwargs)
-
-
-def _tiny_sampling_models():
-    torch.manual_seed(0)
-    vae = CausalVideoVAE(latent_channels=4, patch_size=2, block_out_channels=(8, 16, 32)).eval()  # 8x spatial, 4x time
-    audio_encoder = AudioEncoder(
-        conv_channels=16, num_conv_layers=1, dim=16, num_layers=1, num_heads=2, attn_window=4, out_dim=8
-    ).eval()
-    dit = DenoiserDiT(in_channels=4, width=32, depth=1, num_heads=2, frequency_dim=32, audio_dim=8).eval()
-    with torch.no_grad():  # off the zero init, so that tokens attend to each other and to the audio
-        for p in dit.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return vae, audio_encoder, dit
 
 
 def test_sample_euler_keeps_a_clean_prefix_at_training_positions():

@@ -208,9 +208,7 @@ class RectifiedFlowLoss:
         """
         noise = draw.noise.to(latents.dtype)
         x_t = interpolate(latents, noise, draw.t)
-        positions = None
-        if first_latent_frame > 0:
-            positions = denoiser.config.video_rope_start + torch.arange(latents.shape[2])
+        positions = window_positions(denoiser, first_latent_frame, latents.shape[2])
         v = denoiser(
             x_t,
             draw.t,
@@ -231,6 +229,15 @@ class RectifiedFlowLoss:
         weight = draw.in_loss.float()
         loss = (err * weight).sum() / weight.sum().clamp_min(1.0)
         return loss, {"loss": loss.item()}
+
+
+def window_positions(denoiser: nn.Module, first_latent_frame: int, num_frames: int) -> torch.Tensor | None:
+    """RoPE frame positions of a window of `num_frames` latent frames: None (the denoiser's default, stream
+    positions) for a clip from the stream's start; for a window inside a stream (`first_latent_frame` > 0) the
+    window-relative positions the streaming cache gives, the first at `video_rope_start`."""
+    if first_latent_frame == 0:
+        return None
+    return denoiser.config.video_rope_start + torch.arange(num_frames)
 
 
 def motion_map(latents: torch.Tensor) -> torch.Tensor:
@@ -343,9 +350,7 @@ def sample_euler(
         raise ValueError(f"{k} clean frames leave nothing to sample in a clip of {f} latent frames")
     if k:
         x[:, :, :k] = clean.float()
-    positions = None
-    if first_latent_frame > 0:
-        positions = denoiser.config.video_rope_start + torch.arange(f)
+    positions = window_positions(denoiser, first_latent_frame, f)
     noisy = torch.arange(f, device=noise.device) >= k  # (f,)
     for i in range(steps):
         # float32 whatever the model's dtype: the timestep embedding is computed in float32
@@ -382,4 +387,5 @@ __all__ = [
     "sample_logit_normal",
     "shift_timesteps",
     "velocity_target",
+    "window_positions",
 ]

@@ -103,6 +103,8 @@ def train_audio_expert(
 ) -> Path:
     """Train an AudioEncoder (arguments `config`) with a linear openness head; export the encoder to `output`
     (save_pretrained) with `metrics.json`. Returns `output`."""
+    if steps < 1:
+        raise RestError(f"steps must be at least 1, got {steps}")
     torch.manual_seed(seed)
     reader = ShardReader(shard_root)
     encoder = AudioEncoder(**(config or {}))
@@ -137,8 +139,7 @@ def train_audio_expert(
             log.append(entry)
             bar.write(f"audio expert step {step} | mse {loss.item():.4f} | held-out corr {entry['heldout_corr']:.3f}")
     output = Path(output)
-    encoder.eval().save_pretrained(str(output))
-    corr = heldout_correlation(encoder, head, held_out)
+    encoder.eval().save_pretrained(str(output))  # `corr`: the last step's evaluation, of these weights
     metrics = {
         "label_variance": float(np.var(np.concatenate([t.labels for t in train]))),
         "heldout_corr": float(np.mean(corr)),

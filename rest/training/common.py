@@ -23,6 +23,25 @@ def lr_at(step: int, base_lr: float, warmup_steps: int, max_steps: int, min_rati
     return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def start_from(
+    model: torch.nn.Module, folder: str | Path, key: str, section: str, ignore: tuple[str, ...] = ()
+) -> None:
+    """Copy the weights of the save_pretrained `folder` into `model` (fine-tuning), once their configs agree on every
+    key but `ignore`; a difference is a ConfigError naming the config `key` and the `section` to set."""
+    from rest.config import ConfigError
+    from rest.models.loading import load_local
+
+    start = load_local(type(model), folder)
+    ours, theirs = (json.loads(json.dumps(dict(m.config), default=str)) for m in (model, start))  # tuples: lists
+    differ = sorted(k for k in ours if not k.startswith("_") and k not in ignore and ours[k] != theirs.get(k))
+    if differ:
+        raise ConfigError(
+            f"{key}: {folder} has another architecture ({', '.join(f'{k}: {theirs.get(k)!r}' for k in differ)}); "
+            f"set the same under {section}: in the config"
+        )
+    model.load_state_dict(start.state_dict())
+
+
 #################################################################################
 #                                  Checkpoints                                  #
 #################################################################################

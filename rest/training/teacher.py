@@ -45,7 +45,7 @@ from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
-from rest.training.common import TrainConfig, TrainingRun, lr_at, read_trainer_state, resolve_resume
+from rest.training.common import TrainConfig, TrainingRun, lr_at, read_trainer_state, resolve_resume, start_from
 
 #################################################################################
 #                                    Config                                     #
@@ -116,26 +116,13 @@ class TeacherExperiment:
         if denoiser.attention_mode != "bidirectional":
             raise ConfigError("the teacher is bidirectional: remove denoiser.attention_mode from the config")
         if self.init is not None:
-            _start_from(denoiser, Path(self.init) / "denoiser", "init", "denoiser")
+            start_from(denoiser, Path(self.init) / "denoiser", "init", "denoiser")
         audio_init = self.audio_encoder_init or (self.init and str(Path(self.init) / "audio_encoder"))
         if audio_init:
-            _start_from(
+            start_from(
                 audio_encoder, audio_init, "audio_encoder_init" if self.audio_encoder_init else "init", "audio_encoder"
             )
         return denoiser, audio_encoder
-
-
-def _start_from(model: nn.Module, folder: str | Path, key: str, section: str) -> None:
-    """Copy the weights of the save_pretrained `folder` into `model` once their configs agree."""
-    start = load_local(type(model), folder, section)
-    ours, theirs = (json.loads(json.dumps(dict(m.config), default=str)) for m in (model, start))  # tuples: lists
-    differ = sorted(k for k in ours if not k.startswith("_") and ours[k] != theirs.get(k))
-    if differ:
-        raise ConfigError(
-            f"{key}: {folder} has another architecture ({', '.join(f'{k}: {theirs.get(k)!r}' for k in differ)}); "
-            f"set the same under {section}: in the config"
-        )
-    model.load_state_dict(start.state_dict())
 
 
 def _check_arguments(cls: type, overrides: dict, where: str) -> None:

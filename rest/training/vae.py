@@ -31,7 +31,7 @@ from rest.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_
 from rest.models.loading import load_local
 from rest.models.perceptual import LPIPS
 from rest.models.vae import CausalVideoVAE
-from rest.training.common import TrainConfig, TrainingRun, lr_at, read_trainer_state, resolve_resume
+from rest.training.common import TrainConfig, TrainingRun, lr_at, read_trainer_state, resolve_resume, start_from
 
 #################################################################################
 #                                    Config                                     #
@@ -189,15 +189,7 @@ def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
     arch = to_dict(cfg.arch())
     vae = CausalVideoVAE(**arch)
     if cfg.init is not None:
-        start = load_local(CausalVideoVAE, cfg.init, "VAE")
-        ours, theirs = arch, to_dict(start.arch)
-        differ = sorted(k for k in ours if k not in ("scaling_factor", "shift_factor") and ours[k] != theirs[k])
-        if differ:
-            raise ValueError(
-                f"init {cfg.init} has another architecture ({', '.join(f'{k}: {theirs[k]!r}' for k in differ)}); "
-                f"set the same under model: in the config"
-            )
-        vae.load_state_dict(start.state_dict())
+        start_from(vae, cfg.init, "init", "model", ignore=("scaling_factor", "shift_factor"))  # measured, not arch
         if cfg.init_from_frames:
             vae.copy_last_frame_weights_()
     elif cfg.init_from_frames:
