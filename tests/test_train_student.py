@@ -177,12 +177,22 @@ def test_self_rollout_window_and_teacher_target():
         assert torch.equal(window[0, :, chunk], states[int(draw.levels[0, i])][0])
 
     t, t_next = sigmas[draw.levels], sigmas[(draw.levels + 1).clamp(max=2)]  # (B, M) = (B, f): chunks of 1 frame
-    target = objective._teacher_target(teacher, window, t, t_next, features, portrait)
+    target = objective._teacher_target(teacher, window, t, t_next, features, portrait, 2)
     guided = guided_velocity(teacher, window, t, features, portrait, Guidance(2.0, 1.5))
     noisy = t_next < t
     frames = lambda x: x.permute(0, 2, 1, 3, 4)  # noqa: E731  (B, f, C, h, w)
     assert torch.allclose(frames(target)[noisy], frames(guided)[noisy], atol=1e-4)  # (x(t') - w) / dt rounding
     assert (frames(target)[~noisy] == 0).all()
+
+
+def teacher_euler(teacher, objective, window, t, t_next, substeps, features, portrait):
+    """The guided teacher integrated by hand from each frame's t to its t_next in `substeps` Euler steps."""
+    x = window.clone()
+    levels = segment_levels(t, t_next, substeps, 2.0)
+    for s in range(substeps):
+        v = guided_velocity(teacher, x, levels[s], features, portrait, objective.config.teacher_guidance)
+        x = x + (levels[s + 1] - levels[s])[:, None, :, None, None] * v
+    return x
 
 
 def test_teacher_target_with_substeps_lands_where_the_teacher_lands():
@@ -191,15 +201,64 @@ def test_teacher_target_with_substeps_lands_where_the_teacher_lands():
     t = torch.tensor([[0.0, 0.5, 1.0]]).expand(2, 3)
     t_next = torch.tensor([[0.0, 0.25, 0.5]]).expand(2, 3)
     window = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2))
-    target = objective._teacher_target(teacher, window, t, t_next, features, portrait)
-    x = window.clone()
-    levels = segment_levels(t, t_next, 3, 2.0)
-    for s in range(3):
-        v = guided_velocity(teacher, x, levels[s], features, portrait, objective.config.teacher_guidance)
-        x = x + (levels[s + 1] - levels[s])[:, None, :, None, None] * v
+    target = objective._teacher_target(teacher, window, t, t_next, features, portrait, 2)
+    x = teacher_euler(teacher, objective, window, t, t_next, 3, features, portrait)
     landed = window + (t_next - t)[:, None, :, None, None] * target
     assert torch.allclose(landed, x, atol=1e-5)
     assert (target[:, :, 0] == 0).all()  # clean context: no segment, no target
+
+
+def test_teacher_steps_fix_the_teachers_trajectory_whatever_k():
+    """asd.teacher_steps = 8 makes every target an 8-step teacher trajectory: 2 substeps per step at K = 4, 8 at
+    K = 1 (where a fixed teacher_substeps of 2 would make the target a 2-step teacher sample); a 1-step student's
+    target then lands where 8 teacher steps from noise land."""
+    config = ASDConfig(teacher_substeps=2, teacher_steps=8)
+    assert [config.substeps_at(k) for k in (1, 2, 3, 4, 16)] == [8, 4, 3, 2, 1]
+    assert ASDConfig(teacher_substeps=2).substeps_at(1) == 2
+    with pytest.raises(ConfigError, match="teacher_steps"):
+        ASDConfig(teacher_steps=0).check()
+
+    teacher, _, objective, latents, features, portrait = small_setup()
+    objective.config.teacher_steps = 8
+    t, t_next = torch.tensor([[0.0, 1.0, 1.0]]).expand(2, 3), torch.zeros(2, 3)
+    window = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2))
+    target = objective._teacher_target(teacher, window, t, t_next, features, portrait, 1)
+    x = teacher_euler(teacher, objective, window, t, t_next, 8, features, portrait)
+    assert torch.allclose(window - target, x, atol=1e-5)
+    two_steps = objective._teacher_target(teacher, window, t, t_next, features, portrait, 4)  # N = 2
+    assert not torch.allclose(two_steps, target, atol=1e-3)
+
+
+def test_paired_audio_loss_matches_the_teachers_response_to_swapped_audio():
+    """asd.audio_pair_weight: the last chunk's audio is swapped for the next clip's (from its first frame on, the
+    past untouched); the loss adds || dv_S - dv_T ||^2, where dv_T is the teacher target's change under the swap."""
+    teacher, student, objective, latents, features, portrait = small_setup(window_chunks=3)
+    objective.config.audio_pair_weight = 1.0
+    swapped, swapped_teacher = objective._swap_last_chunk_audio(student, features, features + 1)
+    start, _ = chunk_audio_span(student, 2)
+    assert torch.equal(swapped[:, :start], features[:, :start])
+    assert torch.equal(swapped[0, start:], features[1, start:]) and torch.equal(
+        swapped[1, start:], features[0, start:]
+    )
+    assert torch.equal(swapped_teacher, swapped + 1)
+
+    draw = objective.draw(latents.shape, 2, "cpu", torch.Generator().manual_seed(3))
+    loss, logs = objective(student, teacher, latents, features, features, portrait, draw)
+    assert logs["loss_pair"] > 0 and logs["response_teacher"] > 0 and logs["response_student"] > 0
+    assert loss.item() == pytest.approx(logs["loss_distill"] + 0.1 * logs["loss_gt"] + logs["loss_pair"], rel=1e-5)
+
+    sigmas = objective.sigmas(2)
+    window, _ = objective._self_rollout(student, features, portrait, draw, sigmas, [slice(i, i + 1) for i in range(3)])
+    t, t_next = sigmas[draw.levels], sigmas[(draw.levels + 1).clamp(max=2)]
+    own = objective._teacher_target(teacher, window, t, t_next, features, portrait, 2)
+    other = objective._teacher_target(teacher, window, t, t_next, swapped, portrait, 2)
+    assert logs["response_teacher"] == pytest.approx((other - own)[:, :, 2].pow(2).mean().item(), rel=1e-4)
+
+    with pytest.raises(ConfigError, match="batch size"):
+        one = objective.draw(latents[:1].shape, 2, "cpu")
+        objective(student, teacher, latents[:1], features[:1], features[:1], portrait[:1], one)
+    with pytest.raises(ConfigError, match="audio_pair_weight"):
+        ASDConfig(audio_pair_weight=1.0, distill_weight=0.0).check()
 
 
 def test_loss_trains_the_student_only():

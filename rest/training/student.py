@@ -32,6 +32,8 @@ Stage 3 (Asynchronous Streaming Distillation), one training step on a batch of B
    unshifted time, then shifted, as the student's own grid), and the target is the average velocity over that
    segment:
         v_T,i = (x_i(t'_i) - w_i) / (t'_i - t_i);            N = 1: v_T,i = v_guided(window, t)_i
+   With `asd.teacher_steps` = T set instead, N = ceil(T / K): every target is a T-step teacher trajectory whatever
+   the student's K (a fixed N = 2 makes a 1-step student's target a 2-step teacher sample).
 5. Student prediction (with gradient). For each chunk in the loss, the student's velocity at (w_i, t_i) from the
    streaming path against its own past: `chunk_velocity(student, cache, w_i, t_i, audio_i)`, the cache holding
    the sink and the student's own chunks < i (rebuilt by writing the rollout's chunks back in order: the same
@@ -44,6 +46,18 @@ Stage 3 (Asynchronous Streaming Distillation), one training step on a batch of B
    x_gt = (1 - t) x0 + t eps (teacher forcing: ground-truth past; chunks at t = 0 are clean context). It anchors
    the student to the data where the teacher is wrong. All squared errors are means over (C, c, h, w).
 
+7. Paired audio loss (`asd.audio_pair_weight` = lambda_a > 0; off by default). The last chunk's audio is swapped for
+   the next clip's in the batch (A -> A', from the chunk's first video frame on), on the same window and cache.
+   The teacher's response to the swap, dv_T = v_T(A') - v_T(A) on the last chunk, is a small part of its target
+   (CFG audio amplifies it), and the plain distillation loss leaves it buried under the error of the whole chunk;
+   this term matches it directly:
+        L_pair = || (v_S(A') - v_S(A)) - dv_T ||^2,      L += lambda_a * L_pair
+   It costs one more teacher target and one more student pass on the last chunk. On the demo teacher, after 300
+   steps without this term (teacher_steps 8), the student's response to swapped audio was a quarter of the
+   teacher's (squared norm) and hardly aligned with it (cosine 0.1), and its held-out mouth correlation was 0.00
+   against 0.00 shuffled; with it (lambda_a = 1, teacher_steps 4), 0.155 against 0.076 (weights/rest-tiny/README.md,
+   "Run of 2026-11-30", which also says what this comparison does not separate).
+
 Ablation: `asd.distill_weight: 0` skips steps 2-5 and trains by teacher forcing only (the ground-truth loss over
 the asynchronous levels, the student never seeing its own past): the "no ASD" student of evaluation/drift_study.py.
 
@@ -54,6 +68,9 @@ Deviations from the design's wording, and why:
   (the reason few-step samplers are distilled, not just copied: progressive distillation, Salimans & Ho 2022;
   InstaFlow / rectified-flow distillation, Liu et al. 2023). Matching the teacher's average velocity over the
   student's step makes one student Euler step land where N teacher steps land. N = 1 recovers the definition.
+  The teacher's own samples need steps to follow the audio: on the demo teacher (held-out SynthTalk, CFG audio 4,
+  portrait 2) mouth correlation with the labels, own vs shuffled audio, is 0.12 vs 0.11 at 2 steps, 0.31 vs 0.15
+  at 4, 0.34 vs 0.19 at 8: hence `teacher_steps`, which keeps the target's trajectory as K drops to 1.
 - The window holds the student's own intermediate states, not noised ground truth, and the ground-truth loss uses
   a separate teacher-forced forward. If the teacher saw the ground-truth past while the student saw its own, the
   target would ask the student for a continuation of a past it never saw (pose, expression): it can only learn
@@ -74,6 +91,7 @@ A run folder holds `checkpoints/`, `metrics.jsonl` and `export/` (EMA weights: `
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,13 +147,19 @@ class ASDConfig:
     steps_schedule: tuple[tuple[int, int], ...] = ((0, 4), (4000, 2), (8000, 1))  # (from training step, K)
     teacher_guidance: Guidance = field(default_factory=Guidance)  # CFG scales baked into the student
     teacher_substeps: int = 4  # N teacher Euler steps per student step (1 = the instantaneous guided velocity)
+    teacher_steps: int | None = None  # teacher steps over a whole trajectory: N = ceil(teacher_steps / K) per step
     gt_loss_weight: float = 0.1  # weight of the ground-truth flow-matching loss
     distill_weight: float = 1.0  # weight of the distillation loss; 0 = teacher forcing only (an ablation)
     context_timestep: float = 0.0  # level at which generated chunks are written to the cache (0 = clean)
+    audio_pair_weight: float = 0.0  # weight of the paired audio loss (module docstring, 7.); 0 = off
 
     def steps_at(self, step: int) -> int:
         """K, the student's step count at training step `step`."""
         return [k for start, k in self.steps_schedule if start <= step][-1]
+
+    def substeps_at(self, steps: int) -> int:
+        """N, the teacher's Euler steps per student step when the student takes K = `steps` steps."""
+        return self.teacher_substeps if self.teacher_steps is None else max(1, math.ceil(self.teacher_steps / steps))
 
     def check(self) -> None:
         starts = [s for s, _ in self.steps_schedule]
@@ -149,6 +173,10 @@ class ASDConfig:
                 "need asd.window_chunks >= 1, asd.teacher_substeps >= 1, asd.gt_loss_weight >= 0, "
                 "asd.distill_weight >= 0"
             )
+        if self.teacher_steps is not None and self.teacher_steps < 1:
+            raise ConfigError(f"asd.teacher_steps must be >= 1 (or null: teacher_substeps), got {self.teacher_steps}")
+        if self.audio_pair_weight < 0 or (self.audio_pair_weight > 0 and self.distill_weight == 0):
+            raise ConfigError("asd.audio_pair_weight must be >= 0, and needs the distillation (distill_weight > 0)")
         if self.gt_loss_weight == 0 and self.distill_weight == 0:
             raise ConfigError("asd.gt_loss_weight and asd.distill_weight are both 0: nothing to train")
         if not 0 <= self.context_timestep < 1:
@@ -328,8 +356,17 @@ class AsynchronousStreamingDistillation:
             # 4. Teacher target over the whole window at once.
             with torch.no_grad():
                 target = self._teacher_target(
-                    teacher, window, per_frame(t), per_frame(t_next), teacher_features, portrait
+                    teacher, window, per_frame(t), per_frame(t_next), teacher_features, portrait, k_max
                 )
+
+            pair = cfg.audio_pair_weight > 0
+            if pair:  # 7. The teacher's response to the other clip's audio under the last chunk.
+                features_swap, teacher_swap = self._swap_last_chunk_audio(student, features, teacher_features)
+                with torch.no_grad():
+                    target_swap = self._teacher_target(
+                        teacher, window, per_frame(t), per_frame(t_next), teacher_swap, portrait, k_max
+                    )
+                response_teacher = (target_swap - target)[:, :, chunks[-1]]
 
             # 5. Student predictions with gradients, chunk by chunk against its own past.
             cache = write_sink(student, IDContextCache.for_model(student, b, h, w), portrait)
@@ -341,6 +378,17 @@ class AsynchronousStreamingDistillation:
                     errors.append((v.float() - target[:, :, chunk]).pow(2).mean(dim=(1, 2, 3, 4)))
                 else:  # pure context in every clip of the batch: no gradient pass
                     errors.append(latents.new_zeros(b, dtype=torch.float32))
+                if pair and i == m - 1:  # the last chunk is always in the loss
+                    audio_swap = self._chunk_audio(student, features_swap, i)
+                    level = t[:, i, None].expand(b, c)
+                    v_swap = chunk_velocity(student, cache, window[:, :, chunk], level, audio_swap)
+                    response = v_swap.float() - v.float()
+                    loss_pair = (response - response_teacher).pow(2).mean()
+                    logs_pair = {
+                        "loss_pair": loss_pair.item(),
+                        "response_teacher": response_teacher.pow(2).mean().item(),
+                        "response_student": response.detach().pow(2).mean().item(),
+                    }
                 context_noise = None if draw.context_noise is None else draw.context_noise[:, :, chunk]
                 write_chunk(
                     student,
@@ -355,6 +403,9 @@ class AsynchronousStreamingDistillation:
 
         # 6. Ground-truth flow loss, teacher forcing (block-causal forward over the noised ground-truth window).
         loss = cfg.distill_weight * loss_distill
+        if cfg.distill_weight > 0 and cfg.audio_pair_weight > 0:
+            loss = loss + cfg.audio_pair_weight * loss_pair
+            logs.update(logs_pair)
         if cfg.gt_loss_weight > 0:
             noise = draw.noise.to(latents.dtype)
             x_gt = interpolate(latents, noise, per_frame(t))
@@ -365,6 +416,21 @@ class AsynchronousStreamingDistillation:
             logs["loss_gt"] = loss_gt.item()
         logs["loss"] = loss.item()
         return loss, logs
+
+    def _swap_last_chunk_audio(
+        self, student: DenoiserDiT, features: torch.Tensor, teacher_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The student's and the teacher's features with the next clip's audio (batch rolled by one) from the last
+        chunk's first video frame on (module docstring, 7.)."""
+        if features.shape[0] < 2:
+            raise ConfigError("asd.audio_pair_weight swaps audio between the clips of a batch: needs batch size >= 2")
+        start, _ = chunk_audio_span(student, self.config.window_chunks - 1)
+        swapped = []
+        for x in (features, teacher_features):
+            x = x.clone()
+            x[:, start:] = x.roll(1, dims=0)[:, start:]
+            swapped.append(x)
+        return swapped[0], swapped[1]
 
     def _chunk_audio(self, student: DenoiserDiT, features: torch.Tensor, chunk: int) -> torch.Tensor:
         start, stop = chunk_audio_span(student, chunk)
@@ -411,14 +477,17 @@ class AsynchronousStreamingDistillation:
         t_next: torch.Tensor,
         features: torch.Tensor,
         portrait: torch.Tensor,
+        steps: int,
     ) -> torch.Tensor:
         """The teacher's average guided velocity over each frame's segment [t, t_next] (module docstring, 4.):
-        window (B, C, f, h, w) at levels t (B, f) -> (B, C, f, h, w) float32 (0 where t_next = t)."""
+        window (B, C, f, h, w) at levels t (B, f) of a K = `steps` student -> (B, C, f, h, w) float32 (0 where
+        t_next = t)."""
         cfg = self.config
-        levels = segment_levels(t, t_next, cfg.teacher_substeps, self.shift)  # (N + 1, B, f)
+        substeps = cfg.substeps_at(steps)
+        levels = segment_levels(t, t_next, substeps, self.shift)  # (N + 1, B, f)
         dtype = next(teacher.parameters()).dtype
         x = window.float()
-        for s in range(cfg.teacher_substeps):
+        for s in range(substeps):
             v = guided_velocity(
                 teacher, x.to(dtype), levels[s], features.to(dtype), portrait.to(dtype), cfg.teacher_guidance
             )
@@ -629,6 +698,7 @@ def train_student(cfg: StudentExperiment, resume: str | None = None) -> Path:
             "chunk_latent_frames": denoiser.config.chunk_latent_frames,
             "context_chunks": denoiser.config.context_chunks,
             "window_chunks": cfg.asd.window_chunks,
+            "teacher_substeps": cfg.asd.substeps_at(steps),
             "teacher_guidance": to_dict(cfg.asd.teacher_guidance),
             "teacher": str(cfg.teacher),
             "vae": str(vae_path),
