@@ -254,9 +254,9 @@ def test_paired_audio_loss_matches_the_teachers_response_to_swapped_audio():
     other = objective._teacher_target(teacher, window, t, t_next, swapped, portrait, 2)
     assert logs["response_teacher"] == pytest.approx((other - own)[:, :, 2].pow(2).mean().item(), rel=1e-4)
 
-    with pytest.raises(ConfigError, match="batch size"):
-        one = objective.draw(latents[:1].shape, 2, "cpu")
-        objective(student, teacher, latents[:1], features[:1], features[:1], portrait[:1], one)
+    one = objective.draw(latents[:1].shape, 2, "cpu")  # a batch of 1 (an evaluation remainder): no other clip
+    loss, logs = objective(student, teacher, latents[:1], features[:1], features[:1], portrait[:1], one)
+    assert "loss_pair" not in logs and loss.item() == pytest.approx(logs["loss_distill"] + 0.1 * logs["loss_gt"])
     with pytest.raises(ConfigError, match="audio_pair_weight"):
         ASDConfig(audio_pair_weight=1.0, distill_weight=0.0).check()
 
@@ -377,6 +377,10 @@ def test_config_errors(assets, tmp_path):
     cfg = experiment(assets, tmp_path / "run", max_steps=1)
     cfg.asd.steps_schedule = ((5, 2),)
     with pytest.raises(ConfigError, match="steps_schedule"):
+        train_student(cfg)
+    cfg = experiment(assets, tmp_path / "run", max_steps=1)
+    cfg.train.batch_size, cfg.asd.audio_pair_weight = 1, 1.0
+    with pytest.raises(ConfigError, match="batch_size >= 2"):
         train_student(cfg)
     cfg = experiment(assets, tmp_path / "run", max_steps=1)
     cfg.teacher = str(tmp_path)

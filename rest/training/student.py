@@ -52,11 +52,12 @@ Stage 3 (Asynchronous Streaming Distillation), one training step on a batch of B
    (CFG audio amplifies it), and the plain distillation loss leaves it buried under the error of the whole chunk;
    this term matches it directly:
         L_pair = || (v_S(A') - v_S(A)) - dv_T ||^2,      L += lambda_a * L_pair
-   It costs one more teacher target and one more student pass on the last chunk. On the demo teacher, after 300
-   steps without this term (teacher_steps 8), the student's response to swapped audio was a quarter of the
-   teacher's (squared norm) and hardly aligned with it (cosine 0.1), and its held-out mouth correlation was 0.00
-   against 0.00 shuffled; with it (lambda_a = 1, teacher_steps 4), 0.155 against 0.076 (weights/rest-tiny/README.md,
-   "Run of 2026-11-30", which also says what this comparison does not separate).
+   It costs one more teacher target and one more student pass on the last chunk, and needs batches of 2 or more
+   clips (an evaluation batch of 1 skips it). On the demo teacher, after 300 steps without this term
+   (teacher_steps 8), the student's response to swapped audio was a quarter of the teacher's (squared norm) and
+   hardly aligned with it (cosine 0.1), and its held-out mouth correlation was 0.00 against 0.00 shuffled; with it
+   (lambda_a = 1, teacher_steps 4), 0.155 against 0.076 (weights/rest-tiny/README.md, "Run of 2026-11-30", which
+   also says what this comparison does not separate).
 
 Ablation: `asd.distill_weight: 0` skips steps 2-5 and trains by teacher forcing only (the ground-truth loss over
 the asynchronous levels, the student never seeing its own past): the "no ASD" student of evaluation/drift_study.py.
@@ -359,7 +360,7 @@ class AsynchronousStreamingDistillation:
                     teacher, window, per_frame(t), per_frame(t_next), teacher_features, portrait, k_max
                 )
 
-            pair = cfg.audio_pair_weight > 0
+            pair = cfg.audio_pair_weight > 0 and b > 1  # b = 1: an evaluation batch's remainder, no other clip
             if pair:  # 7. The teacher's response to the other clip's audio under the last chunk.
                 features_swap, teacher_swap = self._swap_last_chunk_audio(student, features, teacher_features)
                 with torch.no_grad():
@@ -403,7 +404,7 @@ class AsynchronousStreamingDistillation:
 
         # 6. Ground-truth flow loss, teacher forcing (block-causal forward over the noised ground-truth window).
         loss = cfg.distill_weight * loss_distill
-        if cfg.distill_weight > 0 and cfg.audio_pair_weight > 0:
+        if cfg.distill_weight > 0 and cfg.audio_pair_weight > 0 and b > 1:
             loss = loss + cfg.audio_pair_weight * loss_pair
             logs.update(logs_pair)
         if cfg.gt_loss_weight > 0:
@@ -422,8 +423,6 @@ class AsynchronousStreamingDistillation:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The student's and the teacher's features with the next clip's audio (batch rolled by one) from the last
         chunk's first video frame on (module docstring, 7.)."""
-        if features.shape[0] < 2:
-            raise ConfigError("asd.audio_pair_weight swaps audio between the clips of a batch: needs batch size >= 2")
         start, _ = chunk_audio_span(student, self.config.window_chunks - 1)
         swapped = []
         for x in (features, teacher_features):
@@ -556,6 +555,8 @@ def train_student(cfg: StudentExperiment, resume: str | None = None) -> Path:
     """Distil (or resume) the streaming student and export it; returns the export folder."""
     tc = cfg.train
     cfg.asd.check()
+    if cfg.asd.audio_pair_weight > 0 and tc.batch_size < 2:
+        raise ConfigError("asd.audio_pair_weight swaps audio between the clips of a batch: needs batch_size >= 2")
     accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=tc.mixed_precision)
     set_seed(tc.seed, device_specific=True)
     device = accelerator.device
