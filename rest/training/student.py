@@ -350,6 +350,9 @@ class AsynchronousStreamingDistillation:
         weight = in_loss.float()
         count = weight.sum().clamp_min(1.0)
         loss_distill = latents.new_zeros((), dtype=torch.float32)
+        # 7. (on the last chunk, in steps 4-5) The paired audio loss; b = 1 (an evaluation batch's remainder) has no
+        # other clip to take audio from.
+        pair = cfg.distill_weight > 0 and cfg.audio_pair_weight > 0 and b > 1
         if cfg.distill_weight > 0:  # 0: teacher forcing only (the "no ASD" ablation), steps 2-5 skipped
             # 2-3. Self-rollout without gradients; the window holds each chunk's own state at its level.
             window, generated = self._self_rollout(student, features, portrait, draw, sigmas, chunks)
@@ -360,7 +363,6 @@ class AsynchronousStreamingDistillation:
                     teacher, window, per_frame(t), per_frame(t_next), teacher_features, portrait, k_max
                 )
 
-            pair = cfg.audio_pair_weight > 0 and b > 1  # b = 1: an evaluation batch's remainder, no other clip
             if pair:  # 7. The teacher's response to the other clip's audio under the last chunk.
                 features_swap, teacher_swap = self._swap_last_chunk_audio(student, features, teacher_features)
                 with torch.no_grad():
@@ -402,11 +404,12 @@ class AsynchronousStreamingDistillation:
             loss_distill = (torch.stack(errors, dim=1) * weight).sum() / count
         logs = {"loss_distill": loss_distill.item(), "K": float(k_max)}
 
-        # 6. Ground-truth flow loss, teacher forcing (block-causal forward over the noised ground-truth window).
         loss = cfg.distill_weight * loss_distill
-        if cfg.distill_weight > 0 and cfg.audio_pair_weight > 0 and b > 1:
+        if pair:
             loss = loss + cfg.audio_pair_weight * loss_pair
             logs.update(logs_pair)
+
+        # 6. Ground-truth flow loss, teacher forcing (block-causal forward over the noised ground-truth window).
         if cfg.gt_loss_weight > 0:
             noise = draw.noise.to(latents.dtype)
             x_gt = interpolate(latents, noise, per_frame(t))
