@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # ../shared/data next to the repository (see its SOURCES.md); the project never commits these files.
@@ -22,6 +23,28 @@ def require_shared_data(*parts: str) -> Path:
 def shared_data() -> Path:
     """The shared test media folder; skips the test when it is absent."""
     return require_shared_data()
+
+
+class WhiteSquareFaces:
+    """A face embedder for tests, with the interface of rest.metrics.identity.DlibFaceEmbedder: the 'face' is the
+    box of the pixels brighter than 200 in every channel, and its embedding the box's mean colour plus (1, 2, 3)."""
+
+    def align(self, image):
+        ys, xs = np.nonzero((image > 200).all(axis=-1))
+        return None if len(ys) == 0 else (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1)
+
+    def embed(self, image, box):
+        y0, y1, x0, x1 = box
+        return image[y0:y1, x0:x1].reshape(-1, 3).mean(axis=0) + np.array([1.0, 2.0, 3.0])
+
+    def __call__(self, image):
+        box = self.align(image)
+        return None if box is None else self.embed(image, box)
+
+
+@pytest.fixture
+def white_square_faces() -> WhiteSquareFaces:
+    return WhiteSquareFaces()
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +67,6 @@ def face_image():
 @pytest.fixture(scope="session")
 def speech(tmp_path_factory) -> Path:
     """A 2.3 s 16 kHz mono WAV of a modulated tone (speech-like envelope)."""
-    import numpy as np
-
     from rest.media import write_audio
 
     t = np.arange(int(2.3 * 16000)) / 16000

@@ -41,3 +41,18 @@ def test_drift_curve_windows():
     assert rows[0]["sharpness"] == pytest.approx(sharpness(frames[:25]))
     rows = drift_curve([frames[:40]], frames[0], window_seconds=1.0)  # 15 left over: a partial window (>= half)
     assert [r["frames"] for r in rows] == [25, 15]
+
+
+def test_drift_curve_scores_identity_on_found_faces_and_at_the_portraits_alignment(white_square_faces):
+    portrait = np.zeros((16, 16, 3), np.uint8)
+    portrait[4:8, 4:8] = 255
+    faded = portrait.copy()
+    faded[4:8, 4:8] = (150, 20, 20)  # the face's place, in a colour the detector does not take for a face
+    frames = np.concatenate([np.repeat(portrait[None], 25, 0), np.repeat(faded[None], 25, 0)])
+    rows = drift_curve([frames], portrait, white_square_faces, window_seconds=1.0, stride=5)
+    assert [r["faces_found"] for r in rows] == [1.0, 0.0]
+    assert rows[0]["csim_dlib"] == pytest.approx(1.0) and rows[1]["csim_dlib"] is None
+    ref, faded_embedding = np.array([256.0, 257.0, 258.0]), np.array([151.0, 22.0, 23.0])
+    expected = ref @ faded_embedding / (np.linalg.norm(ref) * np.linalg.norm(faded_embedding))
+    assert rows[0]["csim_dlib_at_portrait"] == pytest.approx(1.0)
+    assert rows[1]["csim_dlib_at_portrait"] == pytest.approx(expected) and expected < 0.8

@@ -8,6 +8,7 @@ import torch
 from rest.data.shards import ShardWriter
 from rest.diffusion.flow import Guidance, flow_sigmas
 from rest.metrics.heldout import Models, format_summary, heldout_clips, heldout_study, summarize
+from rest.metrics.identity import identity_similarity
 from rest.metrics.lipsync_gt import within_group_correlation
 
 R, FRAMES = 32, 110
@@ -28,6 +29,7 @@ def root(tmp_path_factory):
         labels = np.clip(0.5 + 0.5 * np.sin(np.arange(FRAMES) * (0.3 + 0.1 * k)), 0, 1).astype(np.float32)
         frames = np.full((FRAMES, R, R, 3), 60, np.uint8)
         frames[:, 20:24, 12:20, 0] = (labels * 255).astype(np.uint8)[:, None, None]
+        frames[:, 2:8, 2:8] = (255, 255, 201 + 27 * k)  # the clip's "face", for the WhiteSquareFaces embedder
         audio = (0.1 * rng.standard_normal(FRAMES * 640)).astype(np.float32)
         writer.write_clip(f"clip{k}", frames, audio, meta={"mouth_open": labels}, split=split)
     return writer.root
@@ -78,6 +80,30 @@ def test_study_scores_both_paths(root, tiny_models):
     assert [r["clip"] for r in rows if r["method"] == "vae_frames"] == ["clip1", "clip2"]
     table = format_summary(summary)
     assert table.count("\n") == 2 + 4 and "| student_K1 |" in table
+
+
+def test_study_scores_identity_against_another_identitys_frames(root, tiny_models, white_square_faces):
+    vae, audio, _, student = tiny_models
+    spec = {"kind": "student", "sigmas": flow_sigmas(1, 1.0), "context_timestep": 0.0}
+    clips = heldout_clips(root, seconds=2.0)
+    with torch.no_grad():
+        result = heldout_study(
+            clips, {"student_K1": (Models(vae, audio, student, 1.0), spec)}, MouthBrightness(), white_square_faces
+        )
+    rows = {(r["method"], r["clip"], r.get("audio")): r for r in result["per_clip"]}
+    assert len(rows) == 2 * (1 + 1 + 2)  # ground truth, other identity, own and shuffled audio
+    for clip, other in zip(clips, clips[::-1], strict=True):
+        truth = rows["ground_truth", clip.clip_id, None]
+        assert truth["csim_dlib"] == pytest.approx(1.0) and truth["csim_dlib_at_portrait"] == pytest.approx(1.0)
+        row = rows["other_identity", clip.clip_id, None]
+        expected = identity_similarity(white_square_faces, clip.portrait, other.frames, stride=5)["value"]
+        assert row["csim_dlib"] == pytest.approx(expected) and expected < 0.999
+        assert "lipsync_corr" not in row
+        assert "csim_dlib_at_portrait" in rows["student_K1", clip.clip_id, "own"]
+        assert "csim_dlib" not in rows["student_K1", clip.clip_id, "shuffled"]
+    summary = result["summary"]
+    assert summary["other_identity"]["csim_dlib_at_portrait_clips"] == 2
+    assert "| other_identity | - | - | - |" in format_summary(summary)
 
 
 def test_within_group_correlation():

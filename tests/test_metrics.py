@@ -364,6 +364,33 @@ def test_dlib_csim_on_real_portraits(shared_data):
         identity_similarity(embed, np.zeros((64, 64, 3), np.uint8), statue[None])
 
 
+def test_dlib_csim_at_the_portraits_alignment_scores_every_frame():
+    """A frame too blurred for the detector is left out of the usual score but scored at the portrait's alignment;
+    a face moved away from where the portrait's was scores lower there than where the detector finds it."""
+    from rest.data.synth.generate import identity_face
+    from rest.data.synth.render import FaceRenderer
+    from rest.metrics.identity import DlibFaceEmbedder, dlib_models_dir, identity_similarity
+
+    if dlib_models_dir() is None:
+        pytest.skip("face-recognition-models not installed")
+    embed = DlibFaceEmbedder()
+    face = FaceRenderer(identity_face(0, 0), 160).render()  # a SynthTalk face dlib's HOG finds
+    blurred = face.astype(np.float32)
+    for _ in range(12):  # a wide box blur: the HOG detector finds no face in it
+        blurred = (blurred + np.roll(blurred, 4, 0) + np.roll(blurred, -4, 0) + np.roll(blurred, 4, 1)) / 4
+    blurred = blurred.astype(np.uint8)
+    moved = np.roll(face, 40, axis=1)
+    assert identity_similarity(embed, face, blurred[None])["frames_without_face"] == 1
+    at = identity_similarity(embed, face, np.stack([face, blurred, moved]), at_reference=True)
+    assert at["frames_scored"] == 3 and at["frames_without_face"] == 0
+    assert identity_similarity(embed, face, face[None], at_reference=True)["value"] == pytest.approx(1.0, abs=1e-6)
+    assert embed(moved) is not None
+    found = identity_similarity(embed, face, moved[None])["value"]
+    assert identity_similarity(embed, face, moved[None], at_reference=True)["value"] < found - 0.02
+    with pytest.raises(RestError, match="needs the dlib embedder"):
+        identity_similarity(lambda image: np.ones(3), face, face[None], at_reference=True)
+
+
 def test_arcface_without_weights_says_where_to_put_them(tmp_path):
     from rest.metrics.identity import load_face_embedder
 

@@ -185,6 +185,47 @@ def test_self_rollout_window_and_teacher_target():
     assert (frames(target)[~noisy] == 0).all()
 
 
+def test_context_timestep_noises_the_teachers_context_as_the_students_cache():
+    """asd.context_timestep = c: the student writes its past to the cache re-noised to c; the teacher's window
+    holds the clean context chunks the same way (the same noise), at level c, with no segment to integrate, and
+    so does the ground-truth loss's window."""
+    teacher, student, objective, latents, features, portrait = small_setup()
+    objective.config.context_timestep = 0.2
+    draw = objective.draw(latents.shape, 2, "cpu", torch.Generator().manual_seed(0))
+    draw.levels = torch.tensor([[2, 1, 0], [2, 2, 0]])  # context: chunk 0 of clip 0, chunks 0 and 1 of clip 1
+    calls = []
+    target_of = objective._teacher_target
+    objective._teacher_target = lambda teacher, window, t, t_next, *rest: (
+        calls.append((window, t, t_next)) or (target_of(teacher, window, t, t_next, *rest))
+    )
+    objective(student, teacher, latents, features, features, portrait, draw)
+    window, t, t_next = calls[0]
+
+    sigmas = objective.sigmas(2)
+    chunks = [slice(i, i + 1) for i in range(3)]
+    own, generated = objective._self_rollout(student, features, portrait, draw, sigmas, chunks)
+    context = draw.levels == 2
+    expected = own.clone().permute(0, 2, 1, 3, 4)  # (B, f, C, h, w)
+    noised = (0.8 * generated + 0.2 * draw.context_noise).permute(0, 2, 1, 3, 4)
+    expected[context] = noised[context]
+    assert torch.allclose(window.permute(0, 2, 1, 3, 4), expected, atol=1e-6)
+    assert torch.equal(t[context], torch.full((3,), 0.2)) and torch.equal(t_next[context], t[context])
+    assert torch.equal(t[~context], sigmas[draw.levels][~context])
+    assert torch.equal(t_next[~context], sigmas[(draw.levels + 1).clamp(max=2)][~context])
+
+    # The ground-truth (teacher-forcing) loss meets its clean context the same way: re-noised to c, at level c.
+    objective.config.distill_weight = 0.0
+    seen = []
+    hook = student.register_forward_pre_hook(lambda module, args: seen.append((args[0], args[1])))
+    objective(student, teacher, latents, features, features, portrait, draw)
+    hook.remove()
+    (x_gt, t_gt), t = seen[0], sigmas[draw.levels]
+    expected = (latents + t[:, None, :, None, None] * (draw.noise - latents)).permute(0, 2, 1, 3, 4)
+    expected[context] = (0.8 * latents + 0.2 * draw.context_noise).permute(0, 2, 1, 3, 4)[context]
+    assert torch.allclose(x_gt.permute(0, 2, 1, 3, 4), expected, atol=1e-6)
+    assert torch.equal(t_gt, torch.where(context, torch.full_like(t, 0.2), t))
+
+
 def teacher_euler(teacher, objective, window, t, t_next, substeps, features, portrait):
     """The guided teacher integrated by hand from each frame's t to its t_next in `substeps` Euler steps."""
     x = window.clone()

@@ -4,7 +4,10 @@ The streaming student generates a long stream (e.g. 2 minutes of held-out speech
 `window_seconds` of output is scored by
 
 - `csim_dlib`: mean identity similarity of the window's frames (every `stride`-th) to the portrait
-  (rest/metrics/identity.py);
+  (rest/metrics/identity.py), over the frames where dlib finds a face (None when it finds none);
+- `faces_found`: the share of those frames where it finds one;
+- `csim_dlib_at_portrait`: the same similarity with every frame embedded through the portrait's face alignment
+  (identity.py, `at_reference`), so that frames too blurred for the detector are scored, not dropped;
 - `sharpness`: mean variance of the Laplacian of the frames' luma (in [0, 255] units), the usual blur measure;
 - `mean_abs_diff_portrait`: mean absolute pixel difference to the portrait (colour and layout drift).
 
@@ -99,7 +102,11 @@ def drift_curve(
             "mean_abs_diff_portrait": float(np.abs(frames.astype(np.float32) - portrait.astype(np.float32)).mean()),
         }
         if embedder is not None:
-            row["csim_dlib"] = identity_similarity(embedder, portrait, frames, stride=stride)["value"]
+            detected = identity_similarity(embedder, portrait, frames, stride=stride)
+            row["csim_dlib"] = detected["value"]
+            row["faces_found"] = detected["frames_scored"] / len(frames[::stride])
+            at_portrait = identity_similarity(embedder, portrait, frames, stride=stride, at_reference=True)
+            row["csim_dlib_at_portrait"] = at_portrait["value"]
         rows.append(row)
 
     for block in blocks:

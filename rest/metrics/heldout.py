@@ -10,15 +10,19 @@ reproduce). Per method the study reports:
   `lipsync_best_corr` / `lipsync_offset` at the best lag within +-MAX_OFFSET frames.
 - the same with **shuffled audio** (the audio of the next held-out clip, labels of the clip itself): the control,
   near 0 for any model. The gap between the two is what the audio explains.
-- `csim_dlib`: identity similarity of the generated frames to the portrait (rest/metrics/identity.py, dlib).
+- `csim_dlib`: identity similarity of the generated frames to the portrait (rest/metrics/identity.py, dlib), over
+  the frames where dlib finds a face (a clip without any has none); `csim_dlib_at_portrait`: the same with every
+  frame embedded at the portrait's face alignment (`at_reference`), so that no frame is left out.
 - `seconds_per_video_second`: generation wall time (model only, no I/O) per second of video.
 
-`ground_truth` rows score the real clip frames: the ceiling the regressor allows. `vae_reconstruction` rows score
-the ground truth after the VAE's encode and decode (when a VAE is given), streamed as a live stream codes it: the
-ceiling any generator in that latent space can reach; with `lipsync_within_group`, the correlation of the motion
-inside each latent's group of frames (within_group_correlation: near 0 when a latent shows one mouth for all its
-frames). `vae_frames` rows code each frame on its own (one latent per frame): what the VAE's spatial path keeps,
-without its temporal compression.
+`ground_truth` rows score the real clip frames: the ceiling the regressor allows. `other_identity` rows score the
+real frames of the next held-out clip of another identity against this clip's portrait, identity only: the
+similarity of a face that is not the portrait's (dlib tells procedural faces apart poorly: about 0.9).
+`vae_reconstruction` rows score the ground truth after the VAE's encode and decode (when a VAE is given), streamed
+as a live stream codes it: the ceiling any generator in that latent space can reach; with `lipsync_within_group`,
+the correlation of the motion inside each latent's group of frames (within_group_correlation: near 0 when a latent
+shows one mouth for all its frames). `vae_frames` rows code each frame on its own (one latent per frame): what the
+VAE's spatial path keeps, without its temporal compression.
 Methods: `teacher` (offline bidirectional sampling, `sample`, with CFG) and `student_K<k>` (the streaming rollout
 with k denoising steps per chunk, `StreamingGenerator`, run to the end of the audio).
 """
@@ -146,13 +150,25 @@ def _score(
     if group is not None:
         row["lipsync_within_group"] = within_group_correlation(pred, clip.labels, group)
     if embedder is not None:
-        from rest.metrics.identity import identity_similarity
-
-        try:
-            row["csim_dlib"] = identity_similarity(embedder, clip.portrait, frames, stride=csim_stride)["value"]
-        except RestError:  # dlib finds no face in this portrait: no identity score for the clip
-            row["csim_dlib"] = None
+        row.update(identity_scores(embedder, clip.portrait, frames, csim_stride))
     return row
+
+
+def identity_scores(embedder, portrait: np.ndarray, frames: np.ndarray, stride: int) -> dict:
+    """`csim_dlib` and `csim_dlib_at_portrait` of `frames` (both None when dlib finds no face in the portrait)."""
+    from rest.metrics.identity import identity_similarity
+
+    try:
+        detected = identity_similarity(embedder, portrait, frames, stride=stride)
+        at_portrait = identity_similarity(embedder, portrait, frames, stride=stride, at_reference=True)
+    except RestError:  # no face in this portrait: no identity score for the clip
+        return {"csim_dlib": None, "csim_dlib_at_portrait": None}
+    return {"csim_dlib": detected["value"], "csim_dlib_at_portrait": at_portrait["value"]}
+
+
+def identity_of(clip: HeldoutClip) -> str:
+    """The identity part of a SynthTalk clip id (`id0039` of `id0039_v333_0000`)."""
+    return clip.clip_id.split("_")[0]
 
 
 def heldout_study(
@@ -194,6 +210,10 @@ def heldout_study(
             frames = np.concatenate([reconstruct(vae, frame[None]) for frame in clip.frames])  # 1 latent per frame
             row = _score(regressor, embedder, clip, frames, csim_stride)
             rows.append({"clip": clip.clip_id, "split": clip.split, "method": "vae_frames", **row})
+        other = next((c for c in clips[i + 1 :] + clips[:i] if identity_of(c) != identity_of(clip)), None)
+        if embedder is not None and other is not None:
+            row = identity_scores(embedder, clip.portrait, other.frames, csim_stride)
+            rows.append({"clip": clip.clip_id, "split": clip.split, "method": "other_identity", **row})
         bar.update()
         for name, (models, spec) in methods.items():
             for audio_kind, audio in (("own", clip.audio), ("shuffled", shuffled)):
@@ -222,7 +242,8 @@ def heldout_study(
 
 def summarize(rows: list[dict]) -> dict:
     """Means per method: own-audio metrics, and the shuffled-audio control as `shuffled_*`; `clips` scored, and
-    `csim_dlib_clips`, those where dlib found a face (the clips `csim_dlib` averages over)."""
+    `csim_dlib_clips`, those where dlib found a face (the clips `csim_dlib` averages over), and
+    `csim_dlib_at_portrait_clips`."""
     out: dict[str, dict] = {}
     for row in rows:
         prefix = "shuffled_" if row.get("audio") == "shuffled" else ""
@@ -233,19 +254,22 @@ def summarize(rows: list[dict]) -> dict:
             target.setdefault(prefix + key, []).append(float(value))
     return {
         m: {k: float(np.mean(v)) for k, v in metrics.items()}
-        | {"clips": len(metrics.get("lipsync_corr", [])), "csim_dlib_clips": len(metrics.get("csim_dlib", []))}
+        | {f"{k}_clips": len(metrics.get(k, [])) for k in ("csim_dlib", "csim_dlib_at_portrait")}
+        | {"clips": len(metrics.get("lipsync_corr", []))}
         for m, metrics in out.items()
     }
 
 
 def format_summary(summary: dict) -> str:
-    keys = ["lipsync_corr", "shuffled_lipsync_corr", "lipsync_best_corr", "csim_dlib", "seconds_per_video_second"]
+    keys = ["lipsync_corr", "shuffled_lipsync_corr", "lipsync_best_corr", "csim_dlib", "csim_dlib_at_portrait"]
+    keys.append("seconds_per_video_second")
     lines = ["| method | " + " | ".join(keys) + " | clips |", "|---" * (len(keys) + 2) + "|"]
     for method, values in summary.items():
         cells = [f"{values[k]:.3f}" if k in values else "-" for k in keys]
+        clips = values["clips"] or values.get("csim_dlib_at_portrait_clips", 0)
         if "csim_dlib" in values:  # over the clips with a face found
-            cells[keys.index("csim_dlib")] += f" ({values['csim_dlib_clips']}/{values['clips']})"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {values['clips']} |")
+            cells[keys.index("csim_dlib")] += f" ({values['csim_dlib_clips']}/{clips})"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {clips} |")
     return "\n".join(lines)
 
 

@@ -12,6 +12,13 @@ Two embedders, never mixed (each writes its own metric name):
 
 Per video: the mean over the scored frames (every `stride`-th) of cos(e_ref, e_frame); frames where no face is
 found are counted and left out, and a reference without a face is an error for that video.
+
+With `at_reference` (dlib only), no face is detected in the frames: every frame is embedded through the
+reference's alignment (its detected face box and 5 landmarks), so that no frame is left out. For a fixed camera
+(a talking head that stays where the portrait put it) this scores the region where the portrait's face is, in
+frames too blurred for the detector; a frame whose face has moved or dissolved scores low instead of being
+dropped. It reads against the same alignment applied to other identities' frames (a floor) and to the
+portrait's own video (a ceiling), which evaluation/drift_study.py reports with it.
 """
 
 from __future__ import annotations
@@ -64,16 +71,23 @@ class DlibFaceEmbedder:
         weights = folder / DLIB_EMBEDDER_FILE
         self.extractor = Extractor("dlib_face_recognition_resnet_model_v1 (128-d)", str(weights), file_sha256(weights))
 
-    def __call__(self, image: np.ndarray) -> np.ndarray | None:
-        """Embedding (128,) of the largest face in a uint8 RGB image, or None when no face is found."""
+    def align(self, image: np.ndarray):
+        """The 5-point landmarks (a dlib full_object_detection) of the largest face in a uint8 RGB image, or None."""
         image = np.ascontiguousarray(image)
         upsample = 1 if max(image.shape[:2]) < 320 else 0  # HOG finds faces of ~80 px and larger
         rects = self._detector(image, upsample)
         if len(rects) == 0:
             return None
-        rect = max(rects, key=lambda r: r.area())
-        shape = self._landmarks(image, rect)
-        return np.asarray(self._net.compute_face_descriptor(image, shape), dtype=np.float64)
+        return self._landmarks(image, max(rects, key=lambda r: r.area()))
+
+    def embed(self, image: np.ndarray, alignment) -> np.ndarray:
+        """Embedding (128,) of the face chip that `alignment` (from `align`, of this image or another) cuts out."""
+        return np.asarray(self._net.compute_face_descriptor(np.ascontiguousarray(image), alignment), np.float64)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray | None:
+        """Embedding (128,) of the largest face in a uint8 RGB image, or None when no face is found."""
+        alignment = self.align(image)
+        return None if alignment is None else self.embed(image, alignment)
 
 
 class ArcFaceEmbedder:
@@ -133,17 +147,24 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
-def identity_similarity(embedder, reference: np.ndarray, frames: np.ndarray, stride: int = 1) -> dict:
+def identity_similarity(
+    embedder, reference: np.ndarray, frames: np.ndarray, stride: int = 1, at_reference: bool = False
+) -> dict:
     """Mean cosine similarity of the reference's face to the faces of frames[::stride] (module docstring).
 
+    at_reference: embed every frame through the reference's face alignment instead of detecting its face (an
+    embedder with `align` and `embed`: dlib); no frame is left out.
     Returns {"value", "frames_scored", "frames_without_face"}; raises RestError when the reference has no face.
     """
+    if at_reference and not hasattr(embedder, "align"):
+        raise RestError(f"identity similarity at the reference's alignment needs the dlib embedder, not {embedder}")
+    alignment = embedder.align(reference) if at_reference else None
     ref = embedder(reference)
     if ref is None:
         raise RestError("no face found in the reference portrait")
     sims, missing = [], 0
     for frame in frames[::stride]:
-        emb = embedder(frame)
+        emb = embedder.embed(frame, alignment) if at_reference else embedder(frame)
         if emb is None:
             missing += 1
         else:

@@ -24,7 +24,9 @@ Stage 3 (Asynchronous Streaming Distillation), one training step on a batch of B
    states x_i(sigma_0) = eps_i, x_i(sigma_1), ..., x_i(sigma_K) = the generated chunk.
 3. The noisy window. Chunk i enters at its own drawn state: w_i = x_i(sigma_{k_i}), at level t_i (clean context
    chunks are the generated chunks themselves). These are the inputs the student meets at inference, on its own
-   trajectory.
+   trajectory. With `asd.context_timestep` = c > 0 the student's cache holds its past re-noised to level c
+   (x_i(0) (1 - c) + c eps'_i), and the teacher's window holds the clean context chunks the same way, at level c
+   (noise augmentation of the context, against the blur and errors of the student's own past compounding).
 4. Teacher target (frozen, bidirectional, no gradient). The teacher sees the whole window [w_0, .., w_{M-1}] at the
    per-chunk levels [t_0, .., t_{M-1}] at once, with the portrait and the audio, and CFG baked in (guided velocity,
    `asd.teacher_guidance`). With `asd.teacher_substeps` = N it integrates the window over the student's next step,
@@ -43,8 +45,9 @@ Stage 3 (Asynchronous Streaming Distillation), one training step on a batch of B
         L_gt      = mean over the same chunks of     || v_gt,i - (eps_i - x0_i) ||^2
         L         = asd.distill_weight * L_distill + asd.gt_loss_weight * L_gt        (distill_weight: 1)
    where v_gt is the student's block-causal forward over the ground-truth window noised at the same levels,
-   x_gt = (1 - t) x0 + t eps (teacher forcing: ground-truth past; chunks at t = 0 are clean context). It anchors
-   the student to the data where the teacher is wrong. All squared errors are means over (C, c, h, w).
+   x_gt = (1 - t) x0 + t eps (teacher forcing: ground-truth past; chunks at t = 0 are clean context, re-noised to
+   `asd.context_timestep` when it is > 0, as in the cache). It anchors the student to the data where the teacher
+   is wrong. All squared errors are means over (C, c, h, w).
 
 7. Paired audio loss (`asd.audio_pair_weight` = lambda_a > 0; off by default). The last chunk's audio is swapped for
    the next clip's in the batch (A -> A', from the chunk's first video frame on), on the same window and cache.
@@ -356,18 +359,25 @@ class AsynchronousStreamingDistillation:
         if cfg.distill_weight > 0:  # 0: teacher forcing only (the "no ASD" ablation), steps 2-5 skipped
             # 2-3. Self-rollout without gradients; the window holds each chunk's own state at its level.
             window, generated = self._self_rollout(student, features, portrait, draw, sigmas, chunks)
+            t_teacher, t_next_teacher = t, t_next
+            if cfg.context_timestep > 0:  # 3. the teacher sees the clean context as the student's cache holds it
+                level = torch.full_like(t, cfg.context_timestep)
+                noisy = interpolate(generated, draw.context_noise.float(), per_frame(level))
+                window = torch.where(per_frame(~in_loss)[:, None, :, None, None], noisy, window)
+                t_teacher = torch.where(in_loss, t, level)
+                t_next_teacher = torch.where(in_loss, t_next, level)
 
             # 4. Teacher target over the whole window at once.
             with torch.no_grad():
                 target = self._teacher_target(
-                    teacher, window, per_frame(t), per_frame(t_next), teacher_features, portrait, k_max
+                    teacher, window, per_frame(t_teacher), per_frame(t_next_teacher), teacher_features, portrait, k_max
                 )
 
             if pair:  # 7. The teacher's response to the other clip's audio under the last chunk.
                 features_swap, teacher_swap = self._swap_last_chunk_audio(student, features, teacher_features)
                 with torch.no_grad():
                     target_swap = self._teacher_target(
-                        teacher, window, per_frame(t), per_frame(t_next), teacher_swap, portrait, k_max
+                        teacher, window, per_frame(t_teacher), per_frame(t_next_teacher), teacher_swap, portrait, k_max
                     )
                 response_teacher = (target_swap - target)[:, :, chunks[-1]]
 
@@ -412,8 +422,12 @@ class AsynchronousStreamingDistillation:
         # 6. Ground-truth flow loss, teacher forcing (block-causal forward over the noised ground-truth window).
         if cfg.gt_loss_weight > 0:
             noise = draw.noise.to(latents.dtype)
-            x_gt = interpolate(latents, noise, per_frame(t))
-            v = student(x_gt, per_frame(t), features, portrait).sample
+            x_gt, t_gt = interpolate(latents, noise, per_frame(t)), t
+            if cfg.context_timestep > 0:  # clean context chunks at the cache's level, as the student meets them
+                t_gt = torch.where(in_loss, t, torch.full_like(t, cfg.context_timestep))
+                x_context = interpolate(latents, draw.context_noise.to(latents.dtype), per_frame(t_gt))
+                x_gt = torch.where(per_frame(~in_loss)[:, None, :, None, None], x_context, x_gt)
+            v = student(x_gt, per_frame(t_gt), features, portrait).sample
             err = (v.float() - velocity_target(latents, noise).float()).pow(2).mean(dim=(1, 3, 4))  # (B, f)
             loss_gt = (err.view(b, m, c).mean(dim=2) * weight).sum() / count
             loss = loss + cfg.gt_loss_weight * loss_gt
