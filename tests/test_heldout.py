@@ -7,7 +7,7 @@ import torch
 
 from rest.data.shards import ShardWriter
 from rest.diffusion.flow import Guidance, flow_sigmas
-from rest.metrics.heldout import Models, format_summary, heldout_clips, heldout_study, summarize
+from rest.metrics.heldout import Models, format_summary, heldout_clips, heldout_study, identity_scores, summarize
 from rest.metrics.identity import identity_similarity
 from rest.metrics.lipsync_gt import within_group_correlation
 
@@ -98,11 +98,17 @@ def test_study_scores_identity_against_another_identitys_frames(root, tiny_model
         row = rows["other_identity", clip.clip_id, None]
         expected = identity_similarity(white_square_faces, clip.portrait, other.frames, stride=5)["value"]
         assert row["csim_dlib"] == pytest.approx(expected) and expected < 0.999
+        at = identity_similarity(white_square_faces, clip.portrait, other.frames, stride=5, at_reference=True)
+        assert row["csim_dlib_at_portrait"] == pytest.approx(at["value"])
         assert "lipsync_corr" not in row
         assert "csim_dlib_at_portrait" in rows["student_K1", clip.clip_id, "own"]
         assert "csim_dlib" not in rows["student_K1", clip.clip_id, "shuffled"]
     summary = result["summary"]
     assert summary["other_identity"]["csim_dlib_at_portrait_clips"] == 2
+    # An embedder that cannot align (ArcFace) still gets the detected-face score, and no score at the portrait.
+    detect_only = lambda image: white_square_faces(image)  # noqa: E731
+    scores = identity_scores(detect_only, clips[0].portrait, clips[1].frames, 5)
+    assert scores == {"csim_dlib": pytest.approx(rows["other_identity", clips[0].clip_id, None]["csim_dlib"])}
     assert "| other_identity | - | - | - |" in format_summary(summary)
 
 

@@ -104,7 +104,7 @@ def drift_curve(
         if embedder is not None:
             detected = identity_similarity(embedder, portrait, frames, stride=stride)
             row["csim_dlib"] = detected["value"]
-            row["faces_found"] = detected["frames_scored"] / len(frames[::stride])
+            row["faces_found"] = detected["frames_scored"] / max(1, len(frames[::stride]))
             at_portrait = identity_similarity(embedder, portrait, frames, stride=stride, at_reference=True)
             row["csim_dlib_at_portrait"] = at_portrait["value"]
         rows.append(row)

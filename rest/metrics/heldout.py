@@ -155,15 +155,18 @@ def _score(
 
 
 def identity_scores(embedder, portrait: np.ndarray, frames: np.ndarray, stride: int) -> dict:
-    """`csim_dlib` and `csim_dlib_at_portrait` of `frames` (both None when dlib finds no face in the portrait)."""
+    """`csim_dlib` (detected faces) and, with an embedder that can align (dlib), `csim_dlib_at_portrait` of
+    `frames`; None when the portrait has no face."""
     from rest.metrics.identity import identity_similarity
 
+    at_portrait = hasattr(embedder, "align")
     try:
-        detected = identity_similarity(embedder, portrait, frames, stride=stride)
-        at_portrait = identity_similarity(embedder, portrait, frames, stride=stride, at_reference=True)
+        row = {"csim_dlib": identity_similarity(embedder, portrait, frames, stride=stride)["value"]}
+        if at_portrait:
+            row["csim_dlib_at_portrait"] = identity_similarity(embedder, portrait, frames, stride, True)["value"]
     except RestError:  # no face in this portrait: no identity score for the clip
-        return {"csim_dlib": None, "csim_dlib_at_portrait": None}
-    return {"csim_dlib": detected["value"], "csim_dlib_at_portrait": at_portrait["value"]}
+        row = {"csim_dlib": None} | ({"csim_dlib_at_portrait": None} if at_portrait else {})
+    return row
 
 
 def identity_of(clip: HeldoutClip) -> str:

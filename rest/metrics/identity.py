@@ -159,7 +159,10 @@ def identity_similarity(
     if at_reference and not hasattr(embedder, "align"):
         raise RestError(f"identity similarity at the reference's alignment needs the dlib embedder, not {embedder}")
     alignment = embedder.align(reference) if at_reference else None
-    ref = embedder(reference)
+    if at_reference:
+        ref = None if alignment is None else embedder.embed(reference, alignment)
+    else:
+        ref = embedder(reference)
     if ref is None:
         raise RestError("no face found in the reference portrait")
     sims, missing = [], 0

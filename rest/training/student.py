@@ -26,7 +26,9 @@ Stage 3 (Asynchronous Streaming Distillation), one training step on a batch of B
    chunks are the generated chunks themselves). These are the inputs the student meets at inference, on its own
    trajectory. With `asd.context_timestep` = c > 0 the student's cache holds its past re-noised to level c
    (x_i(0) (1 - c) + c eps'_i), and the teacher's window holds the clean context chunks the same way, at level c
-   (noise augmentation of the context, against the blur and errors of the student's own past compounding).
+   (noise augmentation of the context, against the blur and errors of the student's own past compounding). The
+   teacher never trained on a context at level c; the student distilled through it at c = 0.2 keeps its face
+   over a stream, where the one distilled with a clean context loses it (weights/rest-tiny/README.md).
 4. Teacher target (frozen, bidirectional, no gradient). The teacher sees the whole window [w_0, .., w_{M-1}] at the
    per-chunk levels [t_0, .., t_{M-1}] at once, with the portrait and the audio, and CFG baked in (guided velocity,
    `asd.teacher_guidance`). With `asd.teacher_substeps` = N it integrates the window over the student's next step,
