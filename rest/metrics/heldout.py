@@ -264,8 +264,14 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    keys = ["lipsync_corr", "shuffled_lipsync_corr", "lipsync_best_corr", "csim_dlib", "csim_dlib_at_portrait"]
-    keys.append("seconds_per_video_second")
+    keys = [
+        "lipsync_corr",
+        "shuffled_lipsync_corr",
+        "lipsync_best_corr",
+        "csim_dlib",
+        "csim_dlib_at_portrait",
+        "seconds_per_video_second",
+    ]
     lines = ["| method | " + " | ".join(keys) + " | clips |", "|---" * (len(keys) + 2) + "|"]
     for method, values in summary.items():
         cells = [f"{values[k]:.3f}" if k in values else "-" for k in keys]

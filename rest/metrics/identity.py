@@ -158,16 +158,16 @@ def identity_similarity(
     """
     if at_reference and not hasattr(embedder, "align"):
         raise RestError(f"identity similarity at the reference's alignment needs the dlib embedder, not {embedder}")
-    alignment = embedder.align(reference) if at_reference else None
+    embed = embedder
     if at_reference:
-        ref = None if alignment is None else embedder.embed(reference, alignment)
-    else:
-        ref = embedder(reference)
+        alignment = embedder.align(reference)
+        embed = lambda image: None if alignment is None else embedder.embed(image, alignment)  # noqa: E731
+    ref = embed(reference)
     if ref is None:
         raise RestError("no face found in the reference portrait")
     sims, missing = [], 0
     for frame in frames[::stride]:
-        emb = embedder.embed(frame, alignment) if at_reference else embedder(frame)
+        emb = embed(frame)
         if emb is None:
             missing += 1
         else:

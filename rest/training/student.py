@@ -361,13 +361,9 @@ class AsynchronousStreamingDistillation:
         if cfg.distill_weight > 0:  # 0: teacher forcing only (the "no ASD" ablation), steps 2-5 skipped
             # 2-3. Self-rollout without gradients; the window holds each chunk's own state at its level.
             window, generated = self._self_rollout(student, features, portrait, draw, sigmas, chunks)
-            t_teacher, t_next_teacher = t, t_next
-            if cfg.context_timestep > 0:  # 3. the teacher sees the clean context as the student's cache holds it
-                level = torch.full_like(t, cfg.context_timestep)
-                noisy = interpolate(generated, draw.context_noise.float(), per_frame(level))
-                window = torch.where(per_frame(~in_loss)[:, None, :, None, None], noisy, window)
-                t_teacher = torch.where(in_loss, t, level)
-                t_next_teacher = torch.where(in_loss, t_next, level)
+            # 3. The teacher sees the clean context as the student's cache holds it (re-noised when c > 0).
+            window, t_teacher = self._context_as_cached(window, t, in_loss, draw, c)
+            t_next_teacher = torch.where(in_loss, t_next, t_teacher)  # no segment for context chunks
 
             # 4. Teacher target over the whole window at once.
             with torch.no_grad():
@@ -424,11 +420,7 @@ class AsynchronousStreamingDistillation:
         # 6. Ground-truth flow loss, teacher forcing (block-causal forward over the noised ground-truth window).
         if cfg.gt_loss_weight > 0:
             noise = draw.noise.to(latents.dtype)
-            x_gt, t_gt = interpolate(latents, noise, per_frame(t)), t
-            if cfg.context_timestep > 0:  # clean context chunks at the cache's level, as the student meets them
-                t_gt = torch.where(in_loss, t, torch.full_like(t, cfg.context_timestep))
-                x_context = interpolate(latents, draw.context_noise.to(latents.dtype), per_frame(t_gt))
-                x_gt = torch.where(per_frame(~in_loss)[:, None, :, None, None], x_context, x_gt)
+            x_gt, t_gt = self._context_as_cached(interpolate(latents, noise, per_frame(t)), t, in_loss, draw, c)
             v = student(x_gt, per_frame(t_gt), features, portrait).sample
             err = (v.float() - velocity_target(latents, noise).float()).pow(2).mean(dim=(1, 3, 4))  # (B, f)
             loss_gt = (err.view(b, m, c).mean(dim=2) * weight).sum() / count
@@ -436,6 +428,21 @@ class AsynchronousStreamingDistillation:
             logs["loss_gt"] = loss_gt.item()
         logs["loss"] = loss.item()
         return loss, logs
+
+    def _context_as_cached(
+        self, x: torch.Tensor, t: torch.Tensor, in_loss: torch.Tensor, draw: ASDDraw, chunk_frames: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A window x (B, C, f, h, w) at chunk levels t (B, M) with its clean context chunks (not in the loss, t = 0)
+        as the student's cache holds them: re-noised to `context_timestep` c with the cache's noise, at level c
+        (module docstring, 3. and 6.). Unchanged when c = 0."""
+        c = self.config.context_timestep
+        if c == 0:
+            return x, t
+        level = torch.where(in_loss, t, torch.full_like(t, c))
+        per_frame = level.repeat_interleave(chunk_frames, dim=1)
+        noised = interpolate(x, draw.context_noise.to(x.dtype), per_frame)
+        context = (~in_loss).repeat_interleave(chunk_frames, dim=1)[:, None, :, None, None]
+        return torch.where(context, noised, x), level
 
     def _swap_last_chunk_audio(
         self, student: DenoiserDiT, features: torch.Tensor, teacher_features: torch.Tensor
