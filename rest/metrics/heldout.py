@@ -157,9 +157,9 @@ def _score(
 def identity_scores(embedder, portrait: np.ndarray, frames: np.ndarray, stride: int) -> dict:
     """`csim_dlib` (detected faces) and, with an embedder that can align (dlib), `csim_dlib_at_portrait` of
     `frames`; None when the portrait has no face."""
-    from rest.metrics.identity import identity_similarity
+    from rest.metrics.identity import can_align, identity_similarity
 
-    at_portrait = hasattr(embedder, "align")
+    at_portrait = can_align(embedder)
     try:
         row = {"csim_dlib": identity_similarity(embedder, portrait, frames, stride=stride)["value"]}
         if at_portrait:

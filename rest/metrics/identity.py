@@ -147,6 +147,11 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
+def can_align(embedder) -> bool:
+    """Whether `embedder` can embed a frame through another image's face alignment (`align` / `embed`: dlib)."""
+    return hasattr(embedder, "align")
+
+
 def identity_similarity(
     embedder, reference: np.ndarray, frames: np.ndarray, stride: int = 1, at_reference: bool = False
 ) -> dict:
@@ -156,7 +161,7 @@ def identity_similarity(
     embedder with `align` and `embed`: dlib); no frame is left out.
     Returns {"value", "frames_scored", "frames_without_face"}; raises RestError when the reference has no face.
     """
-    if at_reference and not hasattr(embedder, "align"):
+    if at_reference and not can_align(embedder):
         raise RestError(f"identity similarity at the reference's alignment needs the dlib embedder, not {embedder}")
     embed = embedder
     if at_reference:
@@ -183,6 +188,7 @@ __all__ = [
     "ArcFaceEmbedder",
     "DlibFaceEmbedder",
     "arcface_available",
+    "can_align",
     "cosine",
     "dlib_models_dir",
     "identity_similarity",
