@@ -190,5 +190,17 @@ def test_export_pipeline_from_a_student_export(test_pipeline, tmp_path, capsys):
     assert config["training"] == info and config["context_chunks"] == 2
     pipe = TalkingHeadPipeline.from_pretrained(out)
     assert next(pipe.vae.parameters()).dtype == torch.float32  # stored in fp16, run in fp32
-    with pytest.raises(RestError, match="compresses space 16x, preset 'base' expects 32x"):
+    with pytest.raises(RestError, match="32 tokens a side at the 512 px of preset 'base', which has 16"):
         export_pipeline(student, tmp_path / "base", preset="base")
+    # An 8x VAE under a denoiser with 2 x 2 patches has the tiny preset's token grid too.
+    CausalVideoVAE.from_preset("tiny", patch_size=2, block_out_channels=(16, 64, 128)).save_pretrained(tmp_path / "v8")
+    with pytest.raises(RestError, match="16 tokens a side at the 128 px of preset 'tiny', which has 8"):
+        export_pipeline(student, tmp_path / "v8_patch1", vae=tmp_path / "v8")
+    from rest.models.dit import DenoiserDiT
+
+    patched = tmp_path / "export_patch2"
+    shutil.copytree(student, patched)
+    denoiser = DenoiserDiT.from_pretrained(student / "denoiser")
+    DenoiserDiT.from_config({**denoiser.config, "patch_size": 2}).save_pretrained(patched / "denoiser")
+    folder = export_pipeline(patched, tmp_path / "v8_patch2", vae=tmp_path / "v8")
+    assert TalkingHeadPipeline.from_pretrained(folder).vae.spatial_compression == 8

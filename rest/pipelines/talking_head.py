@@ -295,10 +295,15 @@ def export_pipeline(
     from rest.config import get_preset
 
     spec = get_preset(preset)
-    if vae_model.spatial_compression != spec.vae.spatial_compression:
+    # The preset pins the resolution and the token grid; the VAE and the denoiser's patch may split the compression
+    # between them (rest-tiny: an 8x VAE and 2 x 2 patches, the preset's 16x VAE at patch 1: both 8 x 8 tokens).
+    side = spec.resolution / (vae_model.spatial_compression * denoiser.config.patch_size)
+    if side != spec.latent_size:
         raise RestError(
-            f"the VAE compresses space {vae_model.spatial_compression}x, preset {preset!r} expects "
-            f"{spec.vae.spatial_compression}x: pass the preset the models were trained for (--preset)"
+            f"the VAE compresses space {vae_model.spatial_compression}x and the denoiser patches "
+            f"{denoiser.config.patch_size}x{denoiser.config.patch_size} latents: {side:g} tokens a side at the "
+            f"{spec.resolution} px of preset {preset!r}, which has {spec.latent_size}; pass the preset the models "
+            "were trained for (--preset)"
         )
     config = PipelineConfig(
         preset=preset,
