@@ -296,7 +296,7 @@ def export_pipeline(
 
     spec = get_preset(preset)
     # The preset pins the resolution and the token grid; the VAE and the denoiser's patch may split the compression
-    # between them (rest-tiny: an 8x VAE and 2 x 2 patches, the preset's 16x VAE at patch 1: both 8 x 8 tokens).
+    # between them (at tiny's 128 px, its 16x VAE at patch 1 and an 8x VAE at 2 x 2 patches both give 8 x 8 tokens).
     side = spec.resolution / (vae_model.spatial_compression * denoiser.config.patch_size)
     if side != spec.latent_size:
         raise RestError(
