@@ -13,7 +13,7 @@ import torch
 from rest.diffusion.flow import Guidance, flow_sigmas
 from rest.errors import RestError
 from rest.metrics.heldout import Models, format_summary, heldout_clips, heldout_study, write_study
-from rest.metrics.lipsync_gt import load_mouth_regressor
+from rest.metrics.lipsync_gt import PixelRidgeMouth, load_mouth_regressor
 from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
 from rest.training.student import load_student, load_teacher
@@ -46,6 +46,12 @@ def main() -> int:
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--no-csim", action="store_true", help="skip identity similarity (dlib)")
+    parser.add_argument(
+        "--pixel-judge-clips",
+        type=int,
+        default=60,
+        help="training-split clips to fit the second, CNN-free judge on (PixelRidgeMouth; 0 = no second judge)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", required=True, help="JSON file")
     args = parser.parse_args()
@@ -78,8 +84,12 @@ def main() -> int:
 
         embedder = load_face_embedder("dlib")
     clips = heldout_clips(args.data, tuple(args.splits), args.seconds, args.clips)
+    pixel_judge = None
+    if args.pixel_judge_clips > 0:
+        train = heldout_clips(args.data, ("train",), args.seconds, args.pixel_judge_clips)
+        pixel_judge = PixelRidgeMouth().fit([c.frames for c in train], [c.labels for c in train])
     vae = next(iter(methods.values()))[0].vae
-    result = heldout_study(clips, methods, regressor, embedder, seed=args.seed, vae=vae)
+    result = heldout_study(clips, methods, regressor, embedder, seed=args.seed, vae=vae, pixel_judge=pixel_judge)
     result["settings"] = {k: v for k, v in vars(args).items()}
     path = write_study(result, args.output)
     print(format_summary(result["summary"]))

@@ -49,7 +49,7 @@ def test_demo_recipe_commands_load_their_configs(tmp_path):
     assert names.index("mouth_expert") < names.index("vae")
     assert names.index("latents") < names.index("teacher")
     assert names.index("teacher") < names.index("audio_expert") < names.index("teacher_audio") < names.index("student")
-    assert names.index("student") < names.index("export")
+    assert names.index("student") < names.index("student_mouth") < names.index("export")
     trained = 0
     for name, _, command in plan:
         if "--config" not in command:
@@ -74,10 +74,17 @@ def test_demo_recipe_commands_load_their_configs(tmp_path):
                     experiment_of(REPO / "configs/demo/teacher.yaml"), REPO / "configs/demo/teacher.yaml"
                 ).denoiser
             )
-        if name in ("student", "student_tf"):
+        if name in ("student", "student_mouth", "student_tf"):
             assert cfg.teacher == str(tmp_path / "demo/teacher_audio/export"), name
+        if name == "student_mouth":  # stage 3b: stage 3's export, with the VAE's mouth expert (not the study's)
+            assert cfg.init == str(tmp_path / "demo/student/export")
+            assert cfg.asd.mouth_weight > 0 and cfg.asd.mouth_expert == str(tmp_path / "demo/mouth_expert")
+            assert [k for _, k in cfg.asd.steps_schedule] == [1] and cfg.asd.mouth_box is not None
         trained += 1
-    assert trained == 8  # vae_images, vae_clips, vae_motion, vae, teacher, teacher_audio, student, student_tf
+    assert trained == 9  # vae_images, vae_clips, vae_motion, vae, teacher, teacher_audio, student, 3b, student_tf
+    export, study = (next(c for n, _, c in plan if n == name) for name in ("export", "study"))
+    shipped = str(tmp_path / "demo/student_mouth/export")
+    assert export[export.index("--student") + 1] == study[study.index("--student") + 1] == shipped
     names = ("vae_images.yaml", "vae.yaml", "vae_motion.yaml", "vae_mouth.yaml")
     frames, clips, motion, mouth = (load_config(VAEExperiment, REPO / "configs/demo" / name) for name in names)
     assert frames.arch() == clips.arch() == motion.arch() == mouth.arch()  # each fine-tunes the stage before

@@ -9,7 +9,7 @@ from rest.data.shards import ShardWriter
 from rest.diffusion.flow import Guidance, flow_sigmas
 from rest.metrics.heldout import Models, format_summary, heldout_clips, heldout_study, identity_scores, summarize
 from rest.metrics.identity import identity_similarity
-from rest.metrics.lipsync_gt import within_group_correlation
+from rest.metrics.lipsync_gt import PixelRidgeMouth, within_group_correlation
 
 R, FRAMES = 32, 110
 
@@ -56,8 +56,10 @@ def test_study_scores_both_paths(root, tiny_models):
         ),
     }
     clips = heldout_clips(root, seconds=2.0)
+    train = heldout_clips(root, ("train",), seconds=2.0)
+    judge = PixelRidgeMouth().fit([c.frames for c in train], [c.labels for c in train])
     with torch.no_grad():
-        result = heldout_study(clips, methods, MouthBrightness(), seed=0, progress=False, vae=vae)
+        result = heldout_study(clips, methods, MouthBrightness(), seed=0, progress=False, vae=vae, pixel_judge=judge)
     rows = result["per_clip"]
     assert len(rows) == 2 * (3 + 2 * 2)
     assert {(r["method"], r.get("audio")) for r in rows} == {
@@ -74,6 +76,14 @@ def test_study_scores_both_paths(root, tiny_models):
     summary = result["summary"]
     assert summary["ground_truth"]["lipsync_corr"] == pytest.approx(1.0, abs=1e-3)
     assert summary["ground_truth"]["lipsync_offset"] == 0
+    # The second judge, fit on the training clip only, reads the held-out clips' mouths; frames out of order do not.
+    assert summary["ground_truth"]["lipsync_pixel_corr"] > 0.95 and "shuffled_lipsync_pixel_corr" in summary["teacher"]
+    scrambled = np.random.default_rng(0).permutation(clips[0].frames)
+    assert abs(np.corrcoef(judge.predict(scrambled), clips[0].labels[: len(scrambled)])[0, 1]) < 0.3
+    for clip in clips:  # the amplitude: the reading's least-squares slope on the labels
+        truth = next(r for r in rows if r["method"] == "ground_truth" and r["clip"] == clip.clip_id)
+        reading = MouthBrightness().predict(clip.frames)
+        assert truth["lipsync_slope"] == pytest.approx(np.polyfit(clip.labels, reading, 1)[0]) and reading.std() > 0
     assert {"lipsync_corr", "shuffled_lipsync_corr", "seconds_per_video_second"} <= set(summary["teacher"])
     assert summary["teacher"]["clips"] == 2
     assert "lipsync_within_group" in summary["vae_reconstruction"] and "lipsync_corr" in summary["vae_frames"]

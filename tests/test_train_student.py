@@ -14,6 +14,7 @@ from rest.cli import main
 from rest.config import ConfigError, load_config
 from rest.data.shards import ShardWriter
 from rest.diffusion.flow import Guidance, flow_sigmas, guided_velocity
+from rest.metrics.lipsync_gt import MouthRegressor
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
@@ -23,6 +24,7 @@ from rest.training.common import MetricsLog, latest_checkpoint, read_trainer_sta
 from rest.training.student import (
     ASDConfig,
     AsynchronousStreamingDistillation,
+    MouthExpertLoss,
     StudentDataConfig,
     StudentExperiment,
     StudentTrainConfig,
@@ -31,6 +33,7 @@ from rest.training.student import (
     segment_levels,
     train_student,
 )
+from rest.training.vae import mouth_expert_distance
 
 REPO = Path(__file__).resolve().parents[1]
 DENOISER = dict(
@@ -302,6 +305,77 @@ def test_paired_audio_loss_matches_the_teachers_response_to_swapped_audio():
         ASDConfig(audio_pair_weight=1.0, distill_weight=0.0).check()
 
 
+def small_mouth_loss(seed: int = 0, box=None) -> MouthExpertLoss:
+    """A random VAE (4 latent channels, 8x spatial: 4x4 latents -> 32x32 frames) and a random mouth expert."""
+    torch.manual_seed(seed)
+    vae = CausalVideoVAE(latent_channels=4, patch_size=2, block_out_channels=(8, 16, 32))
+    return MouthExpertLoss(vae, MouthRegressor(image_size=16, channels=(8, 8)), box)
+
+
+def test_mouth_expert_loss_compares_the_decoded_last_chunk_after_the_ground_truth_past():
+    """The last chunk is decoded after the ground-truth past (as the whole window would decode it); identical
+    latents are at distance 0; gradients reach the estimate only."""
+    mouth = small_mouth_loss()
+    g = torch.Generator().manual_seed(2)
+    latents = torch.randn(2, 4, 3, 4, 4, generator=g)
+    estimate = torch.randn(2, 4, 1, 4, 4, generator=g, requires_grad=True)
+    assert mouth(latents, latents[:, :, -1:]).item() == pytest.approx(0.0, abs=1e-10)
+    loss = mouth(latents, estimate)
+    vae = mouth.vae
+    last = lambda z: vae.decode(vae.denormalize_latents(z)).sample[:, :, -4:].transpose(1, 2).flatten(0, 1)  # noqa: E731
+    with torch.no_grad():
+        whole = mouth_expert_distance(mouth.expert, last(torch.cat([latents[:, :, :-1], estimate], 2)), last(latents))
+    assert loss.item() > 0 and loss.item() == pytest.approx(whole.item(), rel=1e-4)
+    loss.backward()
+    assert estimate.grad.abs().sum() > 0
+    assert all(p.grad is None for p in [*vae.parameters(), *mouth.expert.parameters()])
+
+    # mouth_box: the expert sees the estimate's pixels inside the box (rows 16-24, columns 8-24 of 32), the ground
+    # truth's around it.
+    boxed = small_mouth_loss(box=(0.5, 0.75, 0.25, 0.75))
+    with torch.no_grad():
+        got, want = last(torch.cat([latents[:, :, :-1], estimate], 2)), last(latents)
+        composite = want.clone()
+        composite[:, :, 16:24, 8:24] = got[:, :, 16:24, 8:24]
+        expected = mouth_expert_distance(boxed.expert, composite, want)
+        assert boxed(latents, estimate).item() == pytest.approx(expected.item(), rel=1e-4)
+        assert expected.item() != pytest.approx(whole.item(), rel=1e-3)
+    with pytest.raises(ConfigError, match="mouth_box"):
+        ASDConfig(mouth_box=(0.8, 0.5, 0.2, 0.7)).check()
+
+
+def test_mouth_weight_adds_the_mouth_loss_of_the_students_clean_estimate():
+    """asd.mouth_weight: L += lambda_m * L_mouth on x0_hat = x_t - t v of the teacher-forced forward's last chunk;
+    it trains the student even with the ground-truth flow loss off; the config needs an expert."""
+    teacher, student, objective, latents, features, portrait = small_setup(window_chunks=3)
+    mouth = small_mouth_loss()
+    objective = AsynchronousStreamingDistillation(
+        ASDConfig(window_chunks=3, teacher_substeps=1, mouth_weight=0.5, mouth_expert="expert"), 2.0, mouth
+    )
+    student.train()
+    draw = objective.draw(latents.shape, 1, "cpu", torch.Generator().manual_seed(3))
+    loss, logs = objective(student, teacher, latents, features, features, portrait, draw)
+    assert logs["loss_mouth"] > 0
+    assert loss.item() == pytest.approx(logs["loss_distill"] + 0.1 * logs["loss_gt"] + 0.5 * logs["loss_mouth"])
+    t = objective.sigmas(1)[draw.levels]  # (B, M): chunk = latent frame; context_timestep 0
+    x = (1 - t)[:, None, :, None, None] * latents + t[:, None, :, None, None] * draw.noise
+    with torch.no_grad():  # K = 1: the last chunk is at t = 1, so x0_hat = noise - v
+        v = student(x, t, features, portrait).sample
+    estimate = draw.noise[:, :, -1:] - v[:, :, -1:]
+    assert logs["loss_mouth"] == pytest.approx(mouth(latents, estimate).item(), rel=1e-4)
+
+    objective.config.gt_loss_weight, objective.config.distill_weight = 0.0, 0.0
+    student.zero_grad()
+    loss, logs = objective(student, teacher, latents, features, features, portrait, draw)
+    loss.backward()
+    assert "loss_gt" not in logs and loss.item() == pytest.approx(0.5 * logs["loss_mouth"])
+    assert sum(p.grad.abs().sum() for p in student.parameters() if p.grad is not None) > 0
+    with pytest.raises(ConfigError, match="mouth_expert"):
+        ASDConfig(mouth_weight=1.0).check()
+    with pytest.raises(ValueError, match="MouthExpertLoss"):
+        AsynchronousStreamingDistillation(ASDConfig(mouth_weight=1.0, mouth_expert="expert"), 2.0)
+
+
 def test_loss_trains_the_student_only():
     """Gradients reach every trainable parameter of the student, and neither the frozen CFG parameters nor the
     teacher; the loss is L_distill + gt_loss_weight * L_gt."""
@@ -408,6 +482,34 @@ def test_distillation_loss_decreases(assets, tmp_path):
     train_student(cfg)
     losses = [m["loss_distill"] for m in MetricsLog.read(out, "train")]
     assert len(losses) == 4 and losses[-1] < 0.3 * losses[0], losses
+
+
+def test_init_continues_from_a_student_export_with_the_mouth_loss(assets, tmp_path):
+    """`init`: the student starts from a student export's weights, not the teacher's (lr 0: the export is the init);
+    `asd.mouth_weight` with an expert folder logs the mouth loss; an init of another architecture is refused."""
+    teacher = load_local(DenoiserDiT, assets["teacher"] / "denoiser")
+    student, audio_encoder = build_student(teacher, load_local(AudioEncoder, assets["teacher"] / "audio_encoder"), {})
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.01)
+    student.save_pretrained(tmp_path / "init" / "denoiser")
+    audio_encoder.save_pretrained(tmp_path / "init" / "audio_encoder")
+    MouthRegressor(image_size=16, channels=(8, 8)).save_pretrained(tmp_path / "expert")
+
+    cfg = experiment(assets, tmp_path / "run", max_steps=2)
+    cfg.init, cfg.train.lr = str(tmp_path / "init"), 0.0
+    cfg.asd.mouth_weight, cfg.asd.mouth_expert = 1.0, str(tmp_path / "expert")
+    export = train_student(cfg)
+    logs = MetricsLog.read(tmp_path / "run", "train")
+    assert len(logs) == 2 and all(m["loss_mouth"] > 0 for m in logs)
+    assert "val_loss_mouth" in MetricsLog.read(tmp_path / "run", "eval")[-1]
+    exported = load_local(DenoiserDiT, export / "denoiser").state_dict()
+    assert all(torch.equal(v, exported[k]) for k, v in student.state_dict().items())
+
+    cfg = experiment(assets, tmp_path / "run2", max_steps=1)
+    cfg.init, cfg.student = str(tmp_path / "init"), {"context_chunks": 1}
+    with pytest.raises(ConfigError, match="context_chunks"):
+        train_student(cfg)
 
 
 def test_config_errors(assets, tmp_path):

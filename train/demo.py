@@ -1,6 +1,7 @@
 """Reproduce the shipped demo model (weights/rest-tiny) from scratch: SynthTalk -> VAE (frames, then clips, then
 clips with more motion weight, then with a mouth expert in the loss) -> latents -> teacher (then fine-tuned with an
-audio encoder pretrained on the mouth) -> student (ASD) -> mouth regressor -> pipeline folder -> held-out study.
+audio encoder pretrained on the mouth) -> student (ASD, then fine-tuned with the mouth expert in the loss) -> mouth
+regressor -> pipeline folder -> held-out study.
 Every stage is a documented command of the project, run in order; a finished stage (its output exists) is skipped,
 and the training stages resume.
 
@@ -26,8 +27,9 @@ PY = sys.executable
 
 def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[tuple[str, Path, list[str]]]:
     """(name, output that marks the stage done, command; empty for stages done in this script)."""
-    data, vae, student = root / "synthtalk", root / "vae", root / "student"
+    data, vae, distilled = root / "synthtalk", root / "vae", root / "student"
     teacher = root / "teacher_audio"  # the teacher the student distils: stage 2b
+    student = root / "student_mouth"  # the shipped student: stage 3 fine-tuned with the mouth expert (3b)
     rest, train = [PY, "-m", "rest.cli"], REPO / "train"
     sheet = str(root / "synthtalk_sheet.png")
     synth = [*rest, "synth", "--output", str(data), "--identities", str(identities), "--seconds", str(seconds)]
@@ -52,7 +54,10 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
     teacher_audio_cmd += [f"init={root / 'teacher' / 'export'}", f"audio_encoder_init={root / 'audio_expert'}"]
     teacher_audio_cmd += [f"train.output_dir={teacher}"]
     student_cmd = [PY, str(train / "student.py"), "--config", "configs/demo/student.yaml", "--resume", "latest"]
-    student_cmd += ["--set", f"data.root={data}", f"teacher={teacher / 'export'}", f"train.output_dir={student}"]
+    student_cmd += ["--set", f"data.root={data}", f"teacher={teacher / 'export'}", f"train.output_dir={distilled}"]
+    mouth_cmd = [PY, str(train / "student.py"), "--config", "configs/demo/student_mouth.yaml", "--resume", "latest"]
+    mouth_cmd += ["--set", f"data.root={data}", f"teacher={teacher / 'export'}", f"init={distilled / 'export'}"]
+    mouth_cmd += [f"asd.mouth_expert={root / 'mouth_expert'}", f"train.output_dir={student}"]
     tf_cmd = [PY, str(train / "student.py"), "--config", "configs/demo/student_tf.yaml", "--resume", "latest"]
     tf_cmd += [
         "--set",
@@ -90,7 +95,8 @@ def stages(root: Path, weights: Path, identities: int, seconds: float) -> list[t
         ("teacher", root / "teacher" / "export" / "teacher.json", teacher_cmd),  # stage 2: the image
         ("audio_expert", root / "audio_expert" / "metrics.json", audio_cmd),  # the audio encoder, on the labels
         ("teacher_audio", teacher / "export" / "teacher.json", teacher_audio_cmd),  # 2b: 2 with the expert's encoder
-        ("student", student / "export" / "student.json", student_cmd),
+        ("student", distilled / "export" / "student.json", student_cmd),  # stage 3: ASD
+        ("student_mouth", student / "export" / "student.json", mouth_cmd),  # 3b: 3 with the mouth expert
         ("mouth_regressor", root / "mouth_regressor" / "config.json", [*mouth, str(root / "mouth_regressor")]),
         (
             "export",

@@ -7,7 +7,11 @@ reproduce). Per method the study reports:
 
 - `lipsync_corr`: Pearson correlation at lag 0 between the mouth openness the project's mouth regressor
   (rest/metrics/lipsync_gt.py) reads off the generated frames and the clip's ground-truth `mouth_open` labels;
-  `lipsync_best_corr` / `lipsync_offset` at the best lag within +-MAX_OFFSET frames.
+  `lipsync_best_corr` / `lipsync_offset` at the best lag within +-MAX_OFFSET frames; `lipsync_slope`, the
+  least-squares slope of that reading on the labels (lag 0): how far the mouth opens, in the regressor's units
+  (the ground truth's own slope is the ceiling; a mouth that follows the audio but barely moves has a high
+  correlation and a slope near 0). With a second judge (`pixel_judge`, e.g. a `PixelRidgeMouth` fit on the
+  training split), `lipsync_pixel_corr` is the same correlation under it.
 - the same with **shuffled audio** (the audio of the next held-out clip, labels of the clip itself): the control,
   near 0 for any model. The gap between the two is what the audio explains.
 - `csim_dlib`: identity similarity of the generated frames to the portrait (rest/metrics/identity.py, dlib), over
@@ -142,11 +146,22 @@ def generate_student(
 
 
 def _score(
-    regressor, embedder, clip: HeldoutClip, frames: np.ndarray, csim_stride: int, group: int | None = None
+    regressor,
+    embedder,
+    clip: HeldoutClip,
+    frames: np.ndarray,
+    csim_stride: int,
+    group: int | None = None,
+    pixel_judge=None,
 ) -> dict:
-    """Lip-sync (and CSIM with an embedder) of `frames`; with `group`, also `lipsync_within_group`."""
+    """Lip-sync (and CSIM with an embedder) of `frames`; with `group`, also `lipsync_within_group`; with a
+    `pixel_judge`, also `lipsync_pixel_corr`."""
     pred = regressor.predict(frames)
     row = {f"lipsync_{k}": v for k, v in lag_correlation(pred, clip.labels, MAX_OFFSET).items() if k != "frames"}
+    n = min(len(pred), len(clip.labels))
+    row["lipsync_slope"] = float(np.polyfit(clip.labels[:n], pred[:n], 1)[0])
+    if pixel_judge is not None:
+        row["lipsync_pixel_corr"] = float(np.corrcoef(pixel_judge.predict(frames)[:n], clip.labels[:n])[0, 1])
     if group is not None:
         row["lipsync_within_group"] = within_group_correlation(pred, clip.labels, group)
     if embedder is not None:
@@ -183,6 +198,7 @@ def heldout_study(
     csim_stride: int = 5,
     progress: bool = True,
     vae: CausalVideoVAE | None = None,
+    pixel_judge=None,
 ) -> dict:
     """Score every method on every clip with its own and with shuffled audio (module docstring).
 
@@ -200,7 +216,7 @@ def heldout_study(
                 "clip": clip.clip_id,
                 "split": clip.split,
                 "method": "ground_truth",
-                **_score(regressor, embedder, clip, clip.frames, csim_stride),
+                **_score(regressor, embedder, clip, clip.frames, csim_stride, pixel_judge=pixel_judge),
             }
         )
         if vae is not None:
@@ -208,10 +224,10 @@ def heldout_study(
 
             t = vae.temporal_compression
             frames = reconstruct(vae, clip.frames, chunk_frames=t)
-            row = _score(regressor, embedder, clip, frames, csim_stride, group=t)
+            row = _score(regressor, embedder, clip, frames, csim_stride, group=t, pixel_judge=pixel_judge)
             rows.append({"clip": clip.clip_id, "split": clip.split, "method": "vae_reconstruction", **row})
             frames = np.concatenate([reconstruct(vae, frame[None]) for frame in clip.frames])  # 1 latent per frame
-            row = _score(regressor, embedder, clip, frames, csim_stride)
+            row = _score(regressor, embedder, clip, frames, csim_stride, pixel_judge=pixel_judge)
             rows.append({"clip": clip.clip_id, "split": clip.split, "method": "vae_frames", **row})
         other = next((c for c in clips[i + 1 :] + clips[:i] if identity_of(c) != identity_of(clip)), None)
         if embedder is not None and other is not None:
@@ -236,7 +252,8 @@ def heldout_study(
                     "seconds_per_video_second": elapsed / (len(frames) / 25.0),
                     "frames": len(frames),
                 }
-                row.update(_score(regressor, embedder if audio_kind == "own" else None, clip, frames, csim_stride))
+                identity = embedder if audio_kind == "own" else None
+                row.update(_score(regressor, identity, clip, frames, csim_stride, pixel_judge=pixel_judge))
                 rows.append(row)
                 bar.update()
     bar.close()
@@ -267,6 +284,9 @@ def format_summary(summary: dict) -> str:
     keys = [
         "lipsync_corr",
         "shuffled_lipsync_corr",
+        "lipsync_slope",
+        "lipsync_pixel_corr",
+        "shuffled_lipsync_pixel_corr",
         "lipsync_best_corr",
         "csim_dlib",
         "csim_dlib_at_portrait",

@@ -64,6 +64,19 @@ Stage 3 (Asynchronous Streaming Distillation), one training step on a batch of B
    (lambda_a = 1, teacher_steps 4), 0.155 against 0.076 (weights/rest-tiny/README.md, "Run of 2026-11-30", which
    also says what this comparison does not separate).
 
+8. Mouth-expert loss (`asd.mouth_weight` = lambda_m > 0, with `asd.mouth_expert`; off by default). The student's
+   clean estimate of the last chunk from the teacher-forced forward of 6., x0_hat = x_gt - t v_gt, is decoded by
+   the (frozen) VAE after the ground-truth past, and so is the ground-truth chunk; a mouth-openness network
+   (train/mouth_regressor.py; the demo uses the VAE's mouth expert, not the evaluation's regressor) compares the
+   two mouths (`mouth_expert_distance`: its features, and its openness readings):
+        L_mouth = d_expert(D(x0_hat), D(x0)),      L += lambda_m * L_mouth
+   With `asd.mouth_box` the expert sees D(x0_hat) inside the box and D(x0) around it, so only the mouth's pixels
+   can lower the loss. Without it, the demo student learnt to move the hair and the cheeks with the audio, which
+   the expert, looking at the whole lower face, reads as an opening mouth (weights/rest-tiny/README.md).
+   The mouth is a few of the latent frame's tokens, so the flow and distillation losses, averaged over the
+   frame, let it settle near its mean; this term weighs it as a lip-sync expert does (Wav2Lip's SyncNet loss,
+   Prajwal et al. 2020). At t = 1 (K = 1) x0_hat is the student's one-step sample given its audio.
+
 Ablation: `asd.distill_weight: 0` skips steps 2-5 and trains by teacher forcing only (the ground-truth loss over
 the asynchronous levels, the student never seeing its own past): the "no ASD" student of evaluation/drift_study.py.
 
@@ -99,7 +112,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -121,13 +134,15 @@ from rest.diffusion.flow import (
     velocity_target,
 )
 from rest.errors import RestError
+from rest.metrics.lipsync_gt import MouthRegressor
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
 from rest.streaming import IDContextCache, chunk_audio_span, chunk_velocity, rollout_chunk, write_chunk, write_sink
-from rest.training.common import TrainConfig, TrainingRun, lr_at, read_trainer_state, resolve_resume
+from rest.training.common import TrainConfig, TrainingRun, lr_at, read_trainer_state, resolve_resume, start_from
 from rest.training.teacher import collate_clips, encode_latents
+from rest.training.vae import mouth_expert_distance
 
 STREAMING_KEYS = ("chunk_latent_frames", "context_chunks")  # the student settings a config may change
 
@@ -158,6 +173,11 @@ class ASDConfig:
     distill_weight: float = 1.0  # weight of the distillation loss; 0 = teacher forcing only (an ablation)
     context_timestep: float = 0.0  # level at which generated chunks are written to the cache (0 = clean)
     audio_pair_weight: float = 0.0  # weight of the paired audio loss (module docstring, 7.); 0 = off
+    mouth_weight: float = 0.0  # weight of the mouth-expert loss (module docstring, 8.); 0 = off
+    mouth_expert: str | None = None  # MouthRegressor export folder (train/mouth_regressor.py) for mouth_weight
+    # (top, bottom, left, right) fractions of the frame: the expert sees the estimate inside this box only, the
+    # ground truth outside it (module docstring, 8.); None = the estimate everywhere
+    mouth_box: tuple[float, float, float, float] | None = None
 
     def steps_at(self, step: int) -> int:
         """K, the student's step count at training step `step`."""
@@ -185,6 +205,13 @@ class ASDConfig:
             raise ConfigError("asd.audio_pair_weight must be >= 0, and needs the distillation (distill_weight > 0)")
         if self.gt_loss_weight == 0 and self.distill_weight == 0:
             raise ConfigError("asd.gt_loss_weight and asd.distill_weight are both 0: nothing to train")
+        if self.mouth_weight < 0 or (self.mouth_weight > 0 and self.mouth_expert is None):
+            raise ConfigError(
+                "asd.mouth_weight must be >= 0, and > 0 needs asd.mouth_expert (a train/mouth_regressor.py export)"
+            )
+        box = self.mouth_box
+        if box is not None and not (len(box) == 4 and 0 <= box[0] < box[1] <= 1 and 0 <= box[2] < box[3] <= 1):
+            raise ConfigError(f"asd.mouth_box must be [top, bottom, left, right] fractions of the frame, got {box}")
         if not 0 <= self.context_timestep < 1:
             raise ConfigError(f"asd.context_timestep must be in [0, 1), got {self.context_timestep}")
 
@@ -205,6 +232,7 @@ class StudentTrainConfig(TrainConfig):
 class StudentExperiment:
     teacher: str  # the teacher's export folder (denoiser/, audio_encoder/, teacher.json)
     data: StudentDataConfig
+    init: str | None = None  # a student export to continue from (fine-tuning); None = the teacher (stage 2)
     vae: str | None = None  # the VAE folder; None = the one teacher.json names
     shift: float | None = None  # timestep shift of the student's levels; None = teacher.json's
     student: dict = field(default_factory=dict)  # streaming overrides of the denoiser: chunk_latent_frames, ...
@@ -302,13 +330,49 @@ class ASDDraw:
     context_noise: torch.Tensor | None  # (B, C, f, h, w) re-noising of the written context (context_timestep > 0)
 
 
-class AsynchronousStreamingDistillation:
-    """The ASD objective (module docstring, steps 1-6): student `chunk_velocity` on its own rollout vs the frozen
-    teacher's guided velocity over the asynchronous window, plus a weighted ground-truth flow loss."""
+class MouthExpertLoss:
+    """Step 8 of the module docstring: the mouth-expert distance between a clean estimate of a window's last chunk
+    and the ground truth, both decoded by the frozen VAE after the ground-truth past."""
 
-    def __init__(self, config: ASDConfig, shift: float):
+    def __init__(
+        self, vae: CausalVideoVAE, expert: MouthRegressor, box: tuple[float, float, float, float] | None = None
+    ):
+        self.vae = vae.eval().requires_grad_(False)
+        self.expert = expert.eval().requires_grad_(False)
+        self.box = box
+
+    def __call__(self, latents: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+        """latents: (B, C, f, h, w) the normalised ground-truth window; estimate: (B, C, c, h, w) a clean estimate of
+        its last c latent frames (gradients reach it only) -> the scalar distance."""
+        vae, c = self.vae, estimate.shape[2]
+        dtype = next(vae.parameters()).dtype
+        pixels = lambda z, cache: vae.decode_chunk(vae.denormalize_latents(z).to(dtype), cache)[0].sample  # noqa: E731
+        with torch.no_grad():
+            past = vae.init_cache("decode")
+            pixels(latents[:, :, :-c], past)
+            want = pixels(latents[:, :, -c:], replace(past, slots=list(past.slots)))
+        got = pixels(estimate, replace(past, slots=list(past.slots)))
+        if self.box is not None:  # the estimate inside the box, the ground truth around it
+            h, w = got.shape[-2:]
+            top, bottom, left, right = self.box
+            inside = torch.zeros(h, w, dtype=torch.bool, device=got.device)
+            inside[round(top * h) : round(bottom * h), round(left * w) : round(right * w)] = True
+            got = torch.where(inside, got, want)
+        frames = lambda x: x.float().transpose(1, 2).flatten(0, 1)  # noqa: E731  (B, 3, n, H, W) -> (B n, 3, H, W)
+        return mouth_expert_distance(self.expert, frames(got), frames(want))
+
+
+class AsynchronousStreamingDistillation:
+    """The ASD objective (module docstring, steps 1-8): student `chunk_velocity` on its own rollout vs the frozen
+    teacher's guided velocity over the asynchronous window, plus a weighted ground-truth flow loss (and, optionally,
+    the paired audio and the mouth-expert losses)."""
+
+    def __init__(self, config: ASDConfig, shift: float, mouth: MouthExpertLoss | None = None):
+        if (config.mouth_weight > 0) != (mouth is not None):
+            raise ValueError("asd.mouth_weight > 0 needs a MouthExpertLoss, and only then")
         self.config = config
         self.shift = shift
+        self.mouth = mouth
 
     def sigmas(self, steps: int) -> torch.Tensor:
         return flow_sigmas(steps, self.shift)
@@ -418,14 +482,21 @@ class AsynchronousStreamingDistillation:
             logs.update(logs_pair)
 
         # 6. Ground-truth flow loss, teacher forcing (block-causal forward over the noised ground-truth window).
-        if cfg.gt_loss_weight > 0:
+        if cfg.gt_loss_weight > 0 or self.mouth is not None:
             noise = draw.noise.to(latents.dtype)
             x_gt, t_gt = self._context_as_cached(interpolate(latents, noise, per_frame(t)), t, in_loss, draw, c)
             v = student(x_gt, per_frame(t_gt), features, portrait).sample
-            err = (v.float() - velocity_target(latents, noise).float()).pow(2).mean(dim=(1, 3, 4))  # (B, f)
-            loss_gt = (err.view(b, m, c).mean(dim=2) * weight).sum() / count
-            loss = loss + cfg.gt_loss_weight * loss_gt
-            logs["loss_gt"] = loss_gt.item()
+            if cfg.gt_loss_weight > 0:
+                err = (v.float() - velocity_target(latents, noise).float()).pow(2).mean(dim=(1, 3, 4))  # (B, f)
+                loss_gt = (err.view(b, m, c).mean(dim=2) * weight).sum() / count
+                loss = loss + cfg.gt_loss_weight * loss_gt
+                logs["loss_gt"] = loss_gt.item()
+            if self.mouth is not None:  # 8. The last chunk (always in the loss): x0_hat = x_t - t v.
+                level = t_gt[:, -1].view(b, 1, 1, 1, 1).float()
+                estimate = x_gt[:, :, chunks[-1]].float() - level * v[:, :, chunks[-1]].float()
+                loss_mouth = self.mouth(latents, estimate)
+                loss = loss + cfg.mouth_weight * loss_mouth
+                logs["loss_mouth"] = loss_mouth.item()
         logs["loss"] = loss.item()
         return loss, logs
 
@@ -597,11 +668,18 @@ def train_student(cfg: StudentExperiment, resume: str | None = None) -> Path:
     vae_path = cfg.vae or teacher_info["vae"]
     vae = load_local(CausalVideoVAE, vae_path, "VAE").to(device).eval().requires_grad_(False)
     denoiser, audio_encoder = build_student(teacher_dit, teacher_audio, cfg.student)
+    if cfg.init is not None:  # continue from a student export (its streaming settings must match `student:`)
+        start_from(denoiser, Path(cfg.init) / "denoiser", "init", "student")
+        start_from(audio_encoder, Path(cfg.init) / "audio_encoder", "init", "teacher (its audio encoder)")
     if tc.gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
     teacher = TeacherNetworks(teacher_dit, teacher_audio).to(device)
     shift = cfg.shift if cfg.shift is not None else float(teacher_info["shift"])
-    objective = AsynchronousStreamingDistillation(cfg.asd, shift)
+    mouth = None
+    if cfg.asd.mouth_weight > 0:
+        expert = load_local(MouthRegressor, cfg.asd.mouth_expert, "mouth expert (asd.mouth_expert)").to(device)
+        mouth = MouthExpertLoss(vae, expert, cfg.asd.mouth_box)
+    objective = AsynchronousStreamingDistillation(cfg.asd, shift, mouth)
     model = StudentModel(denoiser, audio_encoder, objective, tc.train_audio_encoder)
     num_frames = window_frames(denoiser, cfg.asd.window_chunks)
     dataset = _dataset(cfg, cfg.data.split, audio_encoder, denoiser, num_frames, random_windows=True)
@@ -825,7 +903,7 @@ def evaluate(
 
 def _format_eval(result: dict) -> str:
     parts = [f"step {result['step']} | eval"]
-    for key in ("val_loss", "val_loss_distill", "val_loss_gt", "val_K"):
+    for key in ("val_loss", "val_loss_distill", "val_loss_gt", "val_loss_mouth", "val_K"):
         if key in result:
             parts.append(f"{key} {result[key]:.4f}")
     return " | ".join(parts)
