@@ -161,7 +161,7 @@ def _score(
     n = min(len(pred), len(clip.labels))
     row["lipsync_slope"] = float(np.polyfit(clip.labels[:n], pred[:n], 1)[0])
     if pixel_judge is not None:
-        row["lipsync_pixel_corr"] = float(np.corrcoef(pixel_judge.predict(frames)[:n], clip.labels[:n])[0, 1])
+        row["lipsync_pixel_corr"] = lag_correlation(pixel_judge.predict(frames), clip.labels, MAX_OFFSET)["corr"]
     if group is not None:
         row["lipsync_within_group"] = within_group_correlation(pred, clip.labels, group)
     if embedder is not None:
