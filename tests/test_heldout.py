@@ -9,7 +9,7 @@ from rest.data.shards import ShardWriter
 from rest.diffusion.flow import Guidance, flow_sigmas
 from rest.metrics.heldout import Models, format_summary, heldout_clips, heldout_study, identity_scores, summarize
 from rest.metrics.identity import identity_similarity
-from rest.metrics.lipsync_gt import PixelRidgeMouth, within_group_correlation
+from rest.metrics.lipsync_gt import PixelRidgeMouth, mouth_visibility, within_group_correlation
 
 R, FRAMES = 32, 110
 
@@ -132,6 +132,24 @@ def test_within_group_correlation():
     assert within_group_correlation(noisy, labels, 4) == pytest.approx(1.0)
     assert within_group_correlation(-labels, labels, 4) == pytest.approx(-1.0)
     assert np.isnan(within_group_correlation(labels[:8], labels[:8], 4))  # fewer than two groups
+
+
+def test_mouth_visibility_counts_only_what_follows_the_labels():
+    """The demo portrait's criterion: the RMS grey-level change inside the box that the labels explain."""
+    rng = np.random.default_rng(0)
+    labels = rng.random(60)
+    frames = np.full((60, 40, 40, 3), 100.0)
+    frames[:, 20:30, 10:30] += 40.0 * labels[:, None, None, None]  # the mouth: half of the box follows the labels
+    frames[:, :10] += 80.0 * rng.random(60)[:, None, None, None]  # head motion above the box: not counted
+    box = (0.5, 1.0, 0.25, 0.75)  # rows 20-40, columns 10-30
+    expected = np.sqrt(0.5 * (40.0 * labels.std()) ** 2)
+    assert mouth_visibility(frames, labels, box) == pytest.approx(expected, rel=1e-6)
+    # Twice the lip contrast, twice the score; motion that does not follow the labels scores near 0.
+    assert mouth_visibility(100 + 2 * (frames - 100), labels, box) == pytest.approx(2 * expected, rel=1e-6)
+    unrelated = frames.copy()
+    unrelated[:, 20:30, 10:30] = 100.0 + 40.0 * rng.random(60)[:, None, None, None]
+    assert mouth_visibility(unrelated, labels, box) < 0.3 * expected
+    assert mouth_visibility(frames, np.full(60, 0.5), box) == 0.0  # constant labels explain nothing
 
 
 def test_summary_counts_the_clips_with_a_face():

@@ -272,6 +272,26 @@ def lag_correlation(pred: np.ndarray, labels: np.ndarray, max_offset: int = MAX_
     return {"corr": corrs[0], "offset": int(best), "best_corr": corrs[best], "frames": n}
 
 
+def mouth_visibility(frames: np.ndarray, labels: np.ndarray, box: tuple[float, float, float, float]) -> float:
+    """How far the mouth's motion changes a clip's pixels: the RMS, in grey levels, of the part of each pixel of
+    `box` (top, bottom, left, right as fractions of the frame) that a least-squares line on the `mouth_open`
+    labels explains. Head motion and texture that do not follow the labels do not count; a mouth whose lips barely
+    contrast with the skin scores low.
+    """
+    n = min(len(frames), len(labels))
+    h, w = frames.shape[1:3]
+    top, bottom, left, right = box
+    grey = np.asarray(frames[:n, int(top * h) : int(bottom * h), int(left * w) : int(right * w)], np.float64)
+    x = grey.mean(-1).reshape(n, -1)
+    x = x - x.mean(0)
+    y = np.asarray(labels[:n], np.float64)
+    y = y - y.mean()
+    if (y * y).sum() == 0:
+        return 0.0
+    slope = (y @ x) / (y @ y)
+    return float(np.sqrt((slope * slope).mean() * (y * y).mean()))
+
+
 def read_labels(path: str | Path) -> np.ndarray:
     """The `mouth_open` series (F,) of a ground-truth `<name>.npz`."""
     path = Path(path)
