@@ -119,21 +119,22 @@ def write_assets(root: Path, seconds: float = 8.0) -> None:
     of the input, not of the model's output. With a face whose lips barely contrast with its skin, the demo's
     mouth would not show even when it moves.
     """
-    import yaml
     from PIL import Image
 
+    from rest.config import load_config
     from rest.data.face import FaceDetector
     from rest.media import write_audio
     from rest.metrics.heldout import heldout_clips
     from rest.metrics.lipsync_gt import mouth_visibility
+    from rest.training.student import StudentExperiment
 
-    box = yaml.safe_load((REPO / "configs" / "demo" / "student_mouth.yaml").read_text())["asd"]["mouth_box"]
+    box = load_config(StudentExperiment, REPO / "configs" / "demo" / "student_mouth.yaml").asd.mouth_box
     detector = FaceDetector("dlib-hog")
     faces = heldout_clips(root / "synthtalk", ("test_id",), seconds=seconds, max_clips=10_000)
     scored = {c.clip_id: mouth_visibility(c.frames, c.labels, box) for c in faces if detector.detect(c.portrait)}
     if not scored:
         raise SystemExit(f"[demo] assets: dlib finds no face in any test_id portrait of {root / 'synthtalk'}")
-    face = next(c for c in faces if c.clip_id == max(scored, key=scored.get))
+    face = max((c for c in faces if c.clip_id in scored), key=lambda c: scored[c.clip_id])
     voice = heldout_clips(root / "synthtalk", ("test_voice",), seconds=seconds, max_clips=1)[0]
     out = REPO / "assets" / "demo"
     out.mkdir(parents=True, exist_ok=True)

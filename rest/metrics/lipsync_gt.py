@@ -272,6 +272,12 @@ def lag_correlation(pred: np.ndarray, labels: np.ndarray, max_offset: int = MAX_
     return {"corr": corrs[0], "offset": int(best), "best_corr": corrs[best], "frames": n}
 
 
+def box_slices(box: tuple[float, float, float, float], h: int, w: int) -> tuple[slice, slice]:
+    """(top, bottom, left, right) fractions of an h x w frame -> the (rows, columns) slices of its pixels."""
+    top, bottom, left, right = box
+    return slice(round(top * h), round(bottom * h)), slice(round(left * w), round(right * w))
+
+
 def mouth_visibility(frames: np.ndarray, labels: np.ndarray, box: tuple[float, float, float, float]) -> float:
     """How far the mouth's motion changes a clip's pixels: the RMS, in grey levels, of the part of each pixel of
     `box` (top, bottom, left, right as fractions of the frame) that a least-squares line on the `mouth_open`
@@ -279,9 +285,8 @@ def mouth_visibility(frames: np.ndarray, labels: np.ndarray, box: tuple[float, f
     contrast with the skin scores low.
     """
     n = min(len(frames), len(labels))
-    h, w = frames.shape[1:3]
-    top, bottom, left, right = box
-    grey = np.asarray(frames[:n, int(top * h) : int(bottom * h), int(left * w) : int(right * w)], np.float64)
+    rows, cols = box_slices(box, *frames.shape[1:3])
+    grey = np.asarray(frames[:n, rows, cols], np.float64)
     x = grey.mean(-1).reshape(n, -1)
     x = x - x.mean(0)
     y = np.asarray(labels[:n], np.float64)
@@ -338,9 +343,11 @@ def export_shard_videos(
 __all__ = [
     "MouthRegressor",
     "PixelRidgeMouth",
+    "box_slices",
     "export_shard_videos",
     "lag_correlation",
     "load_mouth_regressor",
+    "mouth_visibility",
     "read_labels",
     "train_mouth_regressor",
 ]

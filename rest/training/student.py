@@ -134,7 +134,7 @@ from rest.diffusion.flow import (
     velocity_target,
 )
 from rest.errors import RestError
-from rest.metrics.lipsync_gt import MouthRegressor
+from rest.metrics.lipsync_gt import MouthRegressor, box_slices
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
@@ -353,10 +353,8 @@ class MouthExpertLoss:
             want = pixels(latents[:, :, -c:], replace(past, slots=list(past.slots)))
         got = pixels(estimate, replace(past, slots=list(past.slots)))
         if self.box is not None:  # the estimate inside the box, the ground truth around it
-            h, w = got.shape[-2:]
-            top, bottom, left, right = self.box
-            inside = torch.zeros(h, w, dtype=torch.bool, device=got.device)
-            inside[round(top * h) : round(bottom * h), round(left * w) : round(right * w)] = True
+            inside = torch.zeros(got.shape[-2:], dtype=torch.bool, device=got.device)
+            inside[box_slices(self.box, *got.shape[-2:])] = True
             got = torch.where(inside, got, want)
         frames = lambda x: x.float().transpose(1, 2).flatten(0, 1)  # noqa: E731  (B, 3, n, H, W) -> (B n, 3, H, W)
         return mouth_expert_distance(self.expert, frames(got), frames(want))
