@@ -17,6 +17,8 @@ import yaml
 
 from rest.errors import RestError
 
+MAX_SEED = 2**64 - 1  # seeds of generation: torch.Generator takes 0 .. 2**64 - 1 (a negative one would alias)
+
 T = TypeVar("T")
 
 
@@ -263,6 +265,7 @@ def to_dict(obj: Any) -> Any:
 __all__ = [
     "ConfigError",
     "DiTSize",
+    "MAX_SEED",
     "PRESETS",
     "Preset",
     "VAEArch",

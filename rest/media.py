@@ -525,6 +525,26 @@ _CONTAINERS = {".mp4": "mp4", ".mov": "mov"}
 _AAC_FRAME = 1024  # samples per AAC-LC frame: the encoder takes exactly this many (the last frame may be short)
 
 
+def check_output_file(path: PathLike, suffixes: Sequence[str] = tuple(_CONTAINERS)) -> Path:
+    """Fail with a one-line `MediaError` when `path` cannot become a file, so that no work is spent on an output
+    that cannot be written: a suffix not in `suffixes`, a folder at `path`, a file where a folder should be, or a
+    folder that is not writable (the nearest existing one, when the missing folders would be created). An existing
+    file at `path` is fine: the writers here replace it atomically, and only once the new file is complete."""
+    p = Path(path)
+    if p.is_dir():
+        raise _error(path, f"is a folder; name the file to write in it, e.g. {p / ('video' + suffixes[0])}")
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise _error(path, f"the output must be a {' or '.join(suffixes)} file")
+    folder = p.absolute().parent
+    existing = next(f for f in (folder, *folder.parents) if f.exists())  # the root exists
+    if not existing.is_dir():
+        raise _error(path, f"cannot write: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        problem = "cannot write: the folder" if existing == folder else f"cannot create the folder {folder}:"
+        raise _error(path, f"{problem} {existing} is not writable (permission denied or read-only)")
+    return p
+
+
 def write_audio(path: PathLike, samples: np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE) -> None:
     """Write float mono samples in [-1, 1] as a 16-bit PCM WAV file, atomically."""
     import wave

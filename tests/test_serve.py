@@ -4,6 +4,8 @@ messages that close only their own session."""
 import io
 import json
 import struct
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -149,6 +151,8 @@ def test_two_sessions_at_once_and_the_cap(client, face_image):
         (["[1, 2]"], 1008, "must be JSON objects"),
         ([json.dumps({"type": "end"})], 1008, "end before start"),
         ([json.dumps({"type": "start", "portrait": "bundled:face", "seed": "x"})], 1008, "seed must be an integer"),
+        ([json.dumps({"type": "start", "portrait": "bundled:face", "seed": 2**70})], 1008, "from 0 to 1844674407"),
+        ([json.dumps({"type": "start", "portrait": "bundled:face", "seed": -1})], 1008, "got -1"),
         ([json.dumps({"type": "start", "portrait": "bundled:blank"})], 1008, "no face found"),
         ([json.dumps({"type": "start", "portrait": "bundled:nobody"})], 1008, "no bundled portrait"),
         ([json.dumps({"type": "start"})], 1008, "start needs a portrait id"),
@@ -233,5 +237,139 @@ def test_bench_serve_runs_a_short_load_test(test_pipeline, face_image, tmp_path)
     assert [r["round"] for r in result["per_session"]] == [0, 0, 1, 1]
     assert result["client_first_frame_latency_s"]["max"] > 0 and result["rss_mb"]["before"] > 0
     assert len(result["rss_mb"]["after_each_round"]) == 2
+    assert result["max_frame_gap_s"]["max"] > 0 and result["uploads"] is None
     table = format_table(result)
-    assert "25/25" in table and "after each round" in table
+    assert "25/25" in table and "after each round" in table and "max gap ms" in table
+
+
+def test_bench_serve_uploads_large_portraits_during_the_sessions(test_pipeline, face_image, tmp_path):
+    pytest.importorskip("websockets")
+    from rest.bench.serve import bench_serve, format_table
+
+    Image.fromarray(face_image).save(tmp_path / "face.png")
+    result = bench_serve(test_pipeline, sessions=1, seconds=2.0, portrait=tmp_path / "face.png", upload_every=0.5)
+    uploads = result["uploads"]
+    assert result["errors"] == [] and result["sessions_with_all_frames"] == 1
+    assert uploads["count"] >= 1 and uploads["ok"] == uploads["count"] and uploads["errors"] == []
+    assert uploads["pixels"] == "6300x6300" and uploads["seconds"]["max"] > 0
+    assert "uploads of a 6300x6300 PNG" in format_table(result)
+
+
+def test_a_rest_error_from_the_pipeline_is_the_clients_mistake(client, pipe, monkeypatch):
+    """RestError means bad input (here the pipeline refusing a value): 1008 with its message, not 1011."""
+    from rest.errors import RestError
+
+    def refuse(portrait, seed=0):
+        raise RestError("emotion label 7 is out of range")
+
+    monkeypatch.setattr(pipe, "stream", refuse)
+    with client.websocket_connect("/ws") as ws:
+        ws.send_text(json.dumps({"type": "start", "portrait": "bundled:face"}))
+        assert json.loads(ws.receive_text()) == {"type": "error", "message": "emotion label 7 is out of range"}
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+        assert closed.value.code == 1008
+
+
+def test_audio_samples_are_clipped_as_files_are(client):
+    """Samples of 1e30 give the frames of full-scale samples (read_audio clips files to [-1, 1] the same way)."""
+    signs = np.sign(np.random.default_rng(0).standard_normal(8000)).astype("<f4")
+    frames = []
+    for samples in (signs * np.float32(1e30), signs):
+        with client.websocket_connect("/ws") as ws:
+            ws.send_text(json.dumps({"type": "start", "portrait": "bundled:face", "seed": 3}))
+            assert json.loads(ws.receive_text())["type"] == "ready"
+            ws.send_bytes(samples.tobytes())
+            ws.send_text(json.dumps({"type": "end"}))
+            received = []
+            while (message := ws.receive()).get("text") is None or json.loads(message["text"])["type"] != "done":
+                if message.get("bytes") is not None:
+                    received.append(message["bytes"])
+        frames.append(received)
+    assert len(frames[0]) == 12 and frames[0] == frames[1]
+
+
+def large_png(face_image: np.ndarray, side: int) -> bytes:
+    """The face scaled up to side x side (nearest neighbour: a small file, about a second to decode)."""
+    return png(np.asarray(Image.fromarray(face_image).resize((side, side), Image.NEAREST)))
+
+
+def test_a_large_upload_does_not_stall_a_live_stream(pipe, face_image, tmp_path):
+    """A 5000 x 5000 PNG (25 Mpx, about a second to decode and check) uploaded while a stream plays in real time:
+    the decode runs in a decoder thread, so the frames keep their pace (a chunk of 4 frames every 160 ms); decoded
+    on the event loop it held every stream for the whole decode."""
+    Image.fromarray(face_image).save(tmp_path / "face.png")
+    body = large_png(face_image, 5000)
+    app = create_app(pipe, ServeOptions(max_upload_pixels=40_000_000, idle_timeout_s=10.0), tmp_path)
+    seconds, piece = 5.0, 640  # 40 ms pieces, sent as a microphone would
+    audio = (0.1 * np.random.default_rng(0).standard_normal(int(seconds * 16000))).astype("<f4")
+    upload = {}
+    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+        ws.send_text(json.dumps({"type": "start", "portrait": "bundled:face"}))
+        assert json.loads(ws.receive_text())["type"] == "ready"
+
+        def send_audio():
+            start = time.perf_counter()
+            for i in range(0, len(audio), piece):
+                time.sleep(max(0.0, start + (i + piece) / 16000 - time.perf_counter()))
+                ws.send_bytes(audio[i : i + piece].tobytes())
+            ws.send_text(json.dumps({"type": "end"}))
+
+        def send_upload():
+            first_frame.wait(10)
+            upload["start"] = time.perf_counter()
+            upload["response"] = client.post("/api/portraits", content=body)
+            upload["end"] = time.perf_counter()
+
+        first_frame = threading.Event()
+        threads = [threading.Thread(target=send_audio), threading.Thread(target=send_upload)]
+        for thread in threads:
+            thread.start()
+        arrivals = []
+        while True:
+            message = ws.receive()
+            if message.get("bytes") is not None:
+                arrivals.append(time.perf_counter())
+                first_frame.set()
+            elif json.loads(message["text"])["type"] == "done":
+                break
+        for thread in threads:
+            thread.join()
+    response = upload["response"]
+    assert response.status_code == 200 and response.json()["width"] == 5000, response.text
+    assert len(arrivals) == 125
+    during = sum(upload["start"] < t < upload["end"] for t in arrivals)
+    assert during >= 8, f"{during} frames arrived during the upload: it did not overlap the stream"
+    gaps = np.diff(arrivals)
+    assert gaps.max() < 0.5, (
+        f"largest gap between frames {gaps.max():.2f} s (upload took {upload['end'] - upload['start']:.2f} s)"
+    )
+
+
+def test_uploads_past_the_decode_queue_are_refused(pipe, face_image, tmp_path, monkeypatch):
+    """One decoder, no queue: while one upload decodes, the next gets 503; afterwards uploads work again."""
+    import rest.serve.app as serve_app
+
+    release, started = threading.Event(), threading.Event()
+    decode = serve_app._decode_image
+
+    def slow_decode(data, max_pixels):
+        started.set()
+        release.wait(10)
+        return decode(data, max_pixels)
+
+    monkeypatch.setattr(serve_app, "_decode_image", slow_decode)
+    app = create_app(pipe, ServeOptions(max_decodes=1, upload_queue=0))
+    with TestClient(app) as client:
+        first = {}
+        thread = threading.Thread(
+            target=lambda: first.update(r=client.post("/api/portraits", content=png(face_image)))
+        )
+        thread.start()
+        assert started.wait(10)
+        busy = client.post("/api/portraits", content=png(face_image))
+        assert busy.status_code == 503 and "busy with 1 other upload(s)" in busy.json()["error"]
+        release.set()
+        thread.join()
+        assert first["r"].status_code == 200
+        assert client.post("/api/portraits", content=png(face_image)).status_code == 200

@@ -4,9 +4,14 @@ N clients connect at once, each uploads the portrait, starts a stream and sends 
 pieces, each sent when its last sample would have been spoken, the file looped to `seconds`), then ends the stream.
 Per session: first-frame latency seen by the client (first audio sent -> first frame received) and by the server,
 the server's real-time factor (model compute / media time), frames received against round(seconds * fps), dropped
-frames, and errors. By default the server runs in this process (uvicorn in a thread), so the resident memory
-before, right after and a few seconds after the sessions (after garbage collection) is the server's plus the
-clients'; with `url` the test drives a running server and reports no memory.
+frames, the largest gap between two frames the client received, and errors. By default the server runs in this
+process (uvicorn in a thread), so the resident memory before, right after and a few seconds after the sessions (after
+garbage collection) is the server's plus the clients'; with `url` the test drives a running server and reports no
+memory.
+
+With `upload_every`, one more client uploads a large portrait (the portrait scaled up to `UPLOAD_SIDE` pixels a
+side, about 40 Mpx, as a careless or hostile user might) every that many seconds while the sessions run, one upload
+after another: whether uploads hold up the live streams shows in the frame gaps (compare a run without).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import statistics
 import struct
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -27,6 +33,7 @@ import numpy as np
 from rest.bench.common import rss_kib
 
 PIECE_S = 0.04
+UPLOAD_SIDE = 6300  # 39.7 Mpx: just under rest serve's 40 Mpx cap, seconds to decode
 
 
 async def _client(url: str, portrait_id: str, audio: np.ndarray, sample_rate: int, index: int) -> dict:
@@ -35,6 +42,7 @@ async def _client(url: str, portrait_id: str, audio: np.ndarray, sample_rate: in
     piece = int(PIECE_S * sample_rate)
     result = {"session": index, "frames": 0, "error": None}
     first_send = first_frame = None
+    arrivals = []
     try:
         async with websockets.connect(url, max_size=2**24, ping_interval=None) as ws:
             await ws.send(json.dumps({"type": "start", "portrait": portrait_id, "seed": index}))
@@ -61,8 +69,9 @@ async def _client(url: str, portrait_id: str, audio: np.ndarray, sample_rate: in
                         raise RuntimeError(f"frame {frame_index} came after frame {expected_index - 1}")
                     expected_index = frame_index + 1
                     result["frames"] += 1
+                    arrivals.append(time.perf_counter())
                     if first_frame is None:
-                        first_frame = time.perf_counter()
+                        first_frame = arrivals[0]
                     continue
                 msg = json.loads(message)
                 if msg["type"] == "error":
@@ -78,7 +87,50 @@ async def _client(url: str, portrait_id: str, audio: np.ndarray, sample_rate: in
         result["error"] = f"{type(err).__name__}: {err}"
     if first_send is not None and first_frame is not None:
         result["client_first_frame_latency_s"] = first_frame - first_send
+    if len(arrivals) > 1:
+        result["max_frame_gap_s"] = float(np.diff(arrivals).max())
     return result
+
+
+def large_portrait(portrait: str | Path, side: int = UPLOAD_SIDE) -> bytes:
+    """`portrait` scaled up to side x side (nearest neighbour) as PNG bytes: a small file that decodes to a huge
+    image, the face still findable."""
+    import io
+
+    from PIL import Image
+
+    from rest.media import read_image
+
+    out = io.BytesIO()
+    Image.fromarray(read_image(portrait)).resize((side, side), Image.NEAREST).save(out, format="PNG")
+    return out.getvalue()
+
+
+async def _uploader(base: str, body: bytes, every: float, stop: asyncio.Event) -> list[dict]:
+    """POST `body` to /api/portraits every `every` seconds until `stop` (one at a time: a slow upload delays the
+    next); each upload's HTTP status, seconds and error message."""
+
+    def post() -> dict:
+        request = urllib.request.Request(f"{base}/api/portraits", data=body, method="POST")
+        start = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request) as response:
+                status, error = response.status, None
+        except urllib.error.HTTPError as err:
+            status, error = err.code, err.read().decode(errors="replace")[:200]  # rest serve: {"error": message}
+        except OSError as err:
+            status, error = None, f"{type(err).__name__}: {err}"
+        return {"status": status, "seconds": time.perf_counter() - start, "error": error}
+
+    uploads = []
+    start = time.perf_counter()
+    while not stop.is_set():
+        next_time = start + (len(uploads) + 1) * every
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_time - time.perf_counter()))
+        except asyncio.TimeoutError:
+            uploads.append(await asyncio.to_thread(post))
+    return uploads
 
 
 def _start_server(weights: str | Path, sessions: int):
@@ -113,13 +165,17 @@ def bench_serve(
     audio_path: str | Path | None = None,
     url: str | None = None,
     rounds: int = 1,
+    upload_every: float | None = None,
 ) -> dict:
     """Run the load test against `url` (http://HOST:PORT of a running `rest serve`), or a server started here on
     `weights`, `rounds` times in a row (the same server). Returns the result dict (summaries over all sessions,
     then `per_session`). With an in-process server, `rss_mb.after_each_round` (after garbage collection) shows
-    whether the server keeps memory from finished sessions: a leak grows it every round."""
+    whether the server keeps memory from finished sessions: a leak grows it every round. `upload_every`: seconds
+    between uploads of a large portrait (`large_portrait`) while the sessions run; None for no uploads."""
     if rounds < 1 or sessions < 1:
         raise ValueError(f"need at least one round and one session, got rounds={rounds}, sessions={sessions}")
+    if upload_every is not None and not upload_every > 0:
+        raise ValueError(f"upload_every must be a positive number of seconds, got {upload_every}")
     from rest.media import read_audio
 
     server = thread = None
@@ -139,20 +195,27 @@ def bench_serve(
             t = np.arange(sr * 4) / sr
             speech = (0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
         audio = np.resize(speech, int(seconds * sr))
+        large = large_portrait(portrait) if upload_every is not None else None
         gc.collect()
         rss_before = rss_kib("VmRSS") / 1024
         start = time.perf_counter()
 
         async def run_all():
             ws_url = base.replace("http", "ws", 1) + "/ws"
-            return await asyncio.gather(*(_client(ws_url, portrait_id, audio, sr, i) for i in range(sessions)))
+            stop = asyncio.Event()
+            uploader = None if large is None else asyncio.create_task(_uploader(base, large, upload_every, stop))
+            clients = await asyncio.gather(*(_client(ws_url, portrait_id, audio, sr, i) for i in range(sessions)))
+            stop.set()
+            return clients, [] if uploader is None else await uploader
 
-        results, rss_rounds = [], []
+        results, rss_rounds, uploads = [], [], []
         for round_index in range(rounds):
             if round_index:  # memory after the previous round, after garbage collection
                 gc.collect()
                 rss_rounds.append(rss_kib("VmRSS") / 1024)
-            results += [{"round": round_index, **r} for r in asyncio.run(run_all())]
+            clients, round_uploads = asyncio.run(run_all())
+            results += [{"round": round_index, **r} for r in clients]
+            uploads += round_uploads
         wall = time.perf_counter() - start
         rss_after = rss_kib("VmRSS") / 1024
         time.sleep(2.0)
@@ -192,10 +255,25 @@ def bench_serve(
         "server_first_frame_latency_s": summary("server_first_frame_latency_s"),
         "frames_received": summary("frames"),
         "dropped": summary("dropped"),
+        "max_frame_gap_s": summary("max_frame_gap_s"),
+        "uploads": None if large is None else _upload_summary(uploads, upload_every, len(large)),
         "rss_mb": None
         if url
         else {"before": rss_before, "after": rss_after, "after_gc_2s": rss_settled, "after_each_round": rss_rounds},
         "per_session": results,
+    }
+
+
+def _upload_summary(uploads: list[dict], every: float, size: int) -> dict:
+    seconds = [u["seconds"] for u in uploads]
+    return {
+        "every_s": every,
+        "pixels": f"{UPLOAD_SIDE}x{UPLOAD_SIDE}",
+        "bytes": size,
+        "count": len(uploads),
+        "ok": sum(u["status"] == 200 for u in uploads),
+        "errors": [u["error"] or f"HTTP {u['status']}" for u in uploads if u["status"] != 200],
+        "seconds": {"median": statistics.median(seconds), "max": max(seconds)} if seconds else None,
     }
 
 
@@ -207,15 +285,22 @@ def format_table(result: dict) -> str:
         f"({result['preset']}, "
         f"{result['resolution']} px), wall {result['wall_s']:.1f} s",
         f"{'round':>5} {'session':>7} {'latency client ms':>17} {'latency server ms':>17} {'RTF':>5} {'frames':>11} "
-        f"{'dropped':>7}  error",
+        f"{'dropped':>7} {'max gap ms':>10}  error",
     ]
     for r in result["per_session"]:
         rtf = "-" if r.get("server_rtf") is None else f"{r['server_rtf']:.2f}"
         frames = f"{r['frames']}/{r['frames_expected']}"
         lines.append(
             f"{r['round']:>5} {r['session']:>7} {ms(r.get('client_first_frame_latency_s')):>17} "
-            f"{ms(r.get('server_first_frame_latency_s')):>17} {rtf:>5} {frames:>11} {r.get('dropped', '-'):>7}  "
-            f"{r['error'] or ''}"
+            f"{ms(r.get('server_first_frame_latency_s')):>17} {rtf:>5} {frames:>11} {r.get('dropped', '-'):>7} "
+            f"{ms(r.get('max_frame_gap_s')):>10}  {r['error'] or ''}"
+        )
+    up = result["uploads"]
+    if up is not None:
+        took = up["seconds"] and f", {up['seconds']['median']:.2f} s median, {up['seconds']['max']:.2f} s max each"
+        lines.append(
+            f"uploads of a {up['pixels']} PNG ({up['bytes'] / 1e6:.2f} MB) every {up['every_s']:g} s: "
+            f"{up['ok']}/{up['count']} accepted{took or ''}; errors: {', '.join(up['errors']) or 'none'}"
         )
     rss = result["rss_mb"]
     if rss is not None:

@@ -13,8 +13,11 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RestError("--device cuda was asked for, but torch sees no CUDA device")
+    from rest.commands.generate import device_problem
+
+    problem = device_problem(name)
+    if problem:
+        raise RestError(problem)
     return torch.device(name)
 
 
@@ -80,6 +83,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--audio", default=None, help="speech to loop (default: assets/demo/speech.wav)")
     serve.add_argument("--rounds", type=int, default=1, help="run the sessions this many times on one server")
     serve.add_argument("--url", default=None, help="load-test a running server (http://HOST:PORT) instead")
+    serve.add_argument(
+        "--upload-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="meanwhile upload a 6300 x 6300 PNG of the portrait this often (do uploads stall the streams?)",
+    )
     serve.add_argument("--output", default="runs/bench/serve.json", help="JSON file")
     serve.set_defaults(func=_run_serve)
 
@@ -127,6 +137,8 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     if args.sessions < 1 or args.seconds <= 0:
         raise RestError("--sessions must be >= 1 and --seconds > 0")
+    if args.upload_every is not None and not args.upload_every > 0:
+        raise RestError(f"--upload-every {args.upload_every:g}: must be a positive number of seconds")
     try:
         import websockets  # noqa: F401
 
@@ -140,7 +152,16 @@ def _run_serve(args: argparse.Namespace) -> int:
     portrait = args.portrait or assets / "portrait.png"
     audio = args.audio or (assets / "speech.wav" if (assets / "speech.wav").is_file() else None)
     weights = None if args.url else args.weights or default_weights()
-    result = bench_serve(weights, args.sessions, args.seconds, portrait, audio, url=args.url, rounds=args.rounds)
+    result = bench_serve(
+        weights,
+        args.sessions,
+        args.seconds,
+        portrait,
+        audio,
+        url=args.url,
+        rounds=args.rounds,
+        upload_every=args.upload_every,
+    )
     print(format_table(result))
     write_result(result, args.output)
     return 0

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rest.commands.generate import default_weights
+    from rest.commands.generate import default_weights, device_problem
     from rest.errors import RestError
     from rest.pipelines import TalkingHeadPipeline
 
@@ -42,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if args.max_sessions < 1 or args.max_upload_mb <= 0 or args.idle_timeout <= 0:
         raise RestError("--max-sessions must be >= 1, --max-upload-mb and --idle-timeout > 0")
+    problem = device_problem(args.device)
+    if problem:
+        raise RestError(problem)
     pipe = TalkingHeadPipeline.from_pretrained(Path(args.weights) if args.weights else default_weights(), args.device)
     portraits = args.portraits
     if portraits is None:

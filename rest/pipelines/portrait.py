@@ -20,6 +20,10 @@ MIN_SIDE = 64  # smaller images are refused
 MIN_FACE = 48  # faces whose detector box is smaller (pixels, after downscaling) are refused
 
 
+class NoFaceError(RestError):
+    """The face detector finds no face in a portrait (drawn and stylised faces are often missed)."""
+
+
 @dataclass
 class Portrait:
     """A prepared portrait: the model's input crop and where it came from."""
@@ -50,7 +54,7 @@ def prepare_portrait(image: np.ndarray, resolution: int, detector=None, name: st
     detector = detector or FaceDetector("auto")
     faces = detector.detect(image)
     if not faces:
-        raise RestError(f"{name}: no face found (detector {detector.name}); use a frontal, well-lit portrait")
+        raise NoFaceError(f"{name}: no face found (detector {detector.name}); use a frontal, well-lit portrait")
     face = max(faces, key=lambda b: b.width * b.height)
     if max(face.width, face.height) < MIN_FACE:
         raise RestError(
@@ -119,4 +123,4 @@ class Paster:
         return out
 
 
-__all__ = ["MAX_SIDE", "MIN_FACE", "MIN_SIDE", "Paster", "Portrait", "crop_as_is", "prepare_portrait"]
+__all__ = ["MAX_SIDE", "MIN_FACE", "MIN_SIDE", "NoFaceError", "Paster", "Portrait", "crop_as_is", "prepare_portrait"]

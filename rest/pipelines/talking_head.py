@@ -9,7 +9,7 @@ A pipeline folder holds everything generation needs::
     folder/denoiser/         DenoiserDiT, block_causal (the distilled streaming student)
 
 `export_pipeline` assembles one from a `train/student.py` export. There is one generation path: a streaming
-session (`pipe.stream(portrait)`, then `push_audio` / `flush`) runs the audio encoder's streaming step, the
+session (`pipe.stream(portrait)`, then `push_audio` / `finish`) runs the audio encoder's streaming step, the
 student's chunk rollout against its ID-Context cache and the VAE's streaming decoder; calling the pipeline on a
 whole file is that session run to the end. The same seed gives the same frames, however the audio is split.
 """
@@ -20,12 +20,14 @@ import copy
 import json
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rest.config import MAX_SEED
 from rest.diffusion.flow import flow_sigmas
 from rest.errors import RestError
 from rest.media import tensor_to_frames
@@ -70,7 +72,7 @@ def _load(cls, folder: Path, what: str):
 
 
 class StreamSession:
-    """One live stream: `push_audio(samples) -> frames`, then `flush() -> frames` (uint8 (F, R, R, 3) each).
+    """One live stream: `push_audio(samples) -> frames`, then `finish() -> frames` (uint8 (F, R, R, 3) each).
 
     Frames come out whole chunks at a time, as soon as a chunk's audio (with the look-ahead) has arrived.
     `stats()` reports first-frame latency (wall time from the first audio pushed to the first frame returned),
@@ -98,7 +100,7 @@ class StreamSession:
     def push_audio(self, samples: np.ndarray) -> np.ndarray:
         """Float mono samples at the pipeline's rate (any length) -> the frames they complete."""
         if self.finished:
-            raise RestError("this stream was flushed; start a new one with pipe.stream(portrait)")
+            raise RestError("this stream has finished; start a new one with pipe.stream(portrait)")
         samples = np.array(samples, np.float32).reshape(-1)  # a copy: torch needs writable memory
         if self.first_push is None:
             self.first_push = time.perf_counter()
@@ -110,8 +112,10 @@ class StreamSession:
         return self._out(frames, start)
 
     @torch.no_grad()
-    def flush(self) -> np.ndarray:
-        """End of the audio: the remaining frames (the last chunk's missing look-ahead is silence)."""
+    def _end(self) -> np.ndarray:
+        """End the models' streams: the frames of every whole chunk not yet returned, the last chunk's missing
+        look-ahead taken as silence. A trailing partial chunk is dropped: `finish` pads the audio to whole chunks
+        first."""
         if self.finished:
             return np.zeros((0, self.pipe.resolution, self.pipe.resolution, 3), np.uint8)
         start = time.perf_counter()
@@ -123,19 +127,28 @@ class StreamSession:
 
     @torch.no_grad()
     def finish(self) -> np.ndarray:
-        """End of speech: pad the audio pushed so far with silence to whole chunks, flush, and return the remaining
-        frames, so that the stream has exactly round(duration * fps) frames (`flush` alone drops a trailing
-        partial chunk, and its frames would end up to one chunk short of the audio)."""
+        """End of speech: the remaining frames, so that the stream has exactly round(duration * fps) frames in all.
+
+        The audio pushed so far is padded with silence to whole chunks and the models' streams are ended; frames past
+        the audio's duration are cut. Calling it again returns no frames."""
+        if self.finished:
+            return np.zeros((0, self.pipe.resolution, self.pipe.resolution, 3), np.uint8)
         target = self.pipe.frames_for(self.samples_in)
         before = self.frames_out
         c = self.pipe.vae.temporal_compression * self.pipe.config.chunk_latent_frames
         covered = 1 + c * max(0, -(-(target - 1) // c))  # frames of the whole chunks that cover `target`
         missing = covered * (self.pipe.sample_rate // self.pipe.fps) - self.samples_in
         parts = [self.push_audio(np.zeros(missing, np.float32))] if missing > 0 and target > 0 else []
-        parts.append(self.flush())
+        parts.append(self._end())
         frames = np.concatenate(parts)[: max(0, target - before)]
         self.frames_out = before + len(frames)
         return frames
+
+    def flush(self) -> np.ndarray:
+        """Deprecated name of `finish`. (It used to end the stream without padding, dropping up to a chunk of
+        trailing frames; it now keeps every frame.)"""
+        warnings.warn("StreamSession.flush() is deprecated: call finish()", FutureWarning, stacklevel=2)
+        return self.finish()
 
     def _out(self, frames: torch.Tensor, start: float) -> np.ndarray:
         out = tensor_to_frames(frames[0])
@@ -235,6 +248,8 @@ class TalkingHeadPipeline:
         self, portrait: Portrait | np.ndarray, seed: int = 0, steps: int | None = None, emotion: int | None = None
     ) -> StreamSession:
         """A live session for `portrait` (a prepared Portrait, or an image that gets `prepare_portrait`)."""
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise RestError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}"[:200])
         if not isinstance(portrait, Portrait):
             portrait = self.prepare_portrait(portrait)
         n = self.config.num_emotions
@@ -284,13 +299,34 @@ class TalkingHeadPipeline:
 
 
 def export_pipeline(
-    student_export: str | Path, output: str | Path, vae: str | Path | None = None, preset: str = "tiny"
+    student_export: str | Path,
+    output: str | Path,
+    vae: str | Path | None = None,
+    preset: str = "tiny",
+    audio_encoder: str | Path | None = None,
 ) -> Path:
-    """Assemble a pipeline folder from a `train/student.py` export (student.json names the VAE unless `vae`)."""
+    """Assemble a pipeline folder from a `train/student.py` export (student.json names the VAE unless `vae`).
+
+    `audio_encoder` replaces the student's own encoder with another of the same architecture (an audio expert
+    trained with `feature_teacher` set to the student's encoder, which keeps its feature space)."""
     from rest.training.student import load_student
 
-    denoiser, audio_encoder, info = load_student(student_export)
+    denoiser, own_encoder, info = load_student(student_export)
     output = Path(output)
+    if audio_encoder is None:
+        audio_encoder = own_encoder
+    else:
+        folder = Path(audio_encoder)
+        audio_encoder = _load(AudioEncoder, folder, "audio encoder")
+        def arch(config):
+            return {k: v for k, v in config.items() if not k.startswith("_")}
+
+        if arch(audio_encoder.config) != arch(own_encoder.config):
+            raise RestError(
+                f"{folder}: this audio encoder's architecture differs from the student's own; the denoiser reads "
+                "only features of its own encoder's shape (train it with --feature-teacher on that encoder)"
+            )
+        info = {**info, "audio_encoder": str(folder)}
     vae_model = _load(CausalVideoVAE, Path(vae or info["vae"]), "VAE")
     from rest.config import get_preset
 

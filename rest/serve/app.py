@@ -6,22 +6,25 @@ HTTP:
     GET  /api/info              preset, resolution, fps, sample_rate, chunk_frames, sessions in use and the cap
     GET  /api/portraits         {"bundled": [NAME, ...]}: the portraits of --portraits
     GET  /api/portraits/NAME    one bundled portrait's image
-    POST /api/portraits         body: the image file's bytes -> {"id", "width", "height"}, or 400 / 413 {"error"}
+    POST /api/portraits         body: the image file's bytes -> {"id", "width", "height"}, or 400 / 413 / 503
+                                {"error"}
 
 WebSocket protocol (one WebSocket per stream, `/ws`):
 
     client -> server  text   {"type": "start", "portrait": ID, "seed": 0}   ID from POST /api/portraits, or
-                                                                             "bundled:NAME" of GET /api/portraits
+                                                                             "bundled:NAME" of GET /api/portraits;
+                                                                             seed 0 .. 2**64 - 1
     server -> client  text   {"type": "ready", "fps", "resolution", "sample_rate", "chunk_frames"}
-    client -> server  binary float32 little-endian mono PCM at 16 kHz, any length up to `max_message_bytes`
+    client -> server  binary float32 little-endian mono PCM at 16 kHz, any length up to `max_message_bytes`;
+                             samples are clipped to [-1, 1], as audio files are read
     server -> client  binary 4-byte little-endian frame index, then one JPEG frame
     server -> client  text   {"type": "stats", "frames", "rtf", "first_frame_latency_s", "dropped", ...}
                              with the first frames, then about once a second
     client -> server  text   {"type": "end"}                                 no more audio
     server -> client  text   {"type": "done", ...stats}, then the server closes (code 1000)
-    server -> client  text   {"type": "error", "message"}, then the server closes with 1008 (bad message),
-                             1009 (message too big), 1013 (server full), 1001 (idle for `idle_timeout_s`) or
-                             1011 (the server failed)
+    server -> client  text   {"type": "error", "message"}, then the server closes with 1008 (the client's
+                             mistake: a bad message or value), 1009 (message too big), 1013 (server full), 1001
+                             (idle for `idle_timeout_s`) or 1011 (the server failed: a bug, never the client's input)
 
 At "end" the audio is padded with silence to whole chunks and the frames past the audio's duration are not sent,
 so a stream of N seconds gets round(N * fps) frames, as `rest generate` does.
@@ -31,6 +34,10 @@ loop, so sessions do not wait on each other beyond the CPU they share. Frames go
 per-session outbox (`frame_queue` frames): a client that does not read fast enough loses the oldest unsent frames
 (counted as `dropped` in the stats) instead of growing the server's memory or stalling the model. A malformed
 message ends that session only.
+
+Uploaded portraits are decoded and checked (face detection and crop) in their own `max_decodes` worker threads, never
+on the event loop, so a large image (a 6300 x 6300 PNG takes seconds) does not hold up the live streams' frames;
+while `max_decodes + upload_queue` uploads are in progress, more are refused with 503.
 """
 
 from __future__ import annotations
@@ -56,7 +63,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
+from rest.config import MAX_SEED
 from rest.errors import RestError
+from rest.pipelines.portrait import MAX_SIDE
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger(__name__)
@@ -68,6 +77,8 @@ class ServeOptions:
     max_sessions: int = 4  # concurrent WebSocket streams; more are refused with close code 1013
     max_upload_bytes: int = 8 * 2**20  # portrait uploads (413 above)
     max_upload_pixels: int = 40_000_000  # decoded portrait size: a small file can hold a huge image
+    max_decodes: int = 1  # uploads decoded at once, each in a thread (CPU the streams lose; 40 Mpx holds ~0.2 GB)
+    upload_queue: int = 8  # uploads that may wait for a decoder; more are refused with 503
     max_message_bytes: int = 2**20  # one WebSocket message (about 16 s of float32 audio); 1009 above
     idle_timeout_s: float = 60.0  # a session that sends nothing (or does not read its last frames) this long ends
     frame_queue: int = 50  # frames buffered per client (2 s at 25 fps) before the oldest are dropped
@@ -75,14 +86,18 @@ class ServeOptions:
     jpeg_quality: int = 85
 
 
-def _decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+def _decode_image(data: bytes, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """An upload's bytes -> (uint8 RGB (H, W, 3) at most `MAX_SIDE` a side, the image's (width, height)).
+
+    The image is scaled down while it is decoded (JPEG decodes at a fraction of its size, then a box reduction),
+    as `prepare_portrait` would scale it anyway: a 40 Mpx upload takes less than half the CPU time it did."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             w, h = image.size  # read from the header: refuse before decoding
             if w * h > max_pixels:
                 raise RestError(f"the image is {w}x{h} pixels; the limit is {max_pixels} pixels")
-            image.load()
-            return np.asarray(image.convert("RGB"))
+            image.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)  # loads it; never enlarges
+            return np.asarray(image.convert("RGB")), (w, h)
     except RestError:
         raise
     except Exception as err:  # PIL raises many types for bad data
@@ -122,18 +137,21 @@ def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | P
         pipe = TalkingHeadPipeline.from_pretrained(pipe)
     opts = options or ServeOptions()
     executor = ThreadPoolExecutor(max_workers=max(1, opts.max_sessions), thread_name_prefix="rest-session")
+    decoder = ThreadPoolExecutor(max_workers=max(1, opts.max_decodes), thread_name_prefix="rest-decode")
     detector_lock = threading.Lock()  # one face detection at a time (the detector is shared, not thread-safe)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
         executor.shutdown(wait=False, cancel_futures=True)
+        decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="REST live talking heads", lifespan=lifespan)
     app.state.pipe, app.state.options = pipe, opts
     app.state.portraits = OrderedDict()  # id -> Portrait (crop only)
     app.state.active = 0
     app.state.sessions_total = 0
+    app.state.uploads = 0  # uploads in progress: reading, waiting for a decoder, or decoding
     bundled = {}
     if portraits_dir is not None:
         if not Path(portraits_dir).is_dir():
@@ -148,6 +166,11 @@ def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | P
     def prepare(image: np.ndarray, name: str):
         with detector_lock:
             return _crop_only(pipe.prepare_portrait(image, name=name))
+
+    def decode_and_prepare(data: bytes):
+        """An upload's bytes -> ((width, height), Portrait); runs in a decoder thread."""
+        image, size = _decode_image(data, opts.max_upload_pixels)
+        return size, prepare(image, "uploaded portrait")
 
     def remember(key: str, portrait) -> str:
         app.state.portraits[key] = portrait
@@ -190,19 +213,23 @@ def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | P
         size = int(request.headers.get("content-length") or 0)
         if size > limit:
             return error(413, f"the upload is {size} bytes; the limit is {limit} (rest serve --max-upload-mb)")
-        data = bytearray()
-        async for piece in request.stream():
-            data += piece
-            if len(data) > limit:
-                return error(413, f"the upload is over the limit of {limit} bytes (rest serve --max-upload-mb)")
-        if not data:
-            return error(400, "empty upload: send the image file as the request body")
+        if app.state.uploads >= opts.max_decodes + opts.upload_queue:
+            return error(503, f"busy with {app.state.uploads} other upload(s); try again in a few seconds")
+        app.state.uploads += 1
         try:
-            image = _decode_image(bytes(data), opts.max_upload_pixels)
-            portrait = await asyncio.get_running_loop().run_in_executor(None, prepare, image, "uploaded portrait")
+            data = bytearray()
+            async for piece in request.stream():
+                data += piece
+                if len(data) > limit:
+                    return error(413, f"the upload is over the limit of {limit} bytes (rest serve --max-upload-mb)")
+            if not data:
+                return error(400, "empty upload: send the image file as the request body")
+            loop = asyncio.get_running_loop()
+            (w, h), portrait = await loop.run_in_executor(decoder, decode_and_prepare, bytes(data))
         except RestError as err:
             return error(400, str(err))
-        h, w = image.shape[:2]
+        finally:
+            app.state.uploads -= 1
         return {"id": remember(uuid.uuid4().hex[:12], portrait), "width": w, "height": h}
 
     async def resolve_portrait(ref):
@@ -336,6 +363,8 @@ class _Session:
                         return
         except _Closed as closed:
             await self._fail(closed.code, closed.message)
+        except RestError as err:  # the client's input, found by the pipeline
+            await self._fail(1008, str(err))
         except WebSocketDisconnect:
             raise
         except Exception as err:  # a bug, not the client's fault: end this session, keep serving the others
@@ -356,13 +385,10 @@ class _Session:
             if self.stream is not None:
                 raise _Closed(1008, "this session has already started")
             seed = msg.get("seed", 0)
-            if not isinstance(seed, int) or isinstance(seed, bool):
-                raise _Closed(1008, "seed must be an integer")
+            if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+                raise _Closed(1008, f"seed must be an integer from 0 to {MAX_SEED}, got {json.dumps(seed)[:40]}")
             portrait = await resolve_portrait(msg.get("portrait"))
-            try:
-                self.stream = await self._model(lambda: self.pipe.stream(portrait, seed=seed))
-            except RestError as err:
-                raise _Closed(1008, str(err)) from None
+            self.stream = await self._model(lambda: self.pipe.stream(portrait, seed=seed))
             p = self.pipe
             self._put(
                 {
@@ -397,6 +423,7 @@ class _Session:
         samples = np.frombuffer(data, "<f4")
         if not np.isfinite(samples).all():
             raise _Closed(1008, "audio contains NaN or infinite samples")
+        samples = np.clip(samples, -1.0, 1.0)  # as read_audio clips files: full scale is 1
         self.enqueue_frames(await self._model(self._push, samples))
         now = time.perf_counter()
         if self.sent and (self.last_stats is None or now - self.last_stats > 1.0):  # first frames, then 1/s
