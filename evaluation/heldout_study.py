@@ -52,6 +52,11 @@ def main() -> int:
         default=60,
         help="training-split clips to fit the second, CNN-free judge on (PixelRidgeMouth; 0 = no second judge)",
     )
+    parser.add_argument(
+        "--landmarks",
+        action="store_true",
+        help="a third judge: dlib's 68-point inner-lip aperture against the labels (the real-speech study's judge)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", required=True, help="JSON file")
     args = parser.parse_args()
@@ -89,7 +94,14 @@ def main() -> int:
         train = heldout_clips(args.data, ("train",), args.seconds, args.pixel_judge_clips)
         pixel_judge = PixelRidgeMouth().fit([c.frames for c in train], [c.labels for c in train])
     vae = next(iter(methods.values()))[0].vae
-    result = heldout_study(clips, methods, regressor, embedder, seed=args.seed, vae=vae, pixel_judge=pixel_judge)
+    landmarks = None
+    if args.landmarks:
+        from rest.metrics.landmarks import FaceLandmarks68
+
+        landmarks = FaceLandmarks68()
+    result = heldout_study(
+        clips, methods, regressor, embedder, args.seed, vae=vae, pixel_judge=pixel_judge, landmarks=landmarks
+    )
     result["settings"] = {k: v for k, v in vars(args).items()}
     path = write_study(result, args.output)
     print(format_summary(result["summary"]))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from rest.data.shards import ShardWriter
 from rest.errors import RestError
@@ -66,3 +67,33 @@ def test_entry_point(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(REPO / "train" / "audio_expert.py"), run_name="__main__")
     assert (tmp_path / "e" / "config.json").is_file() and (tmp_path / "e" / "metrics.json").is_file()
+
+
+def test_feature_teacher_keeps_the_generators_feature_space(tmp_path):
+    """With feature_teacher the expert starts as that encoder and, trained on augmented windows, stays close to its
+    features on clean audio (what a denoiser trained on it reads), closer than an expert trained without it; the head
+    is exported beside it."""
+    from rest.data.augment import AugmentConfig
+    from rest.models.audio import AudioExpert
+
+    root = _write(tmp_path / "shards")
+    teacher_dir = tmp_path / "teacher"
+    AudioEncoder(**AUDIO).save_pretrained(teacher_dir)
+    kwargs = dict(steps=60, batch_size=4, window_frames=16, lr=3e-3, eval_splits=("test_voice",))
+    held = train_audio_expert(
+        root, tmp_path / "held", augment=AugmentConfig(), feature_teacher=teacher_dir, feature_weight=10.0, **kwargs
+    )
+    free = train_audio_expert(root, tmp_path / "free", augment=AugmentConfig(), config=AUDIO, **kwargs)
+    metrics = json.loads((held / "metrics.json").read_text())
+    assert metrics["feature_teacher"] == str(teacher_dir) and "feature_loss" in metrics["log"][-1]
+    teacher = load_local(AudioEncoder, teacher_dir).eval()
+    audio = torch.from_numpy(np.random.default_rng(3).uniform(-0.3, 0.3, (1, 40 * 640)).astype(np.float32))
+    with torch.no_grad():
+        target = teacher(audio)
+
+        def distance(folder):
+            return (AudioExpert.load(folder).encoder(audio) - target).square().mean().item() / target.var().item()
+
+        assert distance(held) < 0.5 * distance(free)
+    with pytest.raises(RestError, match="give no encoder config"):
+        train_audio_expert(root, tmp_path / "x", steps=1, config=AUDIO, feature_teacher=teacher_dir)

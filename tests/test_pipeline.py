@@ -41,14 +41,16 @@ def test_stream_equals_whole_and_seeds(pipe, face_image):
         n = int(rng.integers(1, 3000))
         parts.append(session.push_audio(audio[i : i + n]))
         i += n
-    parts.append(session.flush())
+    parts.append(session.finish())
     streamed = np.concatenate(parts)
-    n = min(len(streamed), len(whole))
-    assert n >= len(whole) - 4  # the whole-file path pads the last chunk with silence
-    assert np.abs(streamed[:n].astype(int) - whole[:n].astype(int)).max() <= 1  # float rounding of chunked audio
+    assert len(streamed) == len(whole)  # finish() keeps every frame, as the whole-file path does
+    assert np.abs(streamed.astype(int) - whole.astype(int)).max() <= 1  # float rounding of chunked audio
     stats = session.stats()
     assert stats["frames"] == len(streamed) and stats["first_frame_latency_s"] > 0 and stats["rtf"] > 0
-    with pytest.raises(RestError, match="flushed"):
+    assert len(session.finish()) == 0  # a second end of stream has nothing more
+    with pytest.warns(FutureWarning, match="finish"):
+        assert len(session.flush()) == 0
+    with pytest.raises(RestError, match="finished"):
         session.push_audio(audio[:100])
     with pytest.raises(RestError, match="no emotion labels"):
         pipe.stream(portrait, emotion=1)
@@ -204,3 +206,19 @@ def test_export_pipeline_from_a_student_export(test_pipeline, tmp_path, capsys):
     DenoiserDiT.from_config({**denoiser.config, "patch_size": 2}).save_pretrained(patched / "denoiser")
     folder = export_pipeline(patched, tmp_path / "v8_patch2", vae=tmp_path / "v8")
     assert TalkingHeadPipeline.from_pretrained(folder).vae.spatial_compression == 8
+    # --audio-encoder ships another encoder of the student's architecture (a feature-distilled audio expert).
+    from rest.models.audio import AudioEncoder
+
+    own = AudioEncoder.from_pretrained(student / "audio_encoder")
+    torch.manual_seed(1)
+    AudioEncoder.from_config(own.config).save_pretrained(tmp_path / "robust")
+    argv = ["export-pipeline", "--student", str(student), "--output", str(tmp_path / "p2")]
+    assert main([*argv, "--audio-encoder", str(tmp_path / "robust")]) == 0
+    shipped = TalkingHeadPipeline.from_pretrained(tmp_path / "p2").audio_encoder
+    replaced = AudioEncoder.from_pretrained(tmp_path / "robust")
+    for a, b in zip(shipped.parameters(), replaced.parameters(), strict=True):
+        torch.testing.assert_close(a, b.half().float())  # stored in fp16
+    assert not torch.equal(next(shipped.parameters()), next(own.parameters()))
+    AudioEncoder.from_config({**own.config, "dim": own.config.dim * 2}).save_pretrained(tmp_path / "wider")
+    with pytest.raises(RestError, match="architecture differs from the student's own"):
+        export_pipeline(student, tmp_path / "p3", audio_encoder=tmp_path / "wider")

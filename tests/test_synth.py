@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing as mp
+import shutil
 
 import numpy as np
 import pytest
@@ -20,9 +21,20 @@ from rest.data.synth.generate import (
     plan_clips,
 )
 from rest.data.synth.render import FaceRenderer
-from rest.data.synth.speech import Espeak, EspeakError, Phone, Prosody, Voice, espeak_available, get_espeak, resample
+from rest.data.synth.speech import (
+    Espeak,
+    EspeakError,
+    Phone,
+    Prosody,
+    Voice,
+    espeak_available,
+    get_engine,
+    get_espeak,
+    resample,
+)
 from rest.data.synth.text import LEXICONS
 from rest.data.synth.visemes import SIL, VISEME_IDS, VISEMES, mouth_track, phone_visemes, phones_to_segments
+from rest.errors import RestError
 
 needs_espeak = pytest.mark.skipif(
     not espeak_available(), reason="libespeak-ng.so.1 not found: apt-get install espeak-ng"
@@ -245,3 +257,76 @@ def test_synth_command_writes_resumable_shards(tmp_path):
     before = (out / "manifest.jsonl").read_text()
     assert main([*args, "--workers", "1", "--no-progress"]) == 0  # resumes: nothing to do
     assert (out / "manifest.jsonl").read_text() == before
+
+
+#################################################################################
+#                        festival and flite (real voices)                       #
+#################################################################################
+
+needs_festival = pytest.mark.skipif(shutil.which("festival") is None, reason="festival not installed")
+needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")
+
+
+@pytest.mark.parametrize(
+    "voice",
+    [
+        pytest.param(Voice("en-us", "kal_diphone", "festival"), marks=needs_festival),
+        pytest.param(Voice("it", "pc_diphone", "festival"), marks=needs_festival),
+        pytest.param(Voice("en-us", "awb", "flite"), marks=needs_flite),
+    ],
+    ids=lambda v: v.name,
+)
+def test_real_voices_give_ipa_phones_that_tile_the_audio(voice):
+    texts = ["Hello there, my friend.", "Buongiorno, come stai?"] if voice.language == "it" else None
+    utts = get_engine(voice.engine).speak(voice, Prosody(rate=150), texts or ["Hello there, my friend.", "A map."])
+    for utt in utts:
+        assert utt.audio.dtype == np.float32 and utt.duration > 0.5
+        assert utt.phones[0].start == 0.0 and utt.phones[-1].end == pytest.approx(utt.duration)
+        assert all(a.end == pytest.approx(b.start) for a, b in zip(utt.phones[:-1], utt.phones[1:], strict=True))
+        symbols = [p.symbol for p in utt.phones]
+        assert symbols[0] == "" and symbols[-1] == ""  # leading and trailing pauses
+        visemes = {VISEMES[i].name for p in utt.phones for i in phone_visemes(p.symbol)}
+        assert {"aa", "E", "oh"} & visemes  # open vowels are recognised
+        # Speech inside phones is louder than the pauses around it.
+        spoken = np.concatenate(
+            [utt.audio[int(p.start * utt.sample_rate) : int(p.end * utt.sample_rate)] for p in utt.phones if p.symbol]
+        )
+        lead = utt.audio[: int(utt.phones[0].end * utt.sample_rate)]
+        assert np.sqrt(np.mean(spoken**2)) > 10 * np.sqrt(np.mean(lead**2) + 1e-12)
+    if voice.language != "it":
+        assert "m" in [p.symbol for p in utts[1].phones]  # ARPAbet "m" of "map" -> IPA m -> lips closed (PP)
+
+
+def test_plan_draws_every_engine_and_holds_out_voices():
+    from rest.data.synth.generate import ENGINE_SHARE
+
+    plans = plan_clips(60, SynthConfig(seconds=40.0))
+    engines = {p.voice.engine for p in plans if p.split == "train"}
+    assert engines == set(ENGINE_SHARE)
+    assert not any(p.voice.variant == "rms" for p in plans if p.split == "train")  # flite's held-out voice
+    only = plan_clips(10, SynthConfig(seconds=40.0, engines=("flite",)))
+    assert {p.voice.engine for p in only} == {"flite"}
+    with pytest.raises(RestError, match="unknown speech engine"):
+        plan_clips(1, SynthConfig(engines=("sapi",)))
+
+
+@needs_flite
+def test_flite_clip_labels_follow_its_audio():
+    clip = make_clip(_short_plan(identity=2, voice="flite:slt", seconds=6.0), SynthConfig(seed=1))
+    F = len(clip.frames)
+    assert len(clip.audio) == F * SR // FPS and clip.extra["engine"] == "flite"
+    rms = np.sqrt(np.mean(clip.audio.reshape(F, -1).astype(np.float64) ** 2, axis=1))
+    loud = rms > 0.05 * np.percentile(rms, 95)
+    assert np.mean(clip.meta["speech"] == loud) > 0.8
+    assert clip.meta["mouth_open"][loud].mean() > 3 * clip.meta["mouth_open"][~loud].mean()
+
+
+def test_missing_voice_fails_before_any_work(tmp_path, monkeypatch):
+    from rest.data.synth import speech
+
+    def broken(command, what, hint, stdin=None):
+        raise RestError(f"{what} is not installed ({command[0]} not found); {hint}")
+
+    monkeypatch.setattr(speech, "_run", broken)
+    with pytest.raises(RestError, match="cannot speak.*apt-get install"):
+        speech.check_voices({Voice("en-us", "awb", "flite")})

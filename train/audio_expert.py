@@ -8,6 +8,7 @@ rest/training/audio_expert.py.
 
 import argparse
 
+from rest.data.augment import AugmentConfig
 from rest.training.audio_expert import train_audio_expert
 
 
@@ -20,6 +21,17 @@ def main() -> None:
     parser.add_argument("--window-frames", type=int, default=64, help="video frames of audio per training window")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--feature-teacher",
+        default=None,
+        help="an AudioEncoder folder (a trained generator's encoder): start from it and keep its feature space",
+    )
+    parser.add_argument("--feature-weight", type=float, default=1.0, help="weight of the feature loss")
+    parser.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="train on the clips' audio as it is (default: rest.data.augment's chain, for real speech)",
+    )
     args = parser.parse_args()
     train_audio_expert(
         args.data,
@@ -29,6 +41,9 @@ def main() -> None:
         window_frames=args.window_frames,
         lr=args.lr,
         seed=args.seed,
+        augment=None if args.no_augment else AugmentConfig(),
+        feature_teacher=args.feature_teacher,
+        feature_weight=args.feature_weight,
     )
 
 

@@ -10,14 +10,18 @@ CONTACT_SHEET_MAX = 50  # identities shown on the contact sheet (the first ones)
 
 def register(sub: argparse._SubParsersAction) -> None:
     from rest.data.synth.generate import LANGUAGES, default_workers
+    from rest.data.synth.speech import ENGINES
 
     parser = sub.add_parser(
         "synth",
         help="generate the procedural talking-face dataset (SynthTalk) as training shards",
-        description="Render procedural faces that speak espeak-ng sentences in several languages, with per-frame "
+        description="Render procedural faces that speak sentences in several languages (espeak-ng, and festival's and "
+        "flite's voices built from real speakers' recordings), with per-frame "
         "labels (mouth opening and width, viseme, speech, head pose, blink, gaze), into the shard root --output. "
         "Identities i with i % 10 == 9 form the test_id split; held-out voices form test_voice. Rerunning with "
-        "the same options resumes; the same --seed gives the same clips. Needs espeak-ng (apt-get install espeak-ng).",
+        "the same options resumes; the same --seed gives the same clips. Needs espeak-ng, festival and flite "
+        "(apt-get install espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts festvox-italp16k "
+        "festvox-itapc16k flite), or --engines with those installed.",
     )
     parser.add_argument("--output", required=True, help="shard root (created, or resumed)")
     parser.add_argument("--identities", type=int, default=20, help="number of identities (0 .. N-1)")
@@ -33,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--languages",
         default=",".join(LANGUAGES),
         help=f"comma-separated espeak-ng languages (default: {','.join(LANGUAGES)})",
+    )
+    parser.add_argument(
+        "--engines",
+        default=",".join(ENGINES),
+        help=f"comma-separated speech synthesizers to draw voices from (default: {','.join(ENGINES)})",
     )
     parser.add_argument(
         "--clip-seconds", type=float, nargs=2, default=(10.0, 20.0), metavar=("MIN", "MAX"), help="target clip length"
@@ -60,11 +69,17 @@ def run(args: argparse.Namespace) -> int:
     if resolution < 32 or resolution % 2:
         raise RestError(f"--resolution must be even and at least 32, got {resolution}")
     languages = tuple(lang.strip() for lang in args.languages.split(",") if lang.strip())
+    engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
     lo, hi = args.clip_seconds
     if not 0 < lo <= hi:
         raise RestError(f"--clip-seconds needs 0 < MIN <= MAX, got {lo} {hi}")
     cfg = SynthConfig(
-        resolution=resolution, seconds=args.seconds, clip_seconds=(lo, hi), languages=languages, seed=args.seed
+        resolution=resolution,
+        seconds=args.seconds,
+        clip_seconds=(lo, hi),
+        languages=languages,
+        engines=engines,
+        seed=args.seed,
     )
     summary = generate_dataset(args.output, args.identities, cfg, workers=args.workers, progress=not args.no_progress)
     print(summary.line())

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from rest.data.augment import AugmentConfig, SpeechAugment
 from rest.data.shards import ClipRecord, ShardReader
 from rest.errors import RestError
 from rest.media import frames_to_tensor
@@ -57,6 +58,9 @@ class TalkingClipDataset(Dataset):
         random_windows: True: one item per clip per epoch, at a random start (training). False: every
             non-overlapping window of every clip, clips taken in turn, so that the first n windows come from
             n different clips when the split has that many (evaluation sets).
+        augment_audio: pass each window's audio through `rest.data.augment.SpeechAugment` with this config
+            (drawn from the item's own random stream; every transform but speed keeps the timing, and speed is not
+            used here), so that a model learns to hear speech through rooms, microphones and codecs.
 
     Items are dicts:
         video: float32 (3, N, R, R) in [-1, 1]
@@ -80,6 +84,7 @@ class TalkingClipDataset(Dataset):
         audio_lookahead_frames: int = 0,
         ref_min_gap: int | None = None,
         random_windows: bool = True,
+        augment_audio: AugmentConfig | None = None,
     ):
         t = temporal_compression
         if t < 1 or num_frames < 1 or (num_frames - 1) % t:
@@ -106,6 +111,7 @@ class TalkingClipDataset(Dataset):
         self.audio_lookahead_frames = audio_lookahead_frames
         self.ref_min_gap = num_frames if ref_min_gap is None else ref_min_gap
         self.random_windows = random_windows
+        self.augment = SpeechAugment(augment_audio, sr) if augment_audio is not None else None
 
         in_split = [r for r in self.reader.records if split is None or r.split == split]
         self.clips: list[ClipRecord] = [r for r in in_split if r.num_frames >= num_frames]
@@ -143,6 +149,8 @@ class TalkingClipDataset(Dataset):
         audio = np.zeros(wanted, np.float32)
         piece = self.reader.audio(record.clip_id)[start * spf : start * spf + wanted]
         audio[: len(piece)] = piece
+        if self.augment is not None:
+            audio = self.augment(audio, rng)
         audio = torch.from_numpy(audio)
 
         item = {
@@ -192,6 +200,7 @@ class TalkingLatentDataset(Dataset):
         ref_min_gap: int | None = None,
         random_windows: bool = True,
         vae_fingerprint: str | None = None,
+        augment_audio: AugmentConfig | None = None,
     ):
         if num_latent_frames < 1 or temporal_compression < 1 or audio_lookahead_frames < 0:
             raise RestError("num_latent_frames and temporal_compression must be >= 1, the look-ahead >= 0")
@@ -207,6 +216,7 @@ class TalkingLatentDataset(Dataset):
         self.audio_lookahead_frames = audio_lookahead_frames
         self.ref_min_gap = 1 + t * (L - 1) if ref_min_gap is None else ref_min_gap
         self.random_windows = random_windows
+        self.augment = SpeechAugment(augment_audio, sr) if augment_audio is not None else None
 
         in_split = [r for r in self.reader.records if split is None or r.split == split]
         missing = [r.clip_id for r in in_split if not r.has_latents]
@@ -263,6 +273,8 @@ class TalkingLatentDataset(Dataset):
         audio = np.zeros(wanted, np.float32)
         piece = self.reader.audio(record.clip_id)[first_frame * spf : first_frame * spf + wanted]
         audio[: len(piece)] = piece
+        if self.augment is not None:
+            audio = self.augment(audio, rng)
         return {
             "mean": latents["mean"][:, start : start + L].float(),
             "logvar": latents["logvar"][:, start : start + L].float(),

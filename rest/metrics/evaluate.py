@@ -11,6 +11,7 @@ Metrics (names for `--metrics`):
 | lse | LSE-C, LSE-D, offset (+ LSE-D at offset 0) of the video's own audio | mean | a SyncNet |
 | csim | cosine of face embeddings, reference vs frames | mean | ArcFace weights, or the offline dlib embedder |
 | lipsync_gt | mouth openness vs the GT clip's `mouth_open` labels | mean | a mouth regressor + `<gt>/<name>.npz` |
+| lipsync_landmarks | lip aperture (dlib 68 points) vs GT's, lag +-2; M-/F-LMD; at rest | mean | dlib 68 points |
 
 Pairing: files `<name>.<mp4|mov|mkv|webm|avi>` in `pred` and `gt` with the same stem; names present on one side
 only are listed in the output and not evaluated. Videos are decoded at 25 fps with 16 kHz mono audio
@@ -37,7 +38,7 @@ import torch
 from rest.errors import RestError
 from rest.metrics.fid import Extractor, frechet_distance_features
 
-METRICS = ("psnr", "ssim", "lpips", "fid", "fvd", "lse", "csim", "lipsync_gt")
+METRICS = ("psnr", "ssim", "lpips", "fid", "fvd", "lse", "csim", "lipsync_gt", "lipsync_landmarks")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 WEIGHTS_DIR = Path("weights/metrics")
@@ -175,6 +176,10 @@ def resolve_metrics(opts: EvalOptions) -> tuple[list[str], dict[str, str]]:
         not_run["csim"] = (
             "no face embedder: pip install face-recognition-models dlib-bin, or add insightface buffalo_l"
         )
+    if dlib_models_dir() is not None:
+        chosen.append("lipsync_landmarks")
+    else:
+        not_run["lipsync_landmarks"] = "no 68-point landmark model: pip install face-recognition-models dlib-bin"
     return [m for m in METRICS if m in chosen], not_run
 
 
@@ -232,6 +237,12 @@ class _Models:
             self.mouth, extractor = load_mouth_regressor(_weights_path(opts, "lipsync_gt"))
             self.mouth.to(device)
             self.extractors["lipsync_gt"] = extractor.describe()
+        if "lipsync_landmarks" in metrics:
+            from rest.metrics.landmarks import FaceLandmarks68
+            from rest.metrics.vad import vad_name
+
+            self.landmarks = FaceLandmarks68()
+            self.extractors["lipsync_landmarks"] = {**self.landmarks.extractor.describe(), "vad": vad_name()}
 
 
 #################################################################################
@@ -377,8 +388,43 @@ def evaluate_pair(
         else:
             r = lag_correlation(pred_open, labels)
             row.update(lipsync_gt_corr=r["corr"], lipsync_gt_offset=r["offset"], lipsync_gt_best_corr=r["best_corr"])
+    if "lipsync_landmarks" in metrics:
+        result = _timed(timing, "lipsync_landmarks", lambda: _landmark_scores(models.landmarks, pred, gt))
+        if isinstance(result, str):
+            skipped["lipsync_landmarks"] = result
+        else:
+            row.update(result)
     if skipped:
         row["skipped"] = skipped
+    return row
+
+
+def _landmark_scores(landmarks, pred, gt) -> dict | str:
+    """lipsync_landmarks of one pair (module docstring), or the reason it cannot be scored."""
+    from rest.metrics.landmarks import MAX_LAG, aperture, landmark_distance, lipsync_landmarks
+    from rest.metrics.vad import mouth_rest_ratio, speech_frames
+
+    tracks = {}
+    for side, video in (("generated", pred), ("ground truth", gt)):
+        try:
+            tracks[side] = landmarks.track(video.frames)
+        except RestError as err:
+            return f"{side} video: {err}"
+    (p, p_found), (g, g_found) = tracks["generated"], tracks["ground truth"]
+    n = min(len(p), len(g))
+    if n < 3 * MAX_LAG:
+        return f"too short: {n} frames, needs {3 * MAX_LAG}"
+    sync = lipsync_landmarks(aperture(p[:n]), aperture(g[:n]))
+    row = {
+        "lipsync_landmarks_corr": sync["corr"],
+        "lipsync_landmarks_lag": sync["lag"],
+        "frames_with_face_pred": p_found,
+        "frames_with_face_gt": g_found,
+        **{k: v for k, v in landmark_distance(p[:n], g[:n]).items() if k != "frames"},
+    }
+    audio = pred.audio.samples if pred.audio is not None else (gt.audio.samples if gt.audio is not None else None)
+    if audio is not None:
+        row["mouth_rest_ratio"] = mouth_rest_ratio(aperture(p), speech_frames(audio))
     return row
 
 
@@ -406,6 +452,11 @@ SCALAR_KEYS = (
     "lipsync_gt_corr",
     "lipsync_gt_offset",
     "lipsync_gt_best_corr",
+    "lipsync_landmarks_corr",
+    "lipsync_landmarks_lag",
+    "m_lmd",
+    "f_lmd",
+    "mouth_rest_ratio",
 )
 
 CONVENTIONS = {
@@ -420,6 +471,12 @@ CONVENTIONS = {
     "lse_d_offset0 = mean distance at offset 0 (ours)",
     "csim": "cosine similarity of face embeddings, reference portrait vs each scored frame, mean per video",
     "lipsync_gt": "Pearson correlation of estimated mouth openness vs SynthTalk mouth_open labels; best lag in +-15",
+    "lipsync_landmarks": "dlib 68-point landmarks on HOG-detected faces (last box carried over frames without one); "
+    "aperture = mean gap of inner-lip pairs 61-67, 62-66, 63-65 / outer eye-corner distance 36-45; Pearson "
+    "correlation with the GT video's aperture at the best lag in +-2 frames; M-LMD / F-LMD (Chen et al. 2018) = mean "
+    "distance of the 20 mouth / all 68 landmarks, each frame centred on its landmarks' mean and divided by its "
+    "eye-corner distance; mouth_rest_ratio = mean generated aperture in silent / in speech frames (VAD on the "
+    "generated video's audio, else the GT's)",
 }
 
 
@@ -441,7 +498,7 @@ def evaluate(opts: EvalOptions) -> dict:
 
     aggregate: dict = {}
     for key in SCALAR_KEYS:
-        values = [v[key] for v in videos.values() if key in v and v[key] is not None]
+        values = [v[key] for v in videos.values() if v.get(key) is not None and not np.isnan(v[key])]
         if values:
             aggregate[key] = {"mean": float(np.mean(values)), "videos": len(values)}
     for metric, unit in (("fid", "frames"), ("fvd", "clips")):

@@ -153,9 +153,10 @@ def _score(
     csim_stride: int,
     group: int | None = None,
     pixel_judge=None,
+    landmarks=None,
 ) -> dict:
     """Lip-sync (and CSIM with an embedder) of `frames`; with `group`, also `lipsync_within_group`; with a
-    `pixel_judge`, also `lipsync_pixel_corr`."""
+    `pixel_judge`, also `lipsync_pixel_corr`; with `landmarks` (a FaceLandmarks68), also `lipsync_landmarks_corr`."""
     pred = regressor.predict(frames)
     row = {f"lipsync_{k}": v for k, v in lag_correlation(pred, clip.labels, MAX_OFFSET).items() if k != "frames"}
     n = min(len(pred), len(clip.labels))
@@ -164,9 +165,23 @@ def _score(
         row["lipsync_pixel_corr"] = lag_correlation(pixel_judge.predict(frames), clip.labels, MAX_OFFSET)["corr"]
     if group is not None:
         row["lipsync_within_group"] = within_group_correlation(pred, clip.labels, group)
+    if landmarks is not None:
+        row["lipsync_landmarks_corr"] = landmark_judge(landmarks, clip, frames)
     if embedder is not None:
         row.update(identity_scores(embedder, clip.portrait, frames, csim_stride))
     return row
+
+
+def landmark_judge(landmarks, clip: HeldoutClip, frames: np.ndarray) -> float | None:
+    """The judge of the real-speech study on SynthTalk: the inner-lip aperture of `frames` (dlib's 68 points inside
+    the portrait's face box) against the clip's `mouth_open` labels, best lag within +-2 frames; None when dlib
+    finds no face in the portrait."""
+    from rest.metrics.landmarks import aperture, lipsync_landmarks
+
+    box = landmarks.detect(clip.portrait)
+    if box is None:
+        return None
+    return lipsync_landmarks(aperture(landmarks.track(frames, box=box)[0]), clip.labels)["corr"]
 
 
 def identity_scores(embedder, portrait: np.ndarray, frames: np.ndarray, stride: int) -> dict:
@@ -199,6 +214,7 @@ def heldout_study(
     progress: bool = True,
     vae: CausalVideoVAE | None = None,
     pixel_judge=None,
+    landmarks=None,
 ) -> dict:
     """Score every method on every clip with its own and with shuffled audio (module docstring).
 
@@ -207,6 +223,7 @@ def heldout_study(
     Returns {"per_clip": [...], "summary": {method: {metric: mean}}}.
     """
     rows = []
+    judges = {"pixel_judge": pixel_judge, "landmarks": landmarks}  # the second and third lip-sync judges
     bar = tqdm(total=len(clips) * (1 + 2 * len(methods)), desc="held-out study", disable=not progress)
     for i, clip in enumerate(clips):
         shuffled = clips[(i + 1) % len(clips)].audio
@@ -216,7 +233,7 @@ def heldout_study(
                 "clip": clip.clip_id,
                 "split": clip.split,
                 "method": "ground_truth",
-                **_score(regressor, embedder, clip, clip.frames, csim_stride, pixel_judge=pixel_judge),
+                **_score(regressor, embedder, clip, clip.frames, csim_stride, **judges),
             }
         )
         if vae is not None:
@@ -224,10 +241,10 @@ def heldout_study(
 
             t = vae.temporal_compression
             frames = reconstruct(vae, clip.frames, chunk_frames=t)
-            row = _score(regressor, embedder, clip, frames, csim_stride, group=t, pixel_judge=pixel_judge)
+            row = _score(regressor, embedder, clip, frames, csim_stride, group=t, **judges)
             rows.append({"clip": clip.clip_id, "split": clip.split, "method": "vae_reconstruction", **row})
             frames = np.concatenate([reconstruct(vae, frame[None]) for frame in clip.frames])  # 1 latent per frame
-            row = _score(regressor, embedder, clip, frames, csim_stride, pixel_judge=pixel_judge)
+            row = _score(regressor, embedder, clip, frames, csim_stride, **judges)
             rows.append({"clip": clip.clip_id, "split": clip.split, "method": "vae_frames", **row})
         other = next((c for c in clips[i + 1 :] + clips[:i] if identity_of(c) != identity_of(clip)), None)
         if embedder is not None and other is not None:
@@ -253,7 +270,7 @@ def heldout_study(
                     "frames": len(frames),
                 }
                 identity = embedder if audio_kind == "own" else None
-                row.update(_score(regressor, identity, clip, frames, csim_stride, pixel_judge=pixel_judge))
+                row.update(_score(regressor, identity, clip, frames, csim_stride, **judges))
                 rows.append(row)
                 bar.update()
     bar.close()
@@ -287,6 +304,8 @@ def format_summary(summary: dict) -> str:
         "lipsync_slope",
         "lipsync_pixel_corr",
         "shuffled_lipsync_pixel_corr",
+        "lipsync_landmarks_corr",
+        "shuffled_lipsync_landmarks_corr",
         "lipsync_best_corr",
         "csim_dlib",
         "csim_dlib_at_portrait",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -551,6 +552,62 @@ class AudioEncoder(ModelMixin, ConfigMixin):
 
 
 #################################################################################
+#                        The audio expert's mouth head                          #
+#################################################################################
+
+
+class MouthHead(ModelMixin, ConfigMixin):
+    """Linear read-out of per-frame mouth parameters (`outputs`, e.g. SynthTalk's "mouth_open") from audio
+    features: the head the audio expert (rest/training/audio_expert.py) trains the encoder through."""
+
+    @register_to_config
+    def __init__(self, in_dim: int = 256, outputs: tuple[str, ...] = ("mouth_open",)):
+        super().__init__()
+        if not outputs:
+            raise ConfigError("MouthHead needs at least one output")
+        self.proj = nn.Linear(in_dim, len(outputs))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features: (B, F, in_dim) -> (B, F, len(outputs))."""
+        return self.proj(features)
+
+
+class AudioExpert:
+    """An audio expert folder: the AudioEncoder (save_pretrained, at the folder's top, so that the teacher's
+    `audio_encoder_init` takes it as it is) and its `MouthHead` in `head/`."""
+
+    def __init__(self, encoder: AudioEncoder, head: MouthHead):
+        if head.config.in_dim != encoder.config.out_dim:
+            raise ConfigError(
+                f"the head reads {head.config.in_dim}-d features, the encoder gives {encoder.config.out_dim}"
+            )
+        self.encoder, self.head = encoder.eval(), head.eval()
+
+    @classmethod
+    def load(cls, folder: str | Path) -> AudioExpert:
+        from rest.models.loading import load_local
+
+        folder = Path(folder)
+        if not (folder / "head").is_dir():
+            raise RestError(
+                f"{folder}/head/ is missing: an audio expert folder holds the encoder and its MouthHead in head/ "
+                f"(written by train/audio_expert.py)"
+            )
+        return cls(load_local(AudioEncoder, folder, "audio expert encoder"), load_local(MouthHead, folder / "head"))
+
+    def save(self, folder: str | Path) -> None:
+        self.encoder.save_pretrained(str(folder))
+        self.head.save_pretrained(str(Path(folder) / "head"))
+
+    @torch.no_grad()
+    def predict(self, samples: np.ndarray, output: str = "mouth_open") -> np.ndarray:
+        """16 kHz samples (N,) -> the predicted `output` per video frame, (N // samples_per_frame,)."""
+        x = torch.as_tensor(np.asarray(samples, np.float32))[None].to(self.head.proj.weight.device)
+        index = list(self.head.config.outputs).index(output)
+        return self.head(self.encoder(x))[0, :, index].float().cpu().numpy()
+
+
+#################################################################################
 #                         Pretrained speech encoders                            #
 #################################################################################
 
@@ -690,6 +747,8 @@ def load_speech_encoder(folder: str | Path, layer: int | None = None, fps: int =
 
 __all__ = [
     "AudioEncoder",
+    "AudioExpert",
+    "MouthHead",
     "AudioEncoderState",
     "HFSpeechEncoder",
     "LogMel",

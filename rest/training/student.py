@@ -123,6 +123,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 
 from rest.config import ConfigError, to_dict
+from rest.data.augment import AugmentConfig
 from rest.data.dataset import TalkingClipDataset
 from rest.diffusion.flow import (
     Guidance,
@@ -158,6 +159,7 @@ class StudentDataConfig:
     eval_split: str | None = None  # clips of the periodic evaluation; None = the training split
     ref_min_gap: int | None = None  # min. distance (frames) of the reference from the clip; None = the clip length
     num_workers: int = 0
+    augment_audio: bool = False  # training windows' audio through rest.data.augment (real-speech robustness)
 
 
 @dataclass
@@ -837,6 +839,7 @@ def _dataset(
         audio_lookahead_frames=lookahead,
         ref_min_gap=cfg.data.ref_min_gap,
         random_windows=random_windows,
+        augment_audio=AugmentConfig() if cfg.data.augment_audio and random_windows else None,
     )
 
 

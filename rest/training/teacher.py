@@ -38,6 +38,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 
 from rest.config import ConfigError, get_preset, to_dict
+from rest.data.augment import AugmentConfig
 from rest.data.dataset import StreamStartBatchSampler, TalkingClipDataset, TalkingLatentDataset
 from rest.data.preprocess import vae_fingerprint
 from rest.diffusion.flow import FlowDraw, FlowMatchingConfig, RectifiedFlowLoss, shift_timesteps
@@ -63,6 +64,7 @@ class TeacherDataConfig:
     eval_split: str | None = None  # clips of the periodic evaluation; None = the training split
     ref_min_gap: int | None = None  # min. distance (frames) of the reference from the clip; None = num_frames
     num_workers: int = 0  # DataLoader workers
+    augment_audio: bool = False  # training windows' audio through rest.data.augment (real-speech robustness)
 
 
 @dataclass
@@ -378,6 +380,7 @@ def _dataset(
             ref_min_gap=cfg.data.ref_min_gap,
             random_windows=random_windows,
             vae_fingerprint=vae_fingerprint(cfg.vae),
+            augment_audio=AugmentConfig() if cfg.data.augment_audio and random_windows else None,
         )
     return TalkingClipDataset(
         cfg.data.root,
@@ -388,6 +391,7 @@ def _dataset(
         audio_lookahead_frames=lookahead,
         ref_min_gap=cfg.data.ref_min_gap,
         random_windows=random_windows,
+        augment_audio=AugmentConfig() if cfg.data.augment_audio and random_windows else None,
     )
 
 

@@ -28,12 +28,15 @@ import numpy as np
 from rest.data.synth.motion import Motion, make_motion
 from rest.data.synth.render import FaceParams, FaceRenderer, sample_face
 from rest.data.synth.speech import (
+    ENGINES,
     INSTALL_HINT,
     EspeakError,
     Phone,
     Prosody,
     Voice,
+    check_voices,
     espeak_available,
+    get_engine,
     get_espeak,
     resample,
 )
@@ -51,9 +54,24 @@ VARIANTS: tuple[str, ...] = (
     "edward", "gustave", "Hugo", "iven", "john", "linda", "max", "michel", "miguel", "Mike", "norbert",
     "paul", "pedro", "quincy", "rob", "robert", "sandro", "shelby", "steph", "travis", "victor", "zac",
 )  # fmt: skip
-VOICES: tuple[Voice, ...] = tuple(Voice(lang, var) for lang in LANGUAGES for var in VARIANTS)
+# festival's and flite's voices are built from recordings of real speakers (diphones, HTS, CMU ARCTIC clustergen):
+# closer to human speech than espeak-ng's formant synthesis. They follow the espeak voices, so espeak voice indices
+# (and clip ids) keep their values.
+FESTIVAL_VOICES: tuple[Voice, ...] = (
+    Voice("en-us", "kal_diphone", "festival"),
+    Voice("en-us", "ked_diphone", "festival"),
+    Voice("en-us", "cmu_us_slt_arctic_hts", "festival"),
+    Voice("it", "lp_diphone", "festival"),
+    Voice("it", "pc_diphone", "festival"),
+)
+FLITE_VOICES: tuple[Voice, ...] = tuple(Voice("en-us", name, "flite") for name in ("awb", "rms", "slt"))
+VOICES: tuple[Voice, ...] = (
+    tuple(Voice(lang, var) for lang in LANGUAGES for var in VARIANTS) + FESTIVAL_VOICES + FLITE_VOICES
+)
+# Share of clips per engine (renormalised over the engines asked for that have a voice in the clip's pool).
+ENGINE_SHARE: dict[str, float] = {"espeak": 0.5, "festival": 0.25, "flite": 0.25}
 HELD_OUT_LANGUAGES: tuple[str, ...] = ("it",)
-HELD_OUT_VARIANTS: tuple[str, ...] = ("m4", "f4", "Annie", "david", "steph")
+HELD_OUT_VARIANTS: tuple[str, ...] = ("m4", "f4", "Annie", "david", "steph", "rms")
 TEST_ID_PERIOD = 10  # identity i is held out when i % TEST_ID_PERIOD == TEST_ID_PERIOD - 1
 TEST_VOICE_SHARE = 0.1
 
@@ -72,6 +90,7 @@ class SynthConfig:
     clip_seconds: tuple[float, float] = (10.0, 20.0)  # target clip length (uniform); the last of an identity takes
     # the rest, so clips last clip_seconds[0] .. clip_seconds[0] + clip_seconds[1]
     languages: tuple[str, ...] = LANGUAGES
+    engines: tuple[str, ...] = ENGINES  # speech synthesizers to draw voices from (ENGINE_SHARE)
     seed: int = 0
 
 
@@ -126,12 +145,29 @@ def _check_languages(languages: Sequence[str]) -> None:
         raise RestError(f"unknown language(s) {unknown or languages}; choose from: {', '.join(LANGUAGES)}")
 
 
+def _check_engines(engines: Sequence[str]) -> None:
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or not engines:
+        raise RestError(f"unknown speech engine(s) {unknown or engines}; choose from: {', '.join(ENGINES)}")
+
+
+def _draw_voice(pool: Sequence[int], rng: np.random.Generator) -> int:
+    """A voice index from `pool`: first the engine (ENGINE_SHARE over the engines in the pool), then a voice."""
+    engines = sorted({VOICES[i].engine for i in pool}, key=ENGINES.index)
+    share = np.array([ENGINE_SHARE[e] for e in engines])
+    engine = engines[int(rng.choice(len(engines), p=share / share.sum()))]
+    voices = [i for i in pool if VOICES[i].engine == engine]
+    return int(voices[rng.integers(len(voices))])
+
+
 def plan_clips(identities: int | Sequence[int], cfg: SynthConfig) -> list[ClipPlan]:
     """The clips of `identities` (a count, or explicit indices), each with its voice and split (module docstring)."""
     _check_languages(cfg.languages)
     ids = range(identities) if isinstance(identities, int) else identities
-    train_voices = [i for i, v in enumerate(VOICES) if v.language in cfg.languages and not is_test_voice(v)]
-    test_voices = [i for i, v in enumerate(VOICES) if v.language in cfg.languages and is_test_voice(v)]
+    _check_engines(cfg.engines)
+    usable = [i for i, v in enumerate(VOICES) if v.language in cfg.languages and v.engine in cfg.engines]
+    train_voices = [i for i in usable if not is_test_voice(VOICES[i])]
+    test_voices = [i for i in usable if is_test_voice(VOICES[i])]
     if not train_voices:
         raise RestError(
             f"languages {', '.join(cfg.languages)} are all held out for the test_voice split "
@@ -152,7 +188,7 @@ def plan_clips(identities: int | Sequence[int], cfg: SynthConfig) -> list[ClipPl
                 split, pool = "test_voice", test_voices
             else:
                 split, pool = "train", train_voices
-            voice_index = int(pool[rng.integers(len(pool))])
+            voice_index = _draw_voice(pool, rng)
             clip_id = f"id{identity:04d}_v{voice_index:03d}_{index:04d}"
             plans.append(ClipPlan(clip_id, int(identity), index, voice_index, float(seconds), split))
             remaining -= seconds
@@ -178,18 +214,18 @@ def speak_timeline(
     seconds: float,
     seed: int,
 ) -> tuple[np.ndarray, int, list[Phone], list[str]]:
-    """Sentences separated by pauses until about `seconds`: audio, its sample rate (espeak's), phones, texts.
+    """Sentences separated by pauses until about `seconds`: audio, its sample rate (the voice's), phones, texts.
 
     Pauses: 0.2-0.8 s before the first sentence, 0.25-0.8 s (70%) or 0.8-2 s (30%) between sentences,
     0.3-1 s after the last. Pauses are phones with an empty symbol.
     """
-    espeak = get_espeak()
-    sr = espeak.sample_rate
+    engine = get_engine(voice.engine)
     n_guess = math.ceil(seconds / 1.5) + 2  # sentences last 1.5-3 s: enough in one synthesis, almost always
     chunks: list[np.ndarray] = []
     phones: list[Phone] = []
     texts: list[str] = []
     t = 0  # samples so far
+    sr = 0  # the voice's sample rate, known from its first utterance
 
     def pause(duration: float) -> None:
         nonlocal t
@@ -198,11 +234,14 @@ def speak_timeline(
         phones.append(Phone("", t / sr, (t + n) / sr))
         t += n
 
-    pause(rng.uniform(0.2, 0.8))
+    lead = rng.uniform(0.2, 0.8)
     batch = 0
     while True:
         sentences = [make_sentence(voice.language, rng) for _ in range(n_guess)]
-        for utt in espeak.speak(voice, prosody, sentences, seed=seed * 1000 + batch):
+        for utt in engine.speak(voice, prosody, sentences, seed=seed * 1000 + batch):
+            if sr == 0:
+                sr = utt.sample_rate
+                pause(lead)
             chunks.append(utt.audio)
             phones += [Phone(p.symbol, p.start + t / sr, p.end + t / sr) for p in utt.phones]
             texts.append(utt.text)
@@ -254,6 +293,7 @@ def make_clip(plan: ClipPlan, cfg: SynthConfig) -> Clip:
         "identity": plan.identity,
         "clip_index": plan.index,
         "voice": voice.name,
+        "engine": voice.engine,
         "language": voice.language,
         "variant": voice.variant,
         "split": plan.split,
@@ -299,7 +339,8 @@ def _init_worker(output: str, cfg: SynthConfig) -> None:
         output, resolution=cfg.resolution, fps=cfg.fps, sample_rate=cfg.sample_rate, source=GENERATOR
     )
     _WORKER["cfg"] = cfg
-    get_espeak()  # initialise and warm up once per process
+    if "espeak" in cfg.engines:
+        get_espeak()  # initialise and warm up once per process
 
 
 def _make_and_write(plan: ClipPlan) -> tuple[int, float]:
@@ -356,8 +397,11 @@ def generate_dataset(
 
     from rest.data.shards import ShardWriter
 
-    if not espeak_available():
-        raise EspeakError(f"SynthTalk needs espeak-ng for its speech; {INSTALL_HINT}")
+    if "espeak" in cfg.engines and not espeak_available():
+        raise EspeakError(f"SynthTalk needs espeak-ng for its speech; {INSTALL_HINT} (or leave it out of engines)")
+    check_voices(
+        {VOICES[p.voice_index] for p in plan_clips(identities, cfg)} - {v for v in VOICES if v.engine == "espeak"}
+    )
     start = time.perf_counter()
     writer = ShardWriter(output, resolution=cfg.resolution, fps=cfg.fps, sample_rate=cfg.sample_rate, source=GENERATOR)
     plans = plan_clips(identities, cfg)
@@ -397,6 +441,9 @@ __all__ = [
     "SynthSummary",
     "TEST_VOICE_SHARE",
     "VARIANTS",
+    "ENGINE_SHARE",
+    "FESTIVAL_VOICES",
+    "FLITE_VOICES",
     "VOICES",
     "default_workers",
     "generate_dataset",

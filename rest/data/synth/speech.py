@@ -1,4 +1,10 @@
-"""Speech for SynthTalk: espeak-ng through ctypes (audio + timed phonemes), and a polyphase resampler.
+"""Speech for SynthTalk: three synthesizers with exact phone timings (espeak-ng through ctypes; festival and flite,
+whose voices are built from recordings of real speakers, through their command-line programs), and a polyphase
+resampler.
+
+Every engine returns `Utterance`s whose phones are IPA symbols ("" for a pause) tiling the audio, so the viseme
+model (`visemes.py`) treats them alike. festival and flite speak ARPAbet-style phone sets (`ARPABET_IPA` maps them);
+symbols of other phone sets pass through unchanged and fall back to the viseme model's rules for unknown letters.
 
 espeak-ng keeps global synthesis state between calls (phase accumulators, noise generators, the length of the
 final pause), so the same text can come out a few samples different depending on what was spoken before. To
@@ -40,16 +46,23 @@ class EspeakError(RestError):
     """espeak-ng is missing or refused a request."""
 
 
+ENGINES = ("espeak", "festival", "flite")
+
+
 @dataclass(frozen=True)
 class Voice:
-    """An espeak-ng voice: a language voice plus a variant (`espeak-ng --voices=variant`)."""
+    """A voice of one engine: an espeak-ng language voice plus a variant (`espeak-ng --voices=variant`), a festival
+    voice (`variant` is its name without `voice_`, e.g. "kal_diphone") or a flite voice ("awb", "rms", "slt")."""
 
-    language: str  # espeak voice name: "en-us", "de", "cmn", ...
-    variant: str = ""  # variant file name: "m3", "f2", "Alex", ... ("" = the language's default)
+    language: str  # the text's language: "en-us", "de", "cmn", ...
+    variant: str = ""  # espeak variant ("m3", "f2", "Alex"; "" = the language's default), or the festival/flite voice
+    engine: str = "espeak"  # one of ENGINES
 
     @property
     def name(self) -> str:
-        """The name `espeak_SetVoiceByName` takes, e.g. "en-us+f2"."""
+        """espeak: the name `espeak_SetVoiceByName` takes, e.g. "en-us+f2"; others: "festival:kal_diphone"."""
+        if self.engine != "espeak":
+            return f"{self.engine}:{self.variant}"
         return f"{self.language}+{self.variant}" if self.variant else self.language
 
 
@@ -255,6 +268,157 @@ def get_espeak() -> Espeak:
 
 
 #################################################################################
+#                              festival and flite                               #
+#################################################################################
+
+FESTIVAL_HINT = "install it with `apt-get install festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts`"
+FLITE_HINT = "install it with `apt-get install flite`"
+
+# festival's and flite's English phone sets (ARPAbet, lower case) -> IPA; "pau" is a pause.
+ARPABET_IPA: dict[str, str] = {
+    "aa": "ɑ", "ae": "æ", "ah": "ʌ", "ao": "ɔ", "aw": "aʊ", "ax": "ə", "ay": "aɪ", "eh": "ɛ", "er": "ɝ", "ey": "eɪ",
+    "ih": "ɪ", "iy": "i", "ow": "oʊ", "oy": "ɔɪ", "uh": "ʊ", "uw": "u", "b": "b", "ch": "tʃ", "d": "d", "dh": "ð",
+    "f": "f", "g": "g", "hh": "h", "jh": "dʒ", "k": "k", "l": "l", "m": "m", "n": "n", "ng": "ŋ", "p": "p", "r": "ɹ",
+    "s": "s", "sh": "ʃ", "t": "t", "th": "θ", "v": "v", "w": "w", "y": "j", "z": "z", "zh": "ʒ",
+    "pau": "", "h#": "", "sil": "", "#": "",
+}  # fmt: skip
+# Text encodings festival's voices read, by language (its lexicons predate UTF-8).
+_FESTIVAL_ENCODING = {"it": "latin-1", "es": "latin-1", "fi": "latin-1", "ca": "latin-1", "cs": "iso-8859-2"}
+
+
+def _ipa(symbol: str) -> str:
+    """A festival / flite phone name -> IPA (stress digits dropped); unknown names pass through."""
+    name = symbol.strip().lower().rstrip("012")
+    return ARPABET_IPA.get(name, name)
+
+
+def _phones_from_ends(ends: list[tuple[float, str]], duration: float) -> list[Phone]:
+    """(end time, phone name) pairs in order -> IPA phones tiling [0, duration]; the last phone ends at `duration`."""
+    phones, start = [], 0.0
+    for i, (end, name) in enumerate(ends):
+        end = duration if i == len(ends) - 1 else min(max(end, start), duration)
+        if end > start:
+            phones.append(Phone(unicodedata.normalize("NFC", _ipa(name)), start, end))
+        start = end
+    if start < duration:
+        phones.append(Phone("", start, duration))
+    return phones
+
+
+def _read_wav(path: str) -> tuple[np.ndarray, int]:
+    """A 16-bit PCM WAV file -> float32 mono samples in [-1, 1] and the sample rate."""
+    import wave
+
+    with wave.open(path, "rb") as f:
+        if f.getsampwidth() != 2:
+            raise RestError(f"{path}: expected 16-bit PCM, got {8 * f.getsampwidth()}-bit")
+        pcm = np.frombuffer(f.readframes(f.getnframes()), np.int16).reshape(-1, f.getnchannels())
+        return pcm.mean(axis=1).astype(np.float32) / 32768.0, f.getframerate()
+
+
+def _run(command: list[str], what: str, hint: str, stdin: bytes | None = None) -> str:
+    import shutil
+    import subprocess
+
+    if shutil.which(command[0]) is None:
+        raise RestError(f"{what} is not installed ({command[0]} not found); {hint}")
+    done = subprocess.run(command, input=stdin, capture_output=True, timeout=600)
+    if done.returncode != 0:
+        err = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise RestError(f"{what} failed (exit {done.returncode}): {err[-1] if err else 'no message'}")
+    return done.stdout.decode("utf-8", "replace")
+
+
+class Festival:
+    """The festival speech synthesizer, one batch process per request; segment end times from its Segment relation.
+
+    Prosody: the rate sets festival's `Duration_Stretch` (175 wpm = 1.0); pitch is the voice's own (augmentation
+    varies it in training).
+    """
+
+    def speak(self, voice: Voice, prosody: Prosody, texts: list[str], seed: int = 0) -> list[Utterance]:
+        import tempfile
+
+        del seed  # festival's synthesis is deterministic
+        with tempfile.TemporaryDirectory(prefix="rest-festival-") as tmp:
+            lines = [f"(voice_{voice.variant})", f"(Parameter.set 'Duration_Stretch {175.0 / prosody.rate:.4f})"]
+            for i, text in enumerate(texts):
+                quoted = text.replace("\\", " ").replace('"', " ")
+                lines += [
+                    f'(set! u (utt.synth (Utterance Text "{quoted}")))',
+                    f'(utt.save.wave u "{tmp}/{i}.wav" \'riff)',
+                    f'(utt.save.segs u "{tmp}/{i}.segs")',
+                ]
+            script = f"{tmp}/speak.scm"
+            with open(script, "wb") as f:
+                f.write(
+                    "\n".join(lines).encode(_FESTIVAL_ENCODING.get(voice.language.split("-")[0], "latin-1"), "replace")
+                )
+            _run(["festival", "--batch", script], "festival", FESTIVAL_HINT)
+            out = []
+            for i, text in enumerate(texts):
+                if not os.path.exists(f"{tmp}/{i}.wav"):
+                    raise RestError(
+                        f"festival has no voice {voice.variant!r} (or it failed on {text!r}); {FESTIVAL_HINT}"
+                    )
+                audio, rate = _read_wav(f"{tmp}/{i}.wav")
+                ends = []
+                with open(f"{tmp}/{i}.segs", encoding="latin-1") as f:
+                    for line in f.read().split("#", 1)[-1].splitlines():
+                        parts = line.split()
+                        if len(parts) >= 3:
+                            ends.append((float(parts[0]), parts[2]))
+                out.append(Utterance(text, audio, rate, _phones_from_ends(ends, len(audio) / rate), []))
+            return out
+
+
+class Flite:
+    """flite (CMU's small synthesizer; its awb / rms / slt voices are built from CMU ARCTIC recordings), one process
+    per text; `-psdur` prints every segment's end time. Prosody: the rate sets `duration_stretch`."""
+
+    def speak(self, voice: Voice, prosody: Prosody, texts: list[str], seed: int = 0) -> list[Utterance]:
+        import tempfile
+
+        del seed  # flite's synthesis is deterministic
+        out = []
+        with tempfile.TemporaryDirectory(prefix="rest-flite-") as tmp:
+            for text in texts:
+                command = ["flite", "-voice", voice.variant, "-psdur", "--setf"]
+                command += [f"duration_stretch={175.0 / prosody.rate:.4f}", "-t", text, "-o", f"{tmp}/u.wav"]
+                printed = _run(command, "flite", FLITE_HINT)
+                audio, rate = _read_wav(f"{tmp}/u.wav")
+                ends = [
+                    (float(t), name) for name, t in (item.rsplit(":", 1) for item in printed.split() if ":" in item)
+                ]
+                out.append(Utterance(text, audio, rate, _phones_from_ends(ends, len(audio) / rate), []))
+        return out
+
+
+def check_voices(voices) -> None:
+    """Speak one word with each festival / flite voice in `voices`, so that a missing program or voice fails before
+    any work, with what to install."""
+    for voice in sorted(voices, key=lambda v: v.name):
+        if voice.engine == "espeak":
+            continue
+        hint = FESTIVAL_HINT if voice.engine == "festival" else FLITE_HINT
+        try:
+            get_engine(voice.engine).speak(voice, Prosody(), ["Hello."])
+        except RestError as err:
+            raise RestError(f"voice {voice.name} cannot speak: {err}; {hint} and the voice's package") from None
+
+
+def get_engine(engine: str) -> Espeak | Festival | Flite:
+    """The synthesizer that speaks a voice of `engine` (one of ENGINES)."""
+    if engine == "espeak":
+        return get_espeak()
+    if engine == "festival":
+        return Festival()
+    if engine == "flite":
+        return Flite()
+    raise RestError(f"unknown speech engine {engine!r}; choose from {', '.join(ENGINES)}")
+
+
+#################################################################################
 #                                  Resampling                                   #
 #################################################################################
 
@@ -298,14 +462,20 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int, zero_crossings: int = 1
 
 
 __all__ = [
+    "ARPABET_IPA",
+    "ENGINES",
     "ESPEAK_LIBRARY",
     "Espeak",
     "EspeakError",
+    "Festival",
+    "Flite",
+    "check_voices",
     "Phone",
     "Prosody",
     "Utterance",
     "Voice",
     "espeak_available",
+    "get_engine",
     "get_espeak",
     "resample",
 ]
