@@ -49,8 +49,8 @@ def white_square_faces() -> WhiteSquareFaces:
 
 @pytest.fixture(scope="session")
 def test_pipeline(tmp_path_factory) -> Path:
-    """A tiny random-weight pipeline folder (rest.pipelines.build_test_pipeline), built once per session."""
-    from rest.pipelines import build_test_pipeline
+    """A tiny random-weight pipeline folder (helpers.build_test_pipeline), built once per session."""
+    from helpers import build_test_pipeline
 
     return build_test_pipeline(tmp_path_factory.mktemp("pipeline") / "tiny-random")
 
@@ -79,12 +79,12 @@ def speech(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models():
     """Small random models that run in milliseconds: (vae, audio_encoder, teacher, student). The VAE codes 32 x 32
-    frames into 4 x 4 x 4 latents; the denoisers' blocks are perturbed out of adaLN-zero's identity start, so
-    their outputs depend on their inputs (audio, cache, portrait)."""
+    frames into 4 x 4 x 4 latents; the denoisers are `helpers.small_dit` (their blocks perturbed out of adaLN-zero's
+    identity start, so their outputs depend on their inputs: audio, cache, portrait), the student block-causal."""
     import torch
+    from helpers import small_dit
 
     from rest.models.audio import AudioEncoder
-    from rest.models.dit import DenoiserDiT
     from rest.models.vae import CausalVideoVAE
 
     torch.manual_seed(0)
@@ -93,15 +93,6 @@ def tiny_models():
         conv_channels=16, num_conv_layers=1, dim=16, num_layers=1, num_heads=2, attn_window=4, lookahead_frames=2,
         out_dim=8,
     ).eval()  # fmt: skip
-    dims = dict(
-        in_channels=4, patch_size=1, width=32, depth=2, num_heads=2, mlp_ratio=2.0, frequency_dim=32, audio_dim=8,
-        temporal_compression=4,
-    )  # fmt: skip
-    teacher = DenoiserDiT(**dims).eval()
-    student = DenoiserDiT(**dims, attention_mode="block_causal", context_chunks=2).eval()
-    with torch.no_grad():
-        for model in (teacher, student):
-            for p in model.parameters():
-                if not p.any():
-                    p.normal_(0.0, 0.2)
+    teacher = small_dit(seed=1)
+    student = small_dit(seed=2, attention_mode="block_causal")
     return vae, audio, teacher, student

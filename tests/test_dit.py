@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from helpers import SMALL_DIT, small_dit
 
 from rest.cli import main
 from rest.models.dit import (
@@ -17,30 +18,6 @@ from rest.models.layers import KeyValue, RotaryEmbedding3D, apply_rotary
 from rest.models.loading import load_local
 
 TOL = 1e-5  # fp32 max abs error allowed between two paths that compute the same thing
-SMALL = dict(
-    in_channels=4,
-    width=32,
-    depth=2,
-    num_heads=2,
-    mlp_ratio=2.0,
-    frequency_dim=32,
-    audio_dim=8,
-    temporal_compression=4,
-    chunk_latent_frames=1,
-    context_chunks=2,
-)
-
-
-def small_dit(seed: int = 0, **overrides) -> DenoiserDiT:
-    torch.manual_seed(seed)
-    dit = DenoiserDiT(**{**SMALL, **overrides}).eval()
-    with torch.no_grad():  # adaLN-zero starts every block as the identity and the output at 0; make them matter
-        for p in dit.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.2)
-    return dit
-
-
 def inputs(batch: int = 2, frames: int = 3, size: int = 4, seed: int = 1, audio_dim: int = 8):
     g = torch.Generator().manual_seed(seed)
     latents = torch.randn(batch, 4, frames, size, size, generator=g)
@@ -78,7 +55,7 @@ def test_output_shapes(mode, patch_size):
 def test_zero_initialised_output():
     """adaLN-zero: a fresh model predicts exactly zero velocity."""
     torch.manual_seed(0)
-    dit = DenoiserDiT(**SMALL).eval()
+    dit = DenoiserDiT(**SMALL_DIT).eval()
     with torch.no_grad():
         assert dit(*inputs()).sample.abs().max() == 0
 

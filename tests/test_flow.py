@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from helpers import small_dit
 
 from rest.diffusion import sample
 from rest.diffusion.flow import (
@@ -28,7 +29,6 @@ from rest.diffusion.flow import (
     velocity_target,
 )
 from rest.models.audio import AudioEncoder
-from rest.models.dit import DenoiserDiT
 from rest.models.vae import CausalVideoVAE
 
 # ----------------------------------------------------------------------------- schedule
@@ -218,11 +218,7 @@ def _tiny_sampling_models():
     audio_encoder = AudioEncoder(
         conv_channels=16, num_conv_layers=1, dim=16, num_layers=1, num_heads=2, attn_window=4, out_dim=8
     ).eval()
-    dit = DenoiserDiT(in_channels=4, width=32, depth=1, num_heads=2, frequency_dim=32, audio_dim=8).eval()
-    with torch.no_grad():  # off the zero init, so that tokens attend to each other and to the audio
-        for p in dit.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return vae, audio_encoder, dit
+    return vae, audio_encoder, small_dit(depth=1)  # off the zero init, so its velocity depends on the audio
 
 
 def test_sample_end_to_end():

@@ -15,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 
-from rest import media
 from rest.media import (
     MediaError,
     RandomAccessVideo,
@@ -28,6 +27,7 @@ from rest.media import (
     tensor_to_frames,
     write_video,
 )
+from rest.media.encode import _encode_audio
 
 FPS = 25.0
 SR = 16000
@@ -316,7 +316,7 @@ def test_write_video_is_atomic(tmp_path, monkeypatch, interrupt):
     """A write that fails midway (here: while muxing the audio of frame 10) leaves the folder as it was."""
     path = tmp_path / "out.mp4"
     path.write_bytes(b"previous version")
-    encode_audio, calls = media._encode_audio, []
+    calls = []
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -324,9 +324,9 @@ def test_write_video_is_atomic(tmp_path, monkeypatch, interrupt):
             temporary = [name for name in leftovers(tmp_path) if name.endswith(".tmp")]
             assert len(temporary) == 1 and (tmp_path / temporary[0]).stat().st_size > 0  # it was writing
             raise interrupt
-        return encode_audio(*args, **kwargs)
+        return _encode_audio(*args, **kwargs)
 
-    monkeypatch.setattr(media, "_encode_audio", failing)
+    monkeypatch.setattr("rest.media.encode._encode_audio", failing)
     with pytest.raises(type(interrupt)):
         write_video(path, moving_gradient(20), FPS, audio=tone(1.0))
     assert leftovers(tmp_path) == ["out.mp4"]
@@ -410,7 +410,7 @@ def test_truncated_mp4_from_write_video(tmp_path, clip, reader, keep):
 def test_truncated_mp4_detected_by_decoding_alone(tmp_path, clip, monkeypatch, keep):
     """Without the box check, the cut still shows: FFmpeg stops the video early in silence (caught by comparing
     with the declared duration) and fails on the audio's partial last packet."""
-    monkeypatch.setattr(media, "_find_damage", lambda path: None)
+    monkeypatch.setattr("rest.media.damage._find_damage", lambda path: None)
     path = cut(clip[0], tmp_path / "cut.mp4", keep)
     message = media_error(read_video, path, with_audio=False)
     pattern = rf"{re.escape(str(path))}: file is truncated: decoded ([\d.]+) s of 1.48 s of video declared"

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from helpers import small_dit
 
 from rest.cli import main
 from rest.diffusion.flow import euler_step, flow_sigmas
@@ -24,30 +25,12 @@ from rest.streaming import (
 )
 
 TOL = 1e-4  # fp32 max abs error allowed between two paths that compute the same thing
-SMALL = dict(
-    in_channels=4,
-    width=32,
-    depth=2,
-    num_heads=2,
-    mlp_ratio=2.0,
-    frequency_dim=32,
-    audio_dim=8,
-    temporal_compression=4,
-    audio_lookahead=1,
-    attention_mode="block_causal",
-    context_chunks=2,
-)
 SIZE = 4  # latent grid 4x4 -> 16 tokens per latent frame
 
 
-def small_dit(seed: int = 0, **overrides) -> DenoiserDiT:
-    torch.manual_seed(seed)
-    dit = DenoiserDiT(**{**SMALL, **overrides}).eval()
-    with torch.no_grad():  # adaLN-zero starts every block as the identity and the output at 0; make them matter
-        for p in dit.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.2)
-    return dit
+def streaming_dit(seed: int = 0, **overrides) -> DenoiserDiT:
+    """`helpers.small_dit` as a streaming student: block-causal, with one video frame of audio look-ahead."""
+    return small_dit(seed, **{"audio_lookahead": 1, "attention_mode": "block_causal", **overrides})
 
 
 def stream_inputs(dit: DenoiserDiT, chunks: int, batch: int = 2, seed: int = 1):
@@ -85,7 +68,7 @@ def test_streaming_equals_block_causal_masked_forward(chunk_latent_frames):
     """(a) Before eviction (context + 1 chunks), every chunk's velocity from the cache path equals the masked
     block-causal forward over [portrait, the generated chunks so far (clean), the current noisy chunk], and the
     K-step rollout equals the same Euler steps run on the full masked forward."""
-    dit = small_dit(chunk_latent_frames=chunk_latent_frames)
+    dit = streaming_dit(chunk_latent_frames=chunk_latent_frames)
     c, chunks = chunk_latent_frames, dit.config.context_chunks + 1
     noise, audio, portrait = stream_inputs(dit, chunks)
     sigmas = flow_sigmas(2, shift=2.0)
@@ -119,7 +102,7 @@ def test_rolling_window_equals_fresh_forward_after_eviction():
     Exact for one layer: there a chunk's cached keys/values depend only on the chunk itself. With more layers a
     cached chunk carries what it attended to when it was written (which reaches further back than the window):
     that is what a KV cache is, so the multi-layer check is `test_rolling_window_equals_recompute`."""
-    dit = small_dit(depth=1)
+    dit = streaming_dit(depth=1)
     context, chunks = dit.config.context_chunks, dit.config.context_chunks + 4
     noise, audio, portrait = stream_inputs(dit, chunks)
     sigmas = flow_sigmas(1, shift=2.0)
@@ -151,7 +134,7 @@ def test_rolling_window_equals_fresh_forward_after_eviction():
 def test_rolling_window_equals_recompute():
     """(b, two layers) The ring buffer after eviction equals a recompute that keeps every chunk's keys/values in a
     plain list and attends to [sink, the last `context` chunks in time order, current] at positions 0 / 1, 2, ..."""
-    dit = small_dit()
+    dit = streaming_dit()
     context, chunks = dit.config.context_chunks, dit.config.context_chunks + 4
     noise, audio, portrait = stream_inputs(dit, chunks)
     sigmas = flow_sigmas(1, shift=2.0)
@@ -189,7 +172,7 @@ def test_rolling_window_equals_recompute():
 
 def test_streamed_decode_equals_whole_clip_decode():
     """(c) The generator's chunk-by-chunk frames equal the whole-clip VAE decode of the same latents."""
-    dit = small_dit()
+    dit = streaming_dit()
     torch.manual_seed(0)
     vae = CausalVideoVAE(latent_channels=4, patch_size=2, block_out_channels=(8, 16, 32)).eval()  # 8x, 4x
     gen = StreamingGenerator(dit, vae, flow_sigmas(2, shift=2.0))
@@ -218,7 +201,7 @@ def test_streamed_decode_equals_whole_clip_decode():
 def test_cache_memory_and_positions_stay_bounded():
     """The buffers are allocated once (same storage, same size for every chunk), and the window positions stop
     growing once the context is full: chunk j >= context sees its context at 1 .. context*c, itself after them."""
-    dit = small_dit(chunk_latent_frames=2)
+    dit = streaming_dit(chunk_latent_frames=2)
     c, context = 2, dit.config.context_chunks
     chunks = 3 * context + 2
     noise, audio, portrait = stream_inputs(dit, chunks, batch=1)
@@ -241,7 +224,7 @@ def test_cache_memory_and_positions_stay_bounded():
 
 
 def test_cache_reset_and_errors():
-    dit = small_dit()
+    dit = streaming_dit()
     noise, audio, portrait = stream_inputs(dit, 4)
     sigmas = flow_sigmas(2, shift=2.0)
 
@@ -268,7 +251,7 @@ def test_cache_reset_and_errors():
 
     # Misuse fails with a message that says what to do.
     with pytest.raises(ValueError, match="set_attention_mode"):
-        bidirectional = small_dit(attention_mode="bidirectional")
+        bidirectional = streaming_dit(attention_mode="bidirectional")
         write_sink(bidirectional, IDContextCache.for_model(bidirectional, 2, SIZE, SIZE), portrait)
     with pytest.raises(ValueError, match="IDContextCache.for_model"):
         chunk_velocity(dit, IDContextCache.for_model(dit, 1, SIZE, SIZE), noise[:, :, :1], torch.ones(2, 1), audio)
@@ -279,7 +262,7 @@ def test_cache_reset_and_errors():
 def test_context_timestep_changes_the_written_context():
     """A context written at t_c > 0 (the chunk re-noised) differs from the clean one, is the same for the same
     noise and changes with other noise; without noise it is an error that says what to pass."""
-    dit = small_dit()
+    dit = streaming_dit()
     noise, audio, portrait = stream_inputs(dit, 2)
     sigmas = flow_sigmas(1, shift=2.0)
     eps = torch.randn(noise[:, :, :1].shape, generator=torch.Generator().manual_seed(5))
@@ -304,7 +287,7 @@ def test_context_timestep_changes_the_written_context():
 
 def test_write_chunk_is_the_rollouts_write():
     """Writing the rollout's own latents with write_chunk leaves the same cache as the rollout."""
-    dit = small_dit()
+    dit = streaming_dit()
     noise, audio, portrait = stream_inputs(dit, 1)
     a, b = new_cache(dit, portrait), new_cache(dit, portrait)
     latents, a = rollout_chunk(dit, a, noise, chunk_audio(dit, audio, 0), flow_sigmas(2, shift=2.0))
@@ -318,7 +301,7 @@ def test_write_chunk_is_the_rollouts_write():
 def tiny_generator(steps: int = 2) -> StreamingGenerator:
     torch.manual_seed(0)
     vae = CausalVideoVAE(latent_channels=4, patch_size=2, block_out_channels=(8, 16, 32)).eval()
-    return StreamingGenerator(small_dit(), vae, flow_sigmas(steps, shift=2.0))
+    return StreamingGenerator(streaming_dit(), vae, flow_sigmas(steps, shift=2.0))
 
 
 def test_generator_streams_whole_chunks_and_is_deterministic():

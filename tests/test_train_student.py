@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import small_dit
 
 from rest.cli import main
 from rest.config import ConfigError, load_config
@@ -36,9 +37,6 @@ from rest.training.student import (
 from rest.training.vae import mouth_expert_distance
 
 REPO = Path(__file__).resolve().parents[1]
-DENOISER = dict(
-    in_channels=4, width=32, depth=2, num_heads=2, mlp_ratio=2.0, frequency_dim=32, audio_dim=8, context_chunks=2
-)
 AUDIO = dict(
     conv_channels=16,
     num_conv_layers=1,
@@ -52,12 +50,8 @@ AUDIO = dict(
 
 
 def random_teacher(seed: int = 0) -> tuple[DenoiserDiT, AudioEncoder]:
-    torch.manual_seed(seed)
-    dit = DenoiserDiT(**DENOISER).eval()
-    with torch.no_grad():  # adaLN-zero starts at a zero output; make every block matter
-        for p in dit.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.2)
+    """`helpers.small_dit` as the teacher, and a random audio encoder with 8 features per frame to match."""
+    dit = small_dit(seed)
     return dit, AudioEncoder(**AUDIO).eval()
 
 

@@ -255,7 +255,7 @@ def read_jobs(path: str, args: argparse.Namespace) -> tuple[list[Job], list[Prob
 def check_files(jobs: list[Job]) -> list[Problem]:
     """The inputs exist and are readable; each output can be written, is no other job's output and no input."""
     from rest.errors import RestError
-    from rest.media import _check_input_file, check_output_file
+    from rest.media import check_input_file, check_output_file
 
     problems = []
     inputs = {}  # resolved path -> (job, key) of its first use
@@ -263,7 +263,7 @@ def check_files(jobs: list[Job]) -> list[Problem]:
         for key in ("portrait", "audio"):
             path = getattr(job, key)
             try:
-                _check_input_file(path)
+                check_input_file(path)
             except RestError as err:
                 problems.append((job.line, f"{job.label(key)} {err}"))
             inputs.setdefault(path.resolve(), (job, key))

@@ -6,7 +6,6 @@ from rest.pipelines.talking_head import (
     PipelineConfig,
     StreamSession,
     TalkingHeadPipeline,
-    build_test_pipeline,
     export_pipeline,
     write_pipeline,
 )
@@ -18,7 +17,6 @@ __all__ = [
     "Portrait",
     "StreamSession",
     "TalkingHeadPipeline",
-    "build_test_pipeline",
     "crop_as_is",
     "export_pipeline",
     "prepare_portrait",

@@ -390,40 +390,11 @@ def write_pipeline(
     return output
 
 
-def build_test_pipeline(output: str | Path, seed: int = 0, resolution: int = 64) -> Path:
-    """A tiny random-weight pipeline folder (seconds to run on a CPU), for tests and examples."""
-    torch.manual_seed(seed)
-    vae = CausalVideoVAE(latent_channels=8, patch_size=2, block_out_channels=(16, 32, 32))
-    audio_encoder = AudioEncoder(
-        conv_channels=16, num_conv_layers=1, dim=32, num_layers=1, num_heads=2, attn_window=8, out_dim=16
-    )
-    denoiser = DenoiserDiT(
-        in_channels=8,
-        patch_size=1,
-        width=32,
-        depth=2,
-        num_heads=2,
-        mlp_ratio=2.0,
-        frequency_dim=32,
-        audio_dim=16,
-        temporal_compression=vae.temporal_compression,
-        attention_mode="block_causal",
-        context_chunks=2,
-    )
-    with torch.no_grad():  # adaLN-zero starts every block as the identity: make the output depend on the inputs
-        for p in denoiser.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.05)
-    config = PipelineConfig(preset="test", resolution=resolution, steps=1, shift=1.0, context_chunks=2)
-    return write_pipeline(output, vae, audio_encoder, denoiser, config)
-
-
 __all__ = [
     "PIPELINE_FILE",
     "PipelineConfig",
     "StreamSession",
     "TalkingHeadPipeline",
-    "build_test_pipeline",
     "export_pipeline",
     "write_pipeline",
 ]
