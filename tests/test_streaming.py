@@ -15,7 +15,7 @@ from rest.models.layers import KeyValue
 from rest.models.vae import CausalVideoVAE
 from rest.streaming import (
     IDContextCache,
-    StreamingGenerator,
+    StreamingSession,
     chunk_audio_span,
     chunk_velocity,
     chunk_video_frames,
@@ -171,21 +171,20 @@ def test_rolling_window_equals_recompute():
 
 
 def test_streamed_decode_equals_whole_clip_decode():
-    """(c) The generator's chunk-by-chunk frames equal the whole-clip VAE decode of the same latents."""
+    """(c) The session's chunk-by-chunk frames equal the whole-clip VAE decode of the same latents."""
     dit = streaming_dit()
     torch.manual_seed(0)
     vae = CausalVideoVAE(latent_channels=4, patch_size=2, block_out_channels=(8, 16, 32)).eval()  # 8x, 4x
-    gen = StreamingGenerator(dit, vae, flow_sigmas(2, shift=2.0))
     chunks = 5
     _, audio, portrait = stream_inputs(dit, chunks)
-    state = gen.init_state(portrait)
+    session = StreamingSession(dit, vae, portrait, flow_sigmas(2, shift=2.0), end="whole_chunks")
     latents, frames = [], []
-    state = gen.push(audio, state)
+    session.buffer_features(audio)
     with torch.no_grad():
         for j in range(chunks):
-            assert gen.ready(state)
-            z, state = gen.next_latents(state)
-            out, state = gen.decode(z, state)
+            assert session.ready()
+            z = session.next_latents()
+            out = session.decode(z)
             assert out.shape[2] == chunk_video_frames(dit, j)
             latents.append(z)
             frames.append(out)
@@ -295,52 +294,80 @@ def test_write_chunk_is_the_rollouts_write():
     assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values) and b.chunks_written == 1
 
 
-# ----------------------------------------------------------------------------- the generator
+# ----------------------------------------------------------------------------- the session
 
 
-def tiny_generator(steps: int = 2) -> StreamingGenerator:
+def tiny_vae() -> CausalVideoVAE:
     torch.manual_seed(0)
-    vae = CausalVideoVAE(latent_channels=4, patch_size=2, block_out_channels=(8, 16, 32)).eval()
-    return StreamingGenerator(streaming_dit(), vae, flow_sigmas(steps, shift=2.0))
+    return CausalVideoVAE(latent_channels=4, patch_size=2, block_out_channels=(8, 16, 32)).eval()
 
 
-def test_generator_streams_whole_chunks_and_is_deterministic():
-    """Features pushed in ragged pieces come out as whole chunks of frames once their look-ahead arrived; flush
-    emits the rest; a seed fixes the result, another seed changes it; state.reset() replays the stream."""
-    gen = tiny_generator()
-    dit = gen.denoiser
+def test_session_streams_whole_chunks_and_is_deterministic():
+    """Features pushed in ragged pieces come out as whole chunks of frames once their look-ahead arrived; finish
+    emits the rest; a seed fixes the result, another seed changes it; reset() replays the stream."""
+    dit, vae = streaming_dit(), tiny_vae()
     _, audio, portrait = stream_inputs(dit, 4)  # 1 + 4*3 frames + 1 look-ahead = 14 features
-    audio = audio[:, :13]  # the last chunk's look-ahead frame never arrives: flush masks it
+    audio = audio[:, :13]  # the last chunk's look-ahead frame never arrives: finish masks it
+
+    def new_session(seed):
+        return StreamingSession(dit, vae, portrait, flow_sigmas(2, shift=2.0), seed=seed, end="whole_chunks")
 
     def run(seed):
-        state = gen.init_state(portrait, seed=seed)
-        frames, counts = [], []
-        for piece in audio.split([3, 5, 1, 4], dim=1):
-            out, state = gen.step(piece, state)
-            frames.append(out)
-            counts.append(out.shape[2])
-        out, state = gen.flush(state)
-        frames.append(out)
-        counts.append(out.shape[2])
-        return torch.cat(frames, dim=2), counts, state
+        session = new_session(seed)
+        frames = [session.push_features(piece) for piece in audio.split([3, 5, 1, 4], dim=1)]
+        frames.append(session.finish())
+        return torch.cat(frames, dim=2), [f.shape[2] for f in frames], session
 
-    state = gen.init_state(portrait)
+    session = new_session(0)
+    session.buffer_features(audio[:, :1])
     with pytest.raises(RuntimeError, match="push more features"):
-        gen.next_latents(gen.push(audio[:, :1], state))
+        session.next_latents()
 
-    frames, counts, state = run(0)
+    frames, counts, session = run(0)
     # features available after each push: 3, 8, 9, 13 -> chunk 0 needs 2, chunk 1 6, chunk 2 10, chunk 3 14
     assert counts == [1, 4, 0, 4, 4] and frames.shape == (2, 3, 13, 32, 32)
-    assert state.finished and state.chunks_done == 4
-    with pytest.raises(RuntimeError, match="flushed"):
-        gen.step(audio[:, :1], state)
+    assert session.finished and session.chunks_done == 4 and session.frames_out == 13
+    assert session.finish().shape[2] == 0
+    with pytest.raises(RuntimeError, match="finished"):
+        session.push_features(audio[:, :1])
     again, _, _ = run(0)
     other, _, _ = run(1)
     assert torch.equal(frames, again) and not torch.allclose(frames, other, atol=1e-4)
-    state.reset()
-    replay, _ = gen.step(audio, state)
-    tail, _ = gen.flush(state)
-    assert torch.equal(torch.cat([replay, tail], dim=2), frames)
+    session.reset()
+    replay = session.push_features(audio)
+    assert torch.equal(torch.cat([replay, session.finish()], dim=2), frames)
+    with pytest.raises(ValueError, match="needs the audio encoder"):
+        StreamingSession(dit, vae, portrait, flow_sigmas(2, shift=2.0))
+    with pytest.raises(ValueError, match="has no audio encoder"):
+        new_session(0).push_audio(torch.zeros(2, 640))
+
+
+def test_session_from_audio_samples_ends_at_the_audio_duration():
+    """Samples in: end="duration" gives round(seconds * fps) frames (the audio padded with silence to whole chunks),
+    end="whole_chunks" stops at the last whole chunk; both agree on the frames they share, and ragged pushes give the
+    frames of one push (up to float rounding of the chunked audio)."""
+    from rest.models.audio import AudioEncoder
+
+    dit, vae = streaming_dit(), tiny_vae()
+    encoder = AudioEncoder(
+        conv_channels=16, num_conv_layers=1, dim=16, num_layers=1, num_heads=2, attn_window=4, out_dim=8
+    ).eval()
+    _, _, portrait = stream_inputs(dit, 1, batch=1)
+    samples = 0.1 * torch.randn(1, 23 * 640 + 100, generator=torch.Generator().manual_seed(3))  # 23.16 frames
+
+    def run(end, pieces):
+        session = StreamingSession(dit, vae, portrait, flow_sigmas(1, shift=2.0), audio_encoder=encoder, end=end)
+        frames = [session.push_audio(piece) for piece in samples.split(pieces, dim=1)]
+        frames.append(session.finish())
+        assert session.samples_in == samples.shape[1] and session.frames_out == sum(f.shape[2] for f in frames)
+        return torch.cat(frames, dim=2)
+
+    whole = run("duration", [samples.shape[1]])
+    chunks = run("whole_chunks", [samples.shape[1]])
+    assert whole.shape[2] == 23 and chunks.shape[2] == 21  # 1 + 4 * 5: frames 21, 22 need a chunk of padding
+    assert torch.equal(whole[:, :, :21], chunks)
+    ragged = run("duration", [5000, 1, 3000, samples.shape[1] - 8001])
+    assert torch.allclose(ragged, whole, atol=TOL), (ragged - whole).abs().max()
 
 
 # ----------------------------------------------------------------------------- benchmark

@@ -20,7 +20,7 @@ from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
-from rest.streaming import IDContextCache, StreamingGenerator, chunk_audio_span, rollout_chunk, write_sink
+from rest.streaming import IDContextCache, StreamingSession, chunk_audio_span, rollout_chunk, write_sink
 from rest.training.common import MetricsLog, latest_checkpoint, read_trainer_state
 from rest.training.student import (
     ASDConfig,
@@ -445,10 +445,13 @@ def test_train_resume_export(assets, tmp_path, capsys):
     )
     weights_at_3 = {k: v.clone() for k, v in student.state_dict().items()}
 
-    # The export is what the streaming generator runs.
+    # The export is what the streaming session runs.
     vae = load_local(CausalVideoVAE, info["vae"])
-    gen = StreamingGenerator(student.eval(), vae, torch.tensor(info["sigmas"]), info["context_timestep"])
-    frames, _ = gen.step(torch.randn(1, 11, 8), gen.init_state(torch.randn(1, 4, 1, 4, 4)))
+    features, portrait, sigmas = torch.randn(1, 11, 8), torch.randn(1, 4, 1, 4, 4), torch.tensor(info["sigmas"])
+    session = StreamingSession(
+        student.eval(), vae, portrait, sigmas, context_timestep=info["context_timestep"], end="whole_chunks"
+    )
+    frames = session.push_features(features)
     assert frames.shape == (1, 3, 9, 32, 32)
 
     # ... and what `rest bench stream --weights` times (K and the VAE from student.json); a teacher is refused.

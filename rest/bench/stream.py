@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
-from rest.streaming import StreamingGenerator, chunk_audio_span, chunk_video_frames
+from rest.streaming import StreamingSession, chunk_audio_span, chunk_video_frames
 
 
 def load_stream_models(preset: str, weights: str | None, depth: int | None = None) -> tuple[dict, dict]:
@@ -97,23 +98,17 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 @torch.no_grad()
-def run_stream(
-    gen: StreamingGenerator,
-    audio_encoder: AudioEncoder,
-    portrait: torch.Tensor,
-    num_chunks: int,
-    device: torch.device,
-) -> dict:
-    """Stream `num_chunks` chunks of random audio; per-chunk times (s) of the audio step, rollout and decode."""
-    denoiser = gen.denoiser
-    spf, lookahead = audio_encoder.samples_per_frame, audio_encoder.lookahead_frames
+def run_stream(new_session: Callable[[], StreamingSession], num_chunks: int, device: torch.device) -> dict:
+    """Stream `num_chunks` chunks of random audio through `new_session()`; per-chunk times (s) of the audio step,
+    rollout and decode."""
     g = torch.Generator().manual_seed(0)
     synchronize(device)
     t0 = time.perf_counter()
-    state = gen.init_state(portrait)
+    session = new_session()  # writes the ID-Sink
     synchronize(device)
     setup = time.perf_counter() - t0
-    audio_state = audio_encoder.init_state(1)
+    denoiser, audio_encoder = session.denoiser, session.audio_encoder
+    spf, lookahead = audio_encoder.samples_per_frame, audio_encoder.lookahead_frames
     times = {"audio": [], "denoise": [], "decode": []}
     sent = 0  # samples pushed so far
     mem_after_first = 0.0
@@ -123,14 +118,13 @@ def run_stream(
         samples = (0.1 * torch.randn(1, needed - sent, generator=g)).to(device)
         sent = needed
         t0 = time.perf_counter()
-        features, audio_state = audio_encoder.step(samples, audio_state)
-        state = gen.push(features, state)
+        session.buffer_features(session.encode_audio(samples))
         synchronize(device)
         t1 = time.perf_counter()
-        latents, state = gen.next_latents(state)
+        latents = session.next_latents()
         synchronize(device)
         t2 = time.perf_counter()
-        frames, state = gen.decode(latents, state)
+        frames = session.decode(latents)
         synchronize(device)
         t3 = time.perf_counter()
         if frames.shape[2] != chunk_video_frames(denoiser, chunk):
@@ -144,7 +138,7 @@ def run_stream(
         "setup_s": setup,
         "times": times,
         "mem_growth_mb": _memory_mb(device, peak=False) - mem_after_first,
-        "cache_mb": state.cache.nbytes / 2**20,
+        "cache_mb": session.cache.nbytes / 2**20,
     }
 
 
@@ -177,14 +171,20 @@ def bench_stream(
     size = p.resolution // vae.spatial_compression
     shift = info.get("shift") or FlowMatchingConfig().shift_for(denoiser.tokens_per_frame(size, size))
     context_timestep = info.get("context_timestep", 0.0)
-    gen = StreamingGenerator(denoiser, vae, flow_sigmas(steps, shift), context_timestep)
     portrait = torch.randn(1, vae.config.latent_channels, 1, size, size, device=device, dtype=dtype)
+    sigmas = flow_sigmas(steps, shift)
+
+    def new_session() -> StreamingSession:
+        return StreamingSession(
+            denoiser, vae, portrait, sigmas, audio_encoder=audio_encoder, context_timestep=context_timestep
+        )
+
     fps = audio_encoder.config.fps
     t, c = denoiser.config.temporal_compression, denoiser.config.chunk_latent_frames
     chunk_s = t * c / fps  # media time of a steady-state chunk
     first_frames = chunk_video_frames(denoiser, 0)
 
-    run_stream(gen, audio_encoder, portrait, warmup_chunks, device)  # allocator and kernel warm-up
+    run_stream(new_session, warmup_chunks, device)  # allocator and kernel warm-up
     streams = []
     for length in seconds:
         frames = int(length * fps)  # whole video frames of media
@@ -192,7 +192,7 @@ def bench_stream(
             raise RestError(f"a {length} s stream is shorter than the first chunk ({first_frames} frames)")
         num_chunks = 1 + (frames - first_frames) // (t * c)
         _peak_reset(device)
-        run = run_stream(gen, audio_encoder, portrait, num_chunks, device)
+        run = run_stream(new_session, num_chunks, device)
         peak = _memory_mb(device, peak=True)
         times = run["times"]
         total = [a + b + d for a, b, d in zip(times["audio"], times["denoise"], times["decode"], strict=True)]

@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from rest.media import tensor_to_frames
-from rest.streaming.generator import StreamingGenerator
-from rest.streaming.rollout import write_sink
+from rest.streaming import StreamingSession, write_sink
 
 VARIANTS = ("full", "no_sink", "no_context")
 
@@ -55,27 +54,32 @@ def stream_frames(
 ):
     """Stream `audio` through the student second by second; yields uint8 frame blocks (F', H, W, 3) as they come.
 
-    `denoiser` must already have the variant's context (`no_context`: a copy with context_chunks = 0)."""
+    The stream ends with its last whole chunk (`end="whole_chunks"`). `denoiser` must already have the variant's
+    context (`no_context`: a copy with context_chunks = 0); `no_sink` swaps the sink after the push that completes
+    chunk context_chunks + 1."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    gen = StreamingGenerator(denoiser, vae, sigmas, context_timestep=context_timestep)
-    state = gen.init_state(portrait_latents, seed=seed)
-    audio_state = audio_encoder.init_state(1)
-    spf = audio_encoder.samples_per_frame
+    session = StreamingSession(
+        denoiser,
+        vae,
+        portrait_latents,
+        sigmas,
+        audio_encoder=audio_encoder,
+        context_timestep=context_timestep,
+        seed=seed,
+        end="whole_chunks",
+    )
+    step = push_frames * audio_encoder.samples_per_frame
     sink_replaced = variant != "no_sink"
     samples = torch.from_numpy(np.ascontiguousarray(audio, np.float32))[None]
-    for start in range(0, samples.shape[1], push_frames * spf):
-        features, audio_state = audio_encoder.step(samples[:, start : start + push_frames * spf], audio_state)
-        frames, state = gen.step(features, state)
-        if not sink_replaced and state.chunks_done > denoiser.config.context_chunks:
-            write_sink(denoiser, state.cache, portrait_latents, null_portrait=True, replace=True)
+    for start in range(0, samples.shape[1], step):
+        frames = session.push_audio(samples[:, start : start + step])
+        if not sink_replaced and session.chunks_done > denoiser.config.context_chunks:
+            write_sink(denoiser, session.cache, portrait_latents, null_portrait=True, replace=True)
             sink_replaced = True
         if frames.shape[2]:
             yield tensor_to_frames(frames[0])
-    features, audio_state = audio_encoder.flush(audio_state)
-    frames, state = gen.step(features, state)
-    tail, state = gen.flush(state)
-    frames = torch.cat([frames, tail], dim=2)
+    frames = session.finish()
     if frames.shape[2]:
         yield tensor_to_frames(frames[0])
 

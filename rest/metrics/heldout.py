@@ -28,7 +28,7 @@ the correlation of the motion inside each latent's group of frames (within_group
 shows one mouth for all its frames). `vae_frames` rows code each frame on its own (one latent per frame): what the
 VAE's spatial path keeps, without its temporal compression.
 Methods: `teacher` (offline bidirectional sampling, `sample`, with CFG) and `student_K<k>` (the streaming rollout
-with k denoising steps per chunk, `StreamingGenerator`, run to the end of the audio).
+with k denoising steps per chunk, `StreamingSession`, run to the end of the audio).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from rest.metrics.lipsync_gt import LABEL_KEY, MAX_OFFSET, lag_correlation, with
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.vae import CausalVideoVAE
-from rest.streaming.generator import StreamingGenerator
+from rest.streaming.session import StreamingSession
 
 
 @dataclass
@@ -135,14 +135,20 @@ def generate_teacher(
 def generate_student(
     m: Models, clip: HeldoutClip, audio: np.ndarray, sigmas: torch.Tensor, seed: int, context_timestep: float = 0.0
 ):
-    """The streaming rollout over the whole audio (features pushed at once, then flushed) -> uint8 (F, R, R, 3)."""
+    """The streaming rollout over the whole audio -> uint8 (F, R, R, 3): the features of the encoder's whole-clip
+    forward pushed at once, and the stream ended with its last whole chunk (1 + t*c*k frames, as the teacher's)."""
     device = next(m.denoiser.parameters()).device
-    gen = StreamingGenerator(m.denoiser, m.vae, sigmas, context_timestep=context_timestep)
-    state = gen.init_state(m.vae.encode_portrait(clip.portrait), seed=seed)
-    features = m.audio_encoder(torch.from_numpy(audio)[None].to(device))
-    head, state = gen.step(features, state)
-    tail, state = gen.flush(state)
-    return tensor_to_frames(torch.cat([head, tail], dim=2)[0])
+    session = StreamingSession(
+        m.denoiser,
+        m.vae,
+        m.vae.encode_portrait(clip.portrait),
+        sigmas,
+        context_timestep=context_timestep,
+        seed=seed,
+        end="whole_chunks",
+    )
+    head = session.push_features(m.audio_encoder(torch.from_numpy(audio)[None].to(device)))
+    return tensor_to_frames(torch.cat([head, session.finish()], dim=2)[0])
 
 
 def _score(

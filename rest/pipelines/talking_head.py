@@ -9,9 +9,10 @@ A pipeline folder holds everything generation needs::
     folder/denoiser/         DenoiserDiT, block_causal (the distilled streaming student)
 
 `export_pipeline` assembles one from a `train/student.py` export. There is one generation path: a streaming
-session (`pipe.stream(portrait)`, then `push_audio` / `finish`) runs the audio encoder's streaming step, the
-student's chunk rollout against its ID-Context cache and the VAE's streaming decoder; calling the pipeline on a
-whole file is that session run to the end. The same seed gives the same frames, however the audio is split.
+session (`pipe.stream(portrait)`, then `push_audio` / `finish`; rest/streaming/session.py) runs the audio encoder's
+streaming step, the student's chunk rollout against its ID-Context cache and the VAE's streaming decoder; calling
+the pipeline on a whole file is that session run to the end. The same seed gives the same frames, however the
+audio is split.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.vae import CausalVideoVAE
 from rest.pipelines.portrait import Portrait, crop_as_is, prepare_portrait
-from rest.streaming.generator import StreamingGenerator
+from rest.streaming.session import StreamingSession
 
 PIPELINE_FILE = "pipeline.json"
 FORMAT, VERSION = "rest-pipeline", 1
@@ -74,29 +75,45 @@ def _load(cls, folder: Path, what: str):
 class StreamSession:
     """One live stream: `push_audio(samples) -> frames`, then `finish() -> frames` (uint8 (F, R, R, 3) each).
 
-    Frames come out whole chunks at a time, as soon as a chunk's audio (with the look-ahead) has arrived.
-    `stats()` reports first-frame latency (wall time from the first audio pushed to the first frame returned),
-    compute time and the real-time factor (compute time / media time of the frames produced).
+    The pipeline's models run in a `StreamingSession` (rest/streaming/session.py); this adds numpy in and out and
+    the stream's timing. Frames come out whole chunks at a time, as soon as a chunk's audio (with the look-ahead)
+    has arrived. `stats()` reports first-frame latency (wall time from the first audio pushed to the first frame
+    returned), compute time and the real-time factor (compute time / media time of the frames produced).
     """
 
     def __init__(self, pipe: TalkingHeadPipeline, portrait: Portrait, seed: int, steps: int | None, emotion):
         self.pipe = pipe
         self.portrait = portrait
         cfg = pipe.config
-        sigmas = flow_sigmas(steps or cfg.steps, cfg.shift)
-        self.generator = StreamingGenerator(pipe.denoiser, pipe.vae, sigmas, context_timestep=cfg.context_timestep)
         emotion_t = None if emotion is None else torch.tensor([int(emotion)], device=pipe.device)
-        with torch.no_grad():
-            self.state = self.generator.init_state(pipe.portrait_latents(portrait), seed=seed, emotion=emotion_t)
-        self.audio_state = pipe.audio_encoder.init_state(1)
-        self.samples_in = 0
-        self.frames_out = 0
+        self.session = StreamingSession(
+            pipe.denoiser,
+            pipe.vae,
+            pipe.portrait_latents(portrait),
+            flow_sigmas(steps or cfg.steps, cfg.shift),
+            audio_encoder=pipe.audio_encoder,
+            context_timestep=cfg.context_timestep,
+            seed=seed,
+            emotion=emotion_t,
+        )
         self.compute_s = 0.0
         self.first_push: float | None = None
         self.first_frame_latency_s: float | None = None
-        self.finished = False
 
-    @torch.no_grad()
+    @property
+    def samples_in(self) -> int:
+        """Audio samples pushed so far."""
+        return self.session.samples_in
+
+    @property
+    def frames_out(self) -> int:
+        """Frames returned so far."""
+        return self.session.frames_out
+
+    @property
+    def finished(self) -> bool:
+        return self.session.finished
+
     def push_audio(self, samples: np.ndarray) -> np.ndarray:
         """Float mono samples at the pipeline's rate (any length) -> the frames they complete."""
         if self.finished:
@@ -105,44 +122,15 @@ class StreamSession:
         if self.first_push is None:
             self.first_push = time.perf_counter()
         start = time.perf_counter()
-        x = torch.from_numpy(samples)[None].to(self.pipe.device)
-        features, self.audio_state = self.pipe.audio_encoder.step(x, self.audio_state)
-        frames, self.state = self.generator.step(features, self.state)
-        self.samples_in += len(samples)
-        return self._out(frames, start)
+        return self._out(self.session.push_audio(torch.from_numpy(samples)[None]), start)
 
-    @torch.no_grad()
-    def _end(self) -> np.ndarray:
-        """End the models' streams: the frames of every whole chunk not yet returned, the last chunk's missing
-        look-ahead taken as silence. A trailing partial chunk is dropped: `finish` pads the audio to whole chunks
-        first."""
-        if self.finished:
-            return np.zeros((0, self.pipe.resolution, self.pipe.resolution, 3), np.uint8)
-        start = time.perf_counter()
-        features, self.audio_state = self.pipe.audio_encoder.flush(self.audio_state)
-        head, self.state = self.generator.step(features, self.state)
-        tail, self.state = self.generator.flush(self.state)
-        self.finished = True
-        return self._out(torch.cat([head, tail], dim=2), start)
-
-    @torch.no_grad()
     def finish(self) -> np.ndarray:
         """End of speech: the remaining frames, so that the stream has exactly round(duration * fps) frames in all.
 
         The audio pushed so far is padded with silence to whole chunks and the models' streams are ended; frames past
         the audio's duration are cut. Calling it again returns no frames."""
-        if self.finished:
-            return np.zeros((0, self.pipe.resolution, self.pipe.resolution, 3), np.uint8)
-        target = self.pipe.frames_for(self.samples_in)
-        before = self.frames_out
-        c = self.pipe.vae.temporal_compression * self.pipe.config.chunk_latent_frames
-        covered = 1 + c * max(0, -(-(target - 1) // c))  # frames of the whole chunks that cover `target`
-        missing = covered * (self.pipe.sample_rate // self.pipe.fps) - self.samples_in
-        parts = [self.push_audio(np.zeros(missing, np.float32))] if missing > 0 and target > 0 else []
-        parts.append(self._end())
-        frames = np.concatenate(parts)[: max(0, target - before)]
-        self.frames_out = before + len(frames)
-        return frames
+        start = time.perf_counter()
+        return self._out(self.session.finish(), start)
 
     def flush(self) -> np.ndarray:
         """Deprecated name of `finish`. (It used to end the stream without padding, dropping up to a chunk of
@@ -156,7 +144,6 @@ class StreamSession:
         self.compute_s += now - start
         if len(out) and self.first_frame_latency_s is None:
             self.first_frame_latency_s = now - self.first_push
-        self.frames_out += len(out)
         return out
 
     def stats(self) -> dict:

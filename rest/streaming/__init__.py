@@ -1,7 +1,6 @@
-"""Streaming generation: the ID-Context KV cache, the one chunk-rollout function, and the session-level generator."""
+"""Streaming generation: the ID-Context KV cache, the one chunk-rollout function, and the streaming session."""
 
 from rest.streaming.cache import IDContextCache
-from rest.streaming.generator import StreamingGenerator, StreamState
 from rest.streaming.rollout import (
     chunk_audio_span,
     chunk_latent_index,
@@ -11,11 +10,11 @@ from rest.streaming.rollout import (
     write_chunk,
     write_sink,
 )
+from rest.streaming.session import StreamingSession
 
 __all__ = [
     "IDContextCache",
-    "StreamState",
-    "StreamingGenerator",
+    "StreamingSession",
     "chunk_audio_span",
     "chunk_latent_index",
     "chunk_video_frames",

@@ -2,7 +2,7 @@
 
 `rollout_chunk(denoiser, cache, noise, audio, sigmas)` denoises the next chunk of a stream in K Euler steps against
 the ID-Context cache (rest/streaming/cache.py), then writes the chunk's keys/values into the cache from one more
-pass at the *context timestep*, and returns the clean latents. Inference (`StreamingGenerator`) and training (the
+pass at the *context timestep*, and returns the clean latents. Inference (`StreamingSession`) and training (the
 student's self-rollout in Asynchronous Streaming Distillation, rest/training/student.py) both call it; the
 trainer's gradient pass uses `chunk_velocity`, the very denoiser evaluation the rollout's Euler steps use.
 

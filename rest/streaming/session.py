@@ -1,0 +1,254 @@
+"""The streaming session: audio samples in, video frames out, chunk by chunk, and `finish()` at the end.
+
+Every stream in REST runs through `StreamingSession`: the pipeline's live session (rest/pipelines, and with it
+`rest generate` and `rest serve`), the drift and held-out studies (rest/metrics) and `rest bench stream`.
+
+    session = StreamingSession(denoiser, vae, portrait_latents, sigmas, audio_encoder=encoder, seed=0)
+    for samples in pieces:                      # (B, n) float at the encoder's sample rate, any n >= 0
+        frames = session.push_audio(samples)    # (B, 3, F', H, W) in [-1, 1]; F' = 0 or whole chunks
+    frames = session.finish()                   # the rest of the stream
+
+A push runs the audio encoder's streaming step (one feature per video frame, once its look-ahead has arrived); the
+features are buffered until the next chunk's audio window is complete (its frames + the DiT's look-ahead,
+`chunk_audio_span`); then the chunk is generated (`rollout_chunk`, against the ID-Context cache) and its frames are
+decoded by the VAE's streaming decoder. The session holds all of a stream's state (the cache, the decoder's cache,
+the audio encoder's state, the noise generator and the feature buffer); its size is bounded whatever the stream's
+length. A seed fixes the frames, however the audio is split into pushes.
+
+End of stream, fixed at construction (`end`):
+- "duration" (default): `finish` pads the audio with silence to whole chunks and cuts the frames past its duration,
+  so a stream of N samples gets round(N * fps / sample_rate) frames, as `rest generate` and the server give;
+- "whole_chunks": `finish` ends with the last chunk whose frames the audio covers (its missing look-ahead masked);
+  a trailing partial chunk is dropped, as offline sampling rounds a clip down to whole latent frames (1 + t*c*k
+  frames, the count the held-out study compares with the teacher's).
+
+What the studies vary is an option here, not another copy of this loop: precomputed features (`push_features`,
+e.g. the encoder's whole-clip forward, in a session without `audio_encoder`), the steps and levels (`sigmas`), the
+context's re-noise level (`context_timestep`), the cache's size (the denoiser's `context_chunks`) and the sink
+(`session.cache` is the stream's IDContextCache: `write_sink(..., replace=True)` swaps the portrait's keys/values,
+the drift study's no-sink ablation). `rest bench stream` times the pieces of a chunk: `encode_audio`,
+`buffer_features`, `next_latents`, `decode`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rest.models.audio import AudioEncoder
+from rest.models.dit import DenoiserDiT
+from rest.models.vae import CausalVideoVAE
+from rest.streaming.cache import IDContextCache
+from rest.streaming.rollout import chunk_audio_span, rollout_chunk, write_sink
+
+ENDS = ("duration", "whole_chunks")
+
+
+class StreamingSession:
+    """One stream of a portrait: the student denoiser, the VAE decoder and the audio encoder run chunk by chunk.
+
+    Args:
+        denoiser: a block_causal `DenoiserDiT` (the distilled student); its `context_chunks` sizes the cache.
+        vae: the VAE whose latents the denoiser generates (its decoder streams the frames).
+        portrait: (B, C, 1, h, w) portrait latents, normalised as the denoiser sees them; written as the ID-Sink.
+        sigmas: (K + 1,) the student's noise levels, `flow_sigmas(K, shift)`.
+        audio_encoder: turns pushed samples into features; None for a session fed features (`push_features`).
+        context_timestep: level at which chunks are written to the cache (as the student was trained).
+        seed: draws each chunk's starting noise (on the CPU, so a seed means the same on any device).
+        emotion: (B,) labels for the whole stream, or None.
+        end: "duration" or "whole_chunks", what `finish` returns (module docstring).
+    """
+
+    def __init__(
+        self,
+        denoiser: DenoiserDiT,
+        vae: CausalVideoVAE,
+        portrait: torch.Tensor,
+        sigmas: torch.Tensor,
+        *,
+        audio_encoder: AudioEncoder | None = None,
+        context_timestep: float = 0.0,
+        seed: int = 0,
+        emotion: torch.Tensor | None = None,
+        end: str = "duration",
+    ):
+        if vae.temporal_compression != denoiser.config.temporal_compression:
+            raise ValueError(
+                f"the VAE compresses time by {vae.temporal_compression}, the denoiser expects "
+                f"{denoiser.config.temporal_compression}; use the VAE the denoiser was trained with"
+            )
+        if end not in ENDS:
+            raise ValueError(f"end must be one of {ENDS}, got {end!r}")
+        if end == "duration" and audio_encoder is None:
+            raise ValueError(
+                "end='duration' pads the audio with silence, which needs the audio encoder: pass audio_encoder, or "
+                "end='whole_chunks' for a session fed features"
+            )
+        self.denoiser, self.vae, self.audio_encoder = denoiser, vae, audio_encoder
+        self.sigmas = sigmas
+        self.context_timestep = context_timestep
+        self.seed = seed
+        self.emotion = emotion
+        self.end = end
+
+        b, c, _, h, w = portrait.shape
+        device = next(denoiser.parameters()).device
+        self.cache = IDContextCache.for_model(denoiser, b, h, w)  # the denoiser's ID-Sink + Context-Cache
+        write_sink(denoiser, self.cache, portrait.to(device=device, dtype=self.cache.keys.dtype), emotion)
+        self.decode_cache = vae.init_cache("decode")  # the VAE decoder's causal state
+        self.audio_state = None if audio_encoder is None else audio_encoder.init_state(b)
+        self.noise = torch.Generator().manual_seed(seed)  # each chunk's starting noise (and context noise)
+        self.latent_shape = (c, denoiser.config.chunk_latent_frames, h, w)  # (C, c, h, w) of a chunk
+        self.features = torch.zeros(b, 0, denoiser.config.audio_dim, device=device)  # (B, P, D) buffered
+        self.features_start = 0  # video frame of features[:, 0]
+        self.samples_in = 0  # audio samples pushed (not the silence `finish` adds)
+        self.frames_out = 0  # video frames decoded; after `finish`, the stream's length
+        self.finished = False
+
+    @property
+    def chunks_done(self) -> int:
+        return self.cache.chunks_written
+
+    def reset(self) -> None:
+        """Start a new stream of the same portrait (the sink is kept; noise restarts from the seed)."""
+        self.cache.reset(keep_sink=True)
+        self.decode_cache.reset()
+        if self.audio_state is not None:
+            self.audio_state.reset()
+        self.noise.manual_seed(self.seed)
+        self.features = self.features[:, :0]
+        self.features_start = 0
+        self.samples_in = self.frames_out = 0
+        self.finished = False
+
+    # ---------------------------------------------------------------- stream
+    @torch.no_grad()
+    def push_audio(self, samples: torch.Tensor) -> torch.Tensor:
+        """Samples (B, n) -> the frames of the chunks they complete, (B, 3, F', H, W) in [-1, 1]."""
+        return self.push_features(self.encode_audio(samples))
+
+    @torch.no_grad()
+    def push_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Features (B, k, audio_dim) of the next k video frames -> the frames of the chunks they complete."""
+        self.buffer_features(features)
+        return self._run(final=False)
+
+    @torch.no_grad()
+    def finish(self) -> torch.Tensor:
+        """End of the stream: the frames not yet returned, as `end` says (module docstring). Calling it again
+        returns no frames."""
+        if self.finished:
+            return self._no_frames()
+        before = self.frames_out
+        parts = []
+        if self.end == "duration":
+            target = self._frames_for(self.samples_in)
+            t, c = self.vae.temporal_compression, self.denoiser.config.chunk_latent_frames
+            covered = 1 + t * c * max(0, -(-(target - 1) // (t * c)))  # frames of the whole chunks that cover it
+            missing = covered * self.audio_encoder.samples_per_frame - self.samples_in
+            if missing > 0 and target > 0:
+                samples_in = self.samples_in
+                silence = torch.zeros(self.features.shape[0], missing)  # the float32 zeros the encoder pads with
+                parts.append(self.push_audio(silence))
+                self.samples_in = samples_in  # the silence is not part of the stream's audio
+        if self.audio_state is not None:  # the features whose look-ahead was waiting for more audio
+            features, self.audio_state = self.audio_encoder.flush(self.audio_state)
+            parts.append(self.push_features(features))
+        parts.append(self._run(final=True))
+        self.finished = True
+        frames = torch.cat(parts, dim=2)
+        if self.end == "duration":
+            frames = frames[:, :, : max(0, target - before)]
+            self.frames_out = before + frames.shape[2]
+        return frames
+
+    # ---------------------------------------------------------------- pieces
+    @torch.no_grad()
+    def encode_audio(self, samples: torch.Tensor) -> torch.Tensor:
+        """The audio encoder's streaming step: samples (B, n) -> the features (B, k, audio_dim) they complete."""
+        self._check_open()
+        if self.audio_encoder is None:
+            raise ValueError("this session has no audio encoder: push features (push_features), or pass audio_encoder")
+        device = next(self.audio_encoder.parameters()).device
+        features, self.audio_state = self.audio_encoder.step(samples.to(device), self.audio_state)
+        self.samples_in += samples.shape[1]
+        return features
+
+    def buffer_features(self, features: torch.Tensor) -> None:
+        """Buffer features (B, k, audio_dim), the next k video frames' (any k >= 0), without generating."""
+        self._check_open()
+        if features.ndim != 3 or features.shape[0] != self.features.shape[0]:
+            raise ValueError(f"features must be (B={self.features.shape[0]}, k, D), got {tuple(features.shape)}")
+        self.features = torch.cat([self.features, features.to(self.features)], dim=1)
+
+    def ready(self, final: bool = False) -> bool:
+        """Whether the buffered features cover the next chunk (with its look-ahead, unless `final`)."""
+        _, stop = chunk_audio_span(self.denoiser, self.chunks_done)
+        if final:  # the end of the stream: the frames the chunk covers suffice, missing look-ahead is masked
+            stop -= self.denoiser.config.audio_lookahead
+        return self.features_start + self.features.shape[1] >= stop
+
+    def next_latents(self, final: bool = False) -> torch.Tensor:
+        """Generate the next chunk from the buffered features: clean latents (B, C, c, h, w), float32.
+
+        final: the stream has ended, so the chunk's missing look-ahead frames are masked instead of awaited."""
+        chunk = self.chunks_done
+        start, stop = chunk_audio_span(self.denoiser, chunk)
+        if not self.ready(final):
+            raise RuntimeError(
+                f"the buffered audio features do not cover chunk {chunk}'s window yet (frames {start}..{stop - 1}); "
+                "push more features, or finish() at the end of the stream"
+            )
+        audio = self.features[:, start - self.features_start : stop - self.features_start]
+        b, device = self.features.shape[0], self.features.device
+        noise = torch.randn(b, *self.latent_shape, generator=self.noise).to(device)
+        context_noise = None
+        if self.context_timestep > 0:
+            context_noise = torch.randn(b, *self.latent_shape, generator=self.noise).to(device)
+        latents, self.cache = rollout_chunk(
+            self.denoiser,
+            self.cache,
+            noise,
+            audio,
+            self.sigmas,
+            context_timestep=self.context_timestep,
+            context_noise=context_noise,
+            emotion=self.emotion,
+        )
+        # Keep only what the next chunk needs (its window starts after this chunk's last covered frame).
+        next_start, _ = chunk_audio_span(self.denoiser, chunk + 1)
+        self.features = self.features[:, next_start - self.features_start :]
+        self.features_start = next_start
+        return latents
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """A chunk's frames: (B, 3, F', H, W) in [-1, 1], F' = 1 + t*(c-1) for the first chunk, t*c after it."""
+        dtype = next(self.vae.parameters()).dtype
+        z = self.vae.denormalize_latents(latents.to(dtype))
+        out, self.decode_cache = self.vae.decode_chunk(z, self.decode_cache)
+        self.frames_out += out.sample.shape[2]
+        return out.sample.float().clamp(-1, 1)
+
+    # ---------------------------------------------------------------- helpers
+    def _run(self, final: bool) -> torch.Tensor:
+        """Generate and decode every chunk the buffered features cover."""
+        frames = []
+        while self.ready(final):
+            frames.append(self.decode(self.next_latents(final)))
+        return torch.cat(frames, dim=2) if frames else self._no_frames()
+
+    def _no_frames(self) -> torch.Tensor:
+        (_, _, h, w), s = self.latent_shape, self.vae.spatial_compression
+        b, channels = self.features.shape[0], self.vae.config.in_channels
+        return torch.zeros(b, channels, 0, h * s, w * s, device=self.features.device)
+
+    def _frames_for(self, num_samples: int) -> int:
+        """Video frames of `num_samples` audio samples: their duration in frames, rounded."""
+        return round(num_samples * self.audio_encoder.config.fps / self.audio_encoder.config.sample_rate)
+
+    def _check_open(self) -> None:
+        if self.finished:
+            raise RuntimeError("this stream has finished; call reset() to start a new one")
+
+
+__all__ = ["ENDS", "StreamingSession"]
