@@ -23,12 +23,10 @@ import numpy as np
 import torch
 
 from rest.diffusion.flow import flow_sigmas
+from rest.exports import load_student, load_vae
 from rest.metrics.drift import drift_curve, stream_frames
 from rest.metrics.heldout import heldout_clips, identity_of
 from rest.models.dit import DenoiserDiT
-from rest.models.loading import load_local
-from rest.models.vae import CausalVideoVAE
-from rest.training.student import load_student
 
 METRICS = {
     "csim_dlib_at_portrait": "identity similarity, at the portrait's alignment",
@@ -116,7 +114,7 @@ def main() -> int:
     curves = {}
     for name, folder, variant in runs:
         denoiser, audio_encoder, info = load_student(folder)
-        vae = load_local(CausalVideoVAE, info["vae"], "VAE").eval()
+        vae = load_vae(info.vae).eval()
         if variant == "no_context":  # the same weights, a window without context chunks
             weights = denoiser.state_dict()
             denoiser = DenoiserDiT.from_config(denoiser.config, context_chunks=0)
@@ -124,9 +122,9 @@ def main() -> int:
         denoiser.eval()
         audio_encoder.eval()
         portrait_latents = vae.encode_portrait(portrait)
-        sigmas = flow_sigmas(args.steps or info["steps"], info["shift"])
+        sigmas = flow_sigmas(args.steps or info.steps, info.shift)
         blocks = stream_frames(
-            denoiser, vae, audio_encoder, portrait_latents, audio, sigmas, variant, info["context_timestep"], args.seed
+            denoiser, vae, audio_encoder, portrait_latents, audio, sigmas, variant, info.context_timestep, args.seed
         )
         curves[name] = drift_curve(blocks, portrait, embedder, window_seconds=args.window)
         last = curves[name][-1]

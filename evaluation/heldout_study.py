@@ -12,11 +12,9 @@ import torch
 
 from rest.diffusion.flow import Guidance, flow_sigmas
 from rest.errors import RestError
+from rest.exports import load_student, load_teacher, load_vae
 from rest.metrics.heldout import Models, format_summary, heldout_clips, heldout_study, write_study
 from rest.metrics.lipsync_gt import PixelRidgeMouth, load_mouth_regressor
-from rest.models.loading import load_local
-from rest.models.vae import CausalVideoVAE
-from rest.training.student import load_student, load_teacher
 
 
 def main() -> int:
@@ -67,19 +65,19 @@ def main() -> int:
     methods = {}
     if args.teacher is not None:
         denoiser, audio_encoder, info = load_teacher(args.teacher)
-        vae = load_local(CausalVideoVAE, info["vae"], "VAE").eval()
-        models = Models(vae, audio_encoder.eval(), denoiser.eval(), info["shift"])
+        vae = load_vae(info.vae).eval()
+        models = Models(vae, audio_encoder.eval(), denoiser.eval(), info.shift)
         guidance = Guidance(audio=args.guidance_audio, portrait=args.guidance_portrait)
-        window = info.get("train_latent_frames") if args.teacher_window is None else args.teacher_window or None
+        window = info.train_latent_frames if args.teacher_window is None else args.teacher_window or None
         spec = {"kind": "teacher", "steps": args.teacher_steps, "guidance": guidance, "window": window}
         methods["teacher"] = (models, spec)
     if args.student is not None:
         denoiser, audio_encoder, info = load_student(args.student)
-        vae = load_local(CausalVideoVAE, info["vae"], "VAE").eval()
-        models = Models(vae, audio_encoder.eval(), denoiser.eval(), info["shift"])
-        for k in args.student_steps or [info["steps"]]:
-            sigmas = flow_sigmas(k, info["shift"])
-            spec = {"kind": "student", "sigmas": sigmas, "context_timestep": info["context_timestep"]}
+        vae = load_vae(info.vae).eval()
+        models = Models(vae, audio_encoder.eval(), denoiser.eval(), info.shift)
+        for k in args.student_steps or [info.steps]:
+            sigmas = flow_sigmas(k, info.shift)
+            spec = {"kind": "student", "sigmas": sigmas, "context_timestep": info.context_timestep}
             methods[f"student_K{k}"] = (models, spec)
 
     regressor, _ = load_mouth_regressor(args.mouth_regressor)

@@ -16,8 +16,8 @@ from rest.data.shards import ShardReader
 from rest.errors import RestError
 from rest.media import frames_to_tensor
 from rest.metrics.latent_probe import latent_label_pairs, ridge_probe
-from rest.metrics.lipsync_gt import LABEL_KEY
 from rest.models.loading import load_local
+from rest.models.mouth import LABEL_KEY
 from rest.models.vae import CausalVideoVAE
 
 

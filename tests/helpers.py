@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
+from rest.exports import PipelineConfig
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.vae import CausalVideoVAE
-from rest.pipelines import PipelineConfig, write_pipeline
+from rest.pipelines import write_pipeline
 
 # A denoiser that runs in milliseconds: 4 latent channels (the small test VAEs'), 32 wide, 2 blocks, 8 audio
 # features per video frame, 4 video frames per latent frame; block_causal chunks see 2 previous chunks.

@@ -49,9 +49,9 @@ def _write_set(folder: Path, names: list[str], seed: int) -> None:
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> dict[str, Path]:
     """Self-built weights: TorchScript Inception and I3D, a VGG16 state dict, a SyncNet and a mouth regressor."""
-    from rest.metrics.lipsync_gt import MouthRegressor
-    from rest.metrics.syncnet import SyncNet
+    from rest.models.mouth import MouthRegressor
     from rest.models.perceptual import VGG16Features
+    from rest.models.syncnet import SyncNet
 
     root = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)

@@ -23,14 +23,8 @@ from rest.metrics.fid import (
 )
 from rest.metrics.fvd import I3DFeatures, video_clips
 from rest.metrics.lipsync_gt import lag_correlation
-from rest.metrics.syncnet import (
-    SyncNet,
-    SyncNetScorer,
-    load_syncnet,
-    mfcc,
-    offset_search,
-    syncnet_mfcc,
-)
+from rest.metrics.syncnet import SyncNetScorer, evaluate_sync, load_syncnet, offset_search
+from rest.models.syncnet import SyncNet, mfcc, syncnet_mfcc
 
 #################################################################################
 #                               Frechet distance                                #
@@ -444,8 +438,9 @@ def test_train_syncnet_smoke_exports_a_loadable_model(tmp_path, capsys):
         log_every=1,
         model={"image_size": 64, "embed_dim": 32, "fc_dim": 32},
     )
-    export = train_syncnet(cfg)
-    assert "step 3" in capsys.readouterr().out
+    export = train_syncnet(cfg, evaluate=evaluate_sync)  # the held-out check with the metric's pipeline
+    out = capsys.readouterr().out
+    assert "step 3" in out and "held-out sync:" in out and "clip0/delayed_5" in out
     model, extractor = load_syncnet(export)
     assert model.config.image_size == 64 and model.config.crop == "center" and "project-trained" in extractor.name
     assert (tmp_path / "run" / "checkpoints" / "step_0000003" / "trainer_state.json").is_file()

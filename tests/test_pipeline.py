@@ -176,20 +176,35 @@ def test_export_pipeline_from_a_student_export(test_pipeline, tmp_path, capsys):
 
     import torch
 
+    from rest.config import to_dict
+    from rest.diffusion.flow import Guidance, flow_sigmas
+    from rest.exports import PipelineConfig, StudentInfo
     from rest.models.vae import CausalVideoVAE
 
     student = tmp_path / "export"
     for name in ("denoiser", "audio_encoder"):
         shutil.copytree(test_pipeline / name, student / name)
     CausalVideoVAE.from_preset("tiny").save_pretrained(tmp_path / "vae")
-    info = {"steps": 2, "shift": 1.5, "context_timestep": 0.0, "vae": str(tmp_path / "vae")}
-    (student / "student.json").write_text(json.dumps(info))
+    info = StudentInfo(
+        steps=2,
+        sigmas=tuple(flow_sigmas(2, 1.5).tolist()),
+        shift=1.5,
+        context_timestep=0.0,
+        chunk_latent_frames=1,
+        context_chunks=2,
+        window_chunks=4,
+        teacher_guidance=Guidance(),
+        teacher="teacher/export",
+        vae=str(tmp_path / "vae"),
+        step=10,
+    )
+    info.write(student)
     out = tmp_path / "pipeline"
     assert main(["export-pipeline", "--student", str(student), "--output", str(out)]) == 0
     assert f"wrote pipeline folder {out}" in capsys.readouterr().out
     config = json.loads((out / "pipeline.json").read_text())
     assert (config["preset"], config["resolution"], config["steps"], config["shift"]) == ("tiny", 128, 2, 1.5)
-    assert config["training"] == info and config["context_chunks"] == 2
+    assert config["training"] == {**to_dict(info), "audio_encoder": None} and config["context_chunks"] == 2
     pipe = TalkingHeadPipeline.from_pretrained(out)
     assert next(pipe.vae.parameters()).dtype == torch.float32  # stored in fp16, run in fp32
     with pytest.raises(RestError, match="32 tokens a side at the 512 px of preset 'base', which has 16"):
@@ -215,6 +230,7 @@ def test_export_pipeline_from_a_student_export(test_pipeline, tmp_path, capsys):
     argv = ["export-pipeline", "--student", str(student), "--output", str(tmp_path / "p2")]
     assert main([*argv, "--audio-encoder", str(tmp_path / "robust")]) == 0
     shipped = TalkingHeadPipeline.from_pretrained(tmp_path / "p2").audio_encoder
+    assert PipelineConfig.read(tmp_path / "p2").training.audio_encoder == str(tmp_path / "robust")
     replaced = AudioEncoder.from_pretrained(tmp_path / "robust")
     for a, b in zip(shipped.parameters(), replaced.parameters(), strict=True):
         torch.testing.assert_close(a, b.half().float())  # stored in fp16

@@ -15,10 +15,11 @@ from rest.cli import main
 from rest.config import ConfigError, load_config
 from rest.data.shards import ShardWriter
 from rest.diffusion.flow import Guidance, flow_sigmas, guided_velocity
-from rest.metrics.lipsync_gt import MouthRegressor
+from rest.exports import StudentInfo, TeacherInfo, load_vae
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
+from rest.models.mouth import MouthRegressor
 from rest.models.vae import CausalVideoVAE
 from rest.streaming import IDContextCache, StreamingSession, chunk_audio_span, rollout_chunk, write_sink
 from rest.training.common import MetricsLog, latest_checkpoint, read_trainer_state
@@ -74,8 +75,7 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     dit, audio_encoder = random_teacher()
     dit.save_pretrained(root / "teacher" / "denoiser")
     audio_encoder.save_pretrained(root / "teacher" / "audio_encoder")
-    info = {"vae": str(root / "vae"), "shift": 1.0, "num_train_timesteps": 1000, "step": 0}
-    (root / "teacher" / "teacher.json").write_text(json.dumps(info))
+    TeacherInfo(vae=str(root / "vae"), shift=1.0, step=0).write(root / "teacher")
     return {"shards": root / "shards", "vae": root / "vae", "teacher": root / "teacher"}
 
 
@@ -432,9 +432,9 @@ def test_train_resume_export(assets, tmp_path, capsys):
     assert [m["step"] for m in logs] == [1, 2, 3] and [m["K"] for m in logs] == [2, 2, 1]
     assert all(np.isfinite(m["loss"]) and m["loss_distill"] > 0 for m in logs)
     assert {"val_loss", "val_loss_distill", "val_loss_gt"} <= set(MetricsLog.read(out, "eval")[-1])
-    info = json.loads((export / "student.json").read_text())
-    assert (info["steps"], info["context_chunks"], info["chunk_latent_frames"], info["step"]) == (1, 2, 1, 3)
-    assert info["sigmas"] == flow_sigmas(1, 1.0).tolist() and info["vae"] == str(assets["vae"])
+    info = StudentInfo.read(export)
+    assert (info.steps, info.context_chunks, info.chunk_latent_frames, info.step) == (1, 2, 1, 3)
+    assert list(info.sigmas) == flow_sigmas(1, 1.0).tolist() and info.vae == str(assets["vae"])
     student = load_local(DenoiserDiT, export / "denoiser")
     audio_encoder = load_local(AudioEncoder, export / "audio_encoder")
     assert student.attention_mode == "block_causal" and audio_encoder.config.out_dim == 8
@@ -446,10 +446,10 @@ def test_train_resume_export(assets, tmp_path, capsys):
     weights_at_3 = {k: v.clone() for k, v in student.state_dict().items()}
 
     # The export is what the streaming session runs.
-    vae = load_local(CausalVideoVAE, info["vae"])
-    features, portrait, sigmas = torch.randn(1, 11, 8), torch.randn(1, 4, 1, 4, 4), torch.tensor(info["sigmas"])
+    vae = load_vae(info.vae)
+    features, portrait, sigmas = torch.randn(1, 11, 8), torch.randn(1, 4, 1, 4, 4), torch.tensor(info.sigmas)
     session = StreamingSession(
-        student.eval(), vae, portrait, sigmas, context_timestep=info["context_timestep"], end="whole_chunks"
+        student.eval(), vae, portrait, sigmas, context_timestep=info.context_timestep, end="whole_chunks"
     )
     frames = session.push_features(features)
     assert frames.shape == (1, 3, 9, 32, 32)
@@ -547,6 +547,6 @@ def test_train_script_entry_point(assets, tmp_path, monkeypatch):
     argv = ["train/student.py", "--config", str(cfg), "--set", "train.log_every=1", "student.context_chunks=1"]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(REPO / "train" / "student.py"), run_name="__main__")
-    info = json.loads((tmp_path / "run" / "export" / "student.json").read_text())
-    assert info["context_chunks"] == 1 and info["steps"] == 1
+    info = StudentInfo.read(tmp_path / "run" / "export")
+    assert info.context_chunks == 1 and info.steps == 1
     assert MetricsLog.read(tmp_path / "run", "train")[-1]["step"] == 1

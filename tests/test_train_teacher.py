@@ -16,6 +16,7 @@ from rest.data.dataset import clips_in_turn
 from rest.data.shards import ShardReader, ShardWriter
 from rest.diffusion import sample
 from rest.diffusion.flow import FlowMatchingConfig
+from rest.exports import TeacherInfo
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
@@ -97,9 +98,9 @@ def test_train_resume_export(assets, tmp_path, capsys):
     )
     denoiser = load_local(DenoiserDiT, export / "denoiser")
     audio_encoder = load_local(AudioEncoder, export / "audio_encoder")
-    info = json.loads((export / "teacher.json").read_text())
-    assert info["shift"] == pytest.approx(2.0 * (16 / 64) ** 0.5) and info["step"] == 2  # 4x4 latents
-    assert info["train_latent_frames"] == 3  # 9-frame clips: the window offline sampling uses
+    info = TeacherInfo.read(export)
+    assert info.shift == pytest.approx(2.0 * (16 / 64) ** 0.5) and info.step == 2  # 4x4 latents
+    assert info.train_latent_frames == 3  # 9-frame clips: the window offline sampling uses
     assert denoiser.config.in_channels == 4 and denoiser.config.audio_dim == AUDIO["out_dim"]
     assert denoiser.attention_mode == "bidirectional"
     weights_at_2 = {k: v.clone() for k, v in denoiser.state_dict().items()}

@@ -14,8 +14,8 @@ from rest.config import ConfigError, load_config
 from rest.data.videos import motion_map
 from rest.errors import RestError
 from rest.media import write_video
-from rest.metrics.lipsync_gt import MouthRegressor
 from rest.models.loading import load_local
+from rest.models.mouth import MouthRegressor
 from rest.models.perceptual import LPIPS, VGG16Features
 from rest.models.vae import CausalVideoVAE
 from rest.training.common import MetricsLog, TrainingRun, latest_checkpoint, read_trainer_state

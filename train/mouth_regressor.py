@@ -3,7 +3,7 @@
     python train/mouth_regressor.py --data data/synthtalk --output weights/metrics/mouth_regressor [--steps 1000]
     python train/mouth_regressor.py --data data/synthtalk --output runs/mouth_vae --vae runs/vae/export  # VAE domain
 
-See rest/metrics/lipsync_gt.py for the model and the metric.
+See rest/models/mouth.py for the model and rest/metrics/lipsync_gt.py for the metric.
 """
 
 import argparse

@@ -10,6 +10,7 @@ rest/training/syncnet.py for the objective and the data it draws.
 import argparse
 
 from rest.config import from_dict, merge, parse_overrides
+from rest.metrics.syncnet import evaluate_sync
 from rest.training.syncnet import SyncNetTrainConfig, train_syncnet
 
 
@@ -24,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     base = {"data": args.data, "output": args.output, "preset": args.preset, "steps": args.steps}
     cfg = from_dict(SyncNetTrainConfig, merge(base, parse_overrides(args.set)), "syncnet config")
-    train_syncnet(cfg, resume=args.resume)
+    train_syncnet(cfg, resume=args.resume, evaluate=evaluate_sync)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ the latency path). Random weights by default (speed does not depend on them), or
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from rest.bench.common import device_info, rss_kib, synchronize
 from rest.config import get_preset
 from rest.diffusion.flow import FlowMatchingConfig, flow_sigmas
 from rest.errors import RestError
+from rest.exports import PipelineConfig, StudentInfo, TeacherInfo, load_vae
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
@@ -35,9 +35,11 @@ from rest.models.vae import CausalVideoVAE
 from rest.streaming import StreamingSession, chunk_audio_span, chunk_video_frames
 
 
-def load_stream_models(preset: str, weights: str | None, depth: int | None = None) -> tuple[dict, dict]:
-    """(models, info): the denoiser (block_causal), audio encoder and VAE, random or from `weights`; info holds
-    student.json's values when there is one."""
+def load_stream_models(
+    preset: str, weights: str | None, depth: int | None = None
+) -> tuple[dict, PipelineConfig | StudentInfo | TeacherInfo | None]:
+    """(models, info): the denoiser (block_causal), audio encoder and VAE, random or from `weights`; info is the
+    folder's pipeline.json, student.json or teacher.json, the first there is (None for random weights or none)."""
     if weights is None:
         torch.manual_seed(0)
         audio_encoder = AudioEncoder()
@@ -49,15 +51,15 @@ def load_stream_models(preset: str, weights: str | None, depth: int | None = Non
             "audio_encoder": audio_encoder,
             "vae": CausalVideoVAE.from_preset(preset),
         }
-        return models, {}
+        return models, None
     folder = Path(weights)
-    info: dict = {}
-    for name in ("pipeline.json", "student.json", "teacher.json"):
-        if (folder / name).is_file():
-            info = json.loads((folder / name).read_text())
-            break
-    vae_dir = folder / "vae" if (folder / "vae").is_dir() else info.get("vae")
-    if vae_dir is None:
+    found = [cls for cls in (PipelineConfig, StudentInfo, TeacherInfo) if (folder / cls.FILE).is_file()]
+    info = found[0].read(folder) if found else None
+    if (folder / "vae").is_dir():
+        vae_dir = folder / "vae"
+    elif isinstance(info, (StudentInfo, TeacherInfo)):
+        vae_dir = Path(info.vae)
+    else:
         raise RestError(f"{folder}: no vae/ folder and no student.json / teacher.json naming the VAE")
     denoiser = load_local(DenoiserDiT, folder / "denoiser", "denoiser")
     if denoiser.attention_mode != "block_causal":
@@ -68,7 +70,7 @@ def load_stream_models(preset: str, weights: str | None, depth: int | None = Non
     models = {
         "denoiser": denoiser,
         "audio_encoder": load_local(AudioEncoder, folder / "audio_encoder", "audio encoder"),
-        "vae": load_local(CausalVideoVAE, vae_dir, "VAE"),
+        "vae": load_vae(vae_dir),
     }
     return models, info
 
@@ -167,10 +169,11 @@ def bench_stream(
         model.eval().to(device)
     for model in (denoiser, vae):  # nn.Module's casts (floating-point tensors only); the audio encoder stays fp32
         getattr(model, casts[dtype])()
-    steps = steps or info.get("steps", 1)
+    trained = isinstance(info, (PipelineConfig, StudentInfo))  # the streaming settings of a student
+    steps = steps or (info.steps if trained else 1)
     size = p.resolution // vae.spatial_compression
-    shift = info.get("shift") or FlowMatchingConfig().shift_for(denoiser.tokens_per_frame(size, size))
-    context_timestep = info.get("context_timestep", 0.0)
+    shift = info.shift if trained else FlowMatchingConfig().shift_for(denoiser.tokens_per_frame(size, size))
+    context_timestep = info.context_timestep if trained else 0.0
     portrait = torch.randn(1, vae.config.latent_channels, 1, size, size, device=device, dtype=dtype)
     sigmas = flow_sigmas(steps, shift)
 

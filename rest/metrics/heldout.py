@@ -47,9 +47,10 @@ from rest.diffusion.flow import Guidance
 from rest.diffusion.sample import sample
 from rest.errors import RestError
 from rest.media import frames_to_tensor, tensor_to_frames
-from rest.metrics.lipsync_gt import LABEL_KEY, MAX_OFFSET, lag_correlation, within_group_correlation
+from rest.metrics.lipsync_gt import MAX_OFFSET, lag_correlation, within_group_correlation
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
+from rest.models.mouth import LABEL_KEY
 from rest.models.vae import CausalVideoVAE
 from rest.streaming.session import StreamingSession
 

@@ -2,8 +2,6 @@
 
 from rest.pipelines.portrait import Paster, Portrait, crop_as_is, prepare_portrait
 from rest.pipelines.talking_head import (
-    PIPELINE_FILE,
-    PipelineConfig,
     StreamSession,
     TalkingHeadPipeline,
     export_pipeline,
@@ -11,9 +9,7 @@ from rest.pipelines.talking_head import (
 )
 
 __all__ = [
-    "PIPELINE_FILE",
     "Paster",
-    "PipelineConfig",
     "Portrait",
     "StreamSession",
     "TalkingHeadPipeline",

@@ -2,8 +2,9 @@
 
 A pipeline folder holds everything generation needs::
 
-    folder/pipeline.json     {"format": "rest-pipeline", "version": 1, preset, resolution, fps, sample_rate,
-                              steps, sigmas, shift, context_timestep, chunk_latent_frames, context_chunks, ...}
+    folder/pipeline.json     rest.exports.PipelineConfig: {"format": "rest-pipeline", "version": 1, preset,
+                              resolution, fps, sample_rate, steps, shift, context_timestep, chunk_latent_frames,
+                              context_chunks, ...}
     folder/vae/              CausalVideoVAE (save_pretrained)
     folder/audio_encoder/    AudioEncoder
     folder/denoiser/         DenoiserDiT, block_causal (the distilled streaming student)
@@ -18,11 +19,9 @@ audio is split.
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,45 +30,14 @@ import torch
 from rest.config import MAX_SEED
 from rest.diffusion.flow import flow_sigmas
 from rest.errors import RestError
+from rest.exports import PipelineConfig, PipelineSource, load_pipeline, load_student, load_vae
 from rest.media import tensor_to_frames
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
+from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
 from rest.pipelines.portrait import Portrait, crop_as_is, prepare_portrait
 from rest.streaming.session import StreamingSession
-
-PIPELINE_FILE = "pipeline.json"
-FORMAT, VERSION = "rest-pipeline", 1
-TRAIN_HINT = (
-    "train one (python train/demo.py, or train/vae.py -> train/teacher.py -> train/student.py, then "
-    "`rest export-pipeline --student RUN/export --output FOLDER`), or put a pipeline folder there "
-    "(pipeline.json, vae/, audio_encoder/, denoiser/)"
-)
-
-
-@dataclass
-class PipelineConfig:
-    """The contents of pipeline.json."""
-
-    preset: str
-    resolution: int
-    steps: int  # K, denoising steps per chunk the student was distilled for
-    shift: float  # timestep shift of the student's levels
-    fps: int = 25
-    sample_rate: int = 16000
-    context_timestep: float = 0.0
-    chunk_latent_frames: int = 1
-    context_chunks: int = 3
-    num_emotions: int = 0  # emotion / style labels 0 .. n-1 (label n, or none given, is the null label)
-    format: str = FORMAT
-    version: int = VERSION
-    training: dict = field(default_factory=dict)  # provenance: student.json of the export
-
-
-def _load(cls, folder: Path, what: str):
-    from rest.models.loading import load_local
-
-    return load_local(cls, folder, what)
 
 
 class StreamSession:
@@ -181,26 +149,8 @@ class TalkingHeadPipeline:
     # ---------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> TalkingHeadPipeline:
-        folder = Path(folder)
-        info = folder / PIPELINE_FILE
-        if not folder.is_dir():
-            raise RestError(f"no pipeline folder at {folder}: {TRAIN_HINT}")
-        if not info.is_file():
-            raise RestError(f"{info} not found: {folder} is not a pipeline folder; {TRAIN_HINT}")
-        data = json.loads(info.read_text())
-        if data.get("format") != FORMAT:
-            raise RestError(f"{info}: format {data.get('format')!r} is not {FORMAT!r}")
-        if data.get("version", 0) > VERSION:
-            raise RestError(f"{info}: version {data['version']} is newer than this REST reads ({VERSION}); upgrade")
-        known = PipelineConfig.__dataclass_fields__
-        config = PipelineConfig(**{k: v for k, v in data.items() if k in known})
-        return cls(
-            _load(CausalVideoVAE, folder / "vae", "pipeline VAE"),
-            _load(AudioEncoder, folder / "audio_encoder", "pipeline audio encoder"),
-            _load(DenoiserDiT, folder / "denoiser", "pipeline denoiser"),
-            config,
-            device,
-        )
+        """The pipeline folder `folder` (module docstring), strictly read (rest/exports.py)."""
+        return cls(*load_pipeline(folder), device)
 
     @property
     def resolution(self) -> int:
@@ -296,15 +246,14 @@ def export_pipeline(
 
     `audio_encoder` replaces the student's own encoder with another of the same architecture (an audio expert
     trained with `feature_teacher` set to the student's encoder, which keeps its feature space)."""
-    from rest.training.student import load_student
-
     denoiser, own_encoder, info = load_student(student_export)
     output = Path(output)
+    replaced_by = None
     if audio_encoder is None:
         audio_encoder = own_encoder
     else:
         folder = Path(audio_encoder)
-        audio_encoder = _load(AudioEncoder, folder, "audio encoder")
+        audio_encoder = load_local(AudioEncoder, folder, "audio encoder")
         def arch(config):
             return {k: v for k, v in config.items() if not k.startswith("_")}
 
@@ -313,8 +262,8 @@ def export_pipeline(
                 f"{folder}: this audio encoder's architecture differs from the student's own; the denoiser reads "
                 "only features of its own encoder's shape (train it with --feature-teacher on that encoder)"
             )
-        info = {**info, "audio_encoder": str(folder)}
-    vae_model = _load(CausalVideoVAE, Path(vae or info["vae"]), "VAE")
+        replaced_by = str(folder)
+    vae_model = load_vae(vae or info.vae)
     from rest.config import get_preset
 
     spec = get_preset(preset)
@@ -331,15 +280,15 @@ def export_pipeline(
     config = PipelineConfig(
         preset=preset,
         resolution=spec.resolution,
-        steps=int(info["steps"]),
-        shift=float(info["shift"]),
+        steps=info.steps,
+        shift=info.shift,
         fps=int(audio_encoder.config.fps),
         sample_rate=int(audio_encoder.config.sample_rate),
-        context_timestep=float(info.get("context_timestep", 0.0)),
+        context_timestep=info.context_timestep,
         chunk_latent_frames=denoiser.config.chunk_latent_frames,
         context_chunks=denoiser.config.context_chunks,
         num_emotions=int(denoiser.config.num_emotions),
-        training=info,
+        training=PipelineSource.of(info, replaced_by),
     )
     write_pipeline(output, vae_model, audio_encoder, denoiser, config)
     return output
@@ -364,7 +313,7 @@ def write_pipeline(
             # torch's Module.to, as in TalkingHeadPipeline: diffusers' override warns about a cast that is safe here
             model = torch.nn.Module.to(copy.deepcopy(model), torch.float16) if half else model
             model.save_pretrained(tmp / name)
-        (tmp / PIPELINE_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
+        config.write(tmp)
         keep = output / "README.md"  # a model card survives re-exports
         if keep.is_file():
             shutil.copy(keep, tmp / "README.md")
@@ -378,8 +327,6 @@ def write_pipeline(
 
 
 __all__ = [
-    "PIPELINE_FILE",
-    "PipelineConfig",
     "StreamSession",
     "TalkingHeadPipeline",
     "export_pipeline",

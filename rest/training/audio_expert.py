@@ -47,9 +47,9 @@ from tqdm import tqdm
 from rest.data.augment import AugmentConfig, SpeechAugment, speed
 from rest.data.shards import ShardReader
 from rest.errors import RestError
-from rest.metrics.lipsync_gt import LABEL_KEY
 from rest.models.audio import AudioEncoder, AudioExpert, MouthHead
 from rest.models.loading import load_local
+from rest.models.mouth import LABEL_KEY
 from rest.training.common import lr_at
 
 

@@ -134,11 +134,11 @@ from rest.diffusion.flow import (
     shift_timesteps,
     velocity_target,
 )
-from rest.errors import RestError
-from rest.metrics.lipsync_gt import MouthRegressor, box_slices
+from rest.exports import StudentInfo, load_teacher, load_vae
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
+from rest.models.mouth import MouthRegressor, box_slices
 from rest.models.vae import CausalVideoVAE
 from rest.streaming import IDContextCache, chunk_audio_span, chunk_velocity, rollout_chunk, write_chunk, write_sink
 from rest.training.common import TrainConfig, TrainingRun, lr_at, read_trainer_state, resolve_resume, start_from
@@ -245,35 +245,6 @@ class StudentExperiment:
 #################################################################################
 #                             Stage 2: the student                              #
 #################################################################################
-
-
-def _load_export(folder: str | Path, info_name: str, role: str, hint: str) -> tuple[DenoiserDiT, AudioEncoder, dict]:
-    """denoiser/, audio_encoder/ and the info JSON of a teacher or student export folder."""
-    folder = Path(folder)
-    info_path = folder / info_name
-    if not info_path.is_file():
-        raise RestError(f"{info_path} not found: {hint}")
-    denoiser = load_local(DenoiserDiT, folder / "denoiser", f"{role} denoiser")
-    audio_encoder = load_local(AudioEncoder, folder / "audio_encoder", f"{role} audio encoder")
-    return denoiser, audio_encoder, json.loads(info_path.read_text())
-
-
-def load_teacher(folder: str | Path) -> tuple[DenoiserDiT, AudioEncoder, dict]:
-    """The teacher export: denoiser, audio encoder and teacher.json's contents."""
-    hint = "point `teacher` at the export/ folder of a train/teacher.py run"
-    denoiser, audio_encoder, info = _load_export(folder, "teacher.json", "teacher", hint)
-    if denoiser.attention_mode != "bidirectional":
-        raise RestError(
-            f"{Path(folder) / 'denoiser'} is {denoiser.attention_mode!r}; the ASD teacher is bidirectional"
-        )
-    return denoiser, audio_encoder, info
-
-
-def load_student(folder: str | Path) -> tuple[DenoiserDiT, AudioEncoder, dict]:
-    """The student export: denoiser (block_causal), audio encoder and student.json's contents (K, levels, the
-    VAE folder, ...)."""
-    hint = "point at the export/ folder of a train/student.py run"
-    return _load_export(folder, "student.json", "student", hint)
 
 
 def build_student(
@@ -665,8 +636,8 @@ def train_student(cfg: StudentExperiment, resume: str | None = None) -> Path:
 
     # 1. Teacher (frozen), stage-2 student, VAE, data.
     teacher_dit, teacher_audio, teacher_info = load_teacher(cfg.teacher)
-    vae_path = cfg.vae or teacher_info["vae"]
-    vae = load_local(CausalVideoVAE, vae_path, "VAE").to(device).eval().requires_grad_(False)
+    vae_path = cfg.vae or teacher_info.vae
+    vae = load_vae(vae_path).to(device).eval().requires_grad_(False)
     denoiser, audio_encoder = build_student(teacher_dit, teacher_audio, cfg.student)
     if cfg.init is not None:  # continue from a student export (its streaming settings must match `student:`)
         start_from(denoiser, Path(cfg.init) / "denoiser", "init", "student")
@@ -674,7 +645,7 @@ def train_student(cfg: StudentExperiment, resume: str | None = None) -> Path:
     if tc.gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
     teacher = TeacherNetworks(teacher_dit, teacher_audio).to(device)
-    shift = cfg.shift if cfg.shift is not None else float(teacher_info["shift"])
+    shift = cfg.shift if cfg.shift is not None else teacher_info.shift
     mouth = None
     if cfg.asd.mouth_weight > 0:
         expert = load_local(MouthRegressor, cfg.asd.mouth_expert, "mouth expert (asd.mouth_expert)").to(device)
@@ -795,20 +766,20 @@ def train_student(cfg: StudentExperiment, resume: str | None = None) -> Path:
     state = accelerator.get_state_dict(model)
     if is_main:
         steps = cfg.asd.steps_at(max(tc.max_steps - 1, 0))
-        info = {
-            "steps": steps,
-            "sigmas": objective.sigmas(steps).tolist(),
-            "shift": shift,
-            "context_timestep": cfg.asd.context_timestep,
-            "chunk_latent_frames": denoiser.config.chunk_latent_frames,
-            "context_chunks": denoiser.config.context_chunks,
-            "window_chunks": cfg.asd.window_chunks,
-            "teacher_substeps": cfg.asd.substeps_at(steps),
-            "teacher_guidance": to_dict(cfg.asd.teacher_guidance),
-            "teacher": str(cfg.teacher),
-            "vae": str(vae_path),
-            "step": step,
-        }
+        info = StudentInfo(
+            steps=steps,
+            sigmas=tuple(objective.sigmas(steps).tolist()),
+            shift=shift,
+            context_timestep=cfg.asd.context_timestep,
+            chunk_latent_frames=denoiser.config.chunk_latent_frames,
+            context_chunks=denoiser.config.context_chunks,
+            window_chunks=cfg.asd.window_chunks,
+            teacher_substeps=cfg.asd.substeps_at(steps),
+            teacher_guidance=replace(cfg.asd.teacher_guidance),
+            teacher=str(cfg.teacher),
+            vae=str(vae_path),
+            step=step,
+        )
         export_student(unwrapped, state, export, info)
         print(f"exported EMA weights to {export} (denoiser/, audio_encoder/, student.json)")
     ema.restore(params)
@@ -910,7 +881,7 @@ def _format_eval(result: dict) -> str:
     return " | ".join(parts)
 
 
-def export_student(model: StudentModel, state: dict[str, torch.Tensor], export: Path, info: dict) -> None:
+def export_student(model: StudentModel, state: dict[str, torch.Tensor], export: Path, info: StudentInfo) -> None:
     """Write `state` (the StudentModel's full state dict) as `denoiser/` and `audio_encoder/` save_pretrained folders
     plus `student.json` (`info`: the streaming settings the generator must use)."""
     for name, cls in (("denoiser", DenoiserDiT), ("audio_encoder", AudioEncoder)):
@@ -919,7 +890,7 @@ def export_student(model: StudentModel, state: dict[str, torch.Tensor], export: 
         fresh = cls.from_config(getattr(model, name).config)
         fresh.load_state_dict(weights, strict=True)
         fresh.save_pretrained(export / name)
-    (export / "student.json").write_text(json.dumps(info, indent=2) + "\n")
+    info.write(export)
 
 
 __all__ = [
@@ -935,8 +906,6 @@ __all__ = [
     "draw_levels",
     "evaluate",
     "export_student",
-    "load_student",
-    "load_teacher",
     "segment_levels",
     "train_student",
     "window_frames",

@@ -1,4 +1,5 @@
-"""Train a SyncNet on the project's shard format, exporting weights that `rest.metrics.syncnet.load_syncnet` reads.
+"""Train a SyncNet on the project's shard format, exporting weights that `rest.metrics.syncnet.load_syncnet` reads
+(the network: rest/models/syncnet.py).
 
 Objective: contrastive, on the Euclidean distance d between the lip embedding of a 5-frame window and the audio
 embedding of a 20-MFCC-frame window, which is exactly what LSE-D / LSE-C read (unnormalised embeddings,
@@ -28,6 +29,7 @@ the newest), `metrics.jsonl`, and `export/` (save_pretrained layout). Runs on CP
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,15 +40,7 @@ import torch.nn.functional as F
 from rest.config import to_dict
 from rest.data.shards import ShardReader
 from rest.errors import RestError
-from rest.metrics.fid import Extractor
-from rest.metrics.syncnet import (
-    MFCC_PER_FRAME,
-    SyncNet,
-    SyncNetScorer,
-    center_crops,
-    sync_windows,
-    syncnet_mfcc,
-)
+from rest.models.syncnet import MFCC_PER_FRAME, SyncNet, center_crops, sync_windows, syncnet_mfcc
 from rest.training.common import TrainingRun, lr_at, read_trainer_state, resolve_resume
 
 # Architectures by name: syncnet_python's (224 px face crops) and a narrow one on 96 px crops that trains on CPU.
@@ -180,8 +174,15 @@ def build_syncnet(cfg: SyncNetTrainConfig) -> SyncNet:
     return SyncNet(**{**SYNCNET_PRESETS[cfg.preset], **cfg.model})
 
 
-def train_syncnet(cfg: SyncNetTrainConfig, resume: str | None = None) -> Path:
-    """Train (or resume: "latest" or a checkpoint folder) and export to `<output>/export`; returns that folder."""
+# Scores held-out clips with the metric's pipeline: (model, reader, clip ids, device) -> a JSON-able dict.
+SyncEvaluation = Callable[[SyncNet, ShardReader, list[str], torch.device], dict]
+
+
+def train_syncnet(cfg: SyncNetTrainConfig, resume: str | None = None, evaluate: SyncEvaluation | None = None) -> Path:
+    """Train (or resume: "latest" or a checkpoint folder) and export to `<output>/export`; returns that folder.
+
+    `evaluate` scores the held-out clips at the end (train/syncnet.py passes `rest.metrics.syncnet.evaluate_sync`,
+    the LSE pipeline: the metrics score, training imports none of them); None skips that evaluation."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -251,34 +252,12 @@ def train_syncnet(cfg: SyncNetTrainConfig, resume: str | None = None) -> Path:
         split_ids = [r.clip_id for r in reader.records if r.split == cfg.eval_split]
         other_ids = [r.clip_id for r in reader.records if r.split != cfg.split]
         eval_ids = split_ids if cfg.eval_split else other_ids
-        if eval_ids:
-            result = evaluate_sync(unwrapped, reader, eval_ids, device)
+        if eval_ids and evaluate is not None:
+            result = evaluate(unwrapped, reader, eval_ids, device)
             print("held-out sync:", json.dumps(result))
             run.log.write("eval", {"step": step, **result})
     accelerator.wait_for_everyone()
     return export
-
-
-@torch.no_grad()
-def evaluate_sync(
-    model: SyncNet, reader: ShardReader, clip_ids: list[str], device: torch.device, shift: int = 5
-) -> dict:
-    """Offset, LSE-D and LSE-C of clips as they are and with the audio delayed by `shift` frames (expected offset
-    -shift), with the evaluation pipeline (`SyncNetScorer`)."""
-    scorer = SyncNetScorer(model, Extractor("syncnet (training run)", "", ""), device=device)
-    rows = {}
-    for clip_id in clip_ids:
-        frames = reader.frames(clip_id)
-        audio = np.asarray(reader.audio(clip_id), dtype=np.float32)
-        delayed = np.concatenate([np.zeros(shift * 640, np.float32), audio[: len(audio) - shift * 640]])
-        for name, track in (("sync", audio), (f"delayed_{shift}", delayed)):
-            r = scorer.score(frames, track)
-            rows[f"{clip_id}/{name}"] = (
-                r
-                if isinstance(r, str)
-                else {"offset": r.offset, "lse_d": round(r.lse_d, 3), "lse_c": round(r.lse_c, 3)}
-            )
-    return rows
 
 
 __all__ = ["SYNCNET_PRESETS", "SyncNetTrainConfig", "SyncWindowSampler", "sync_loss", "train_syncnet"]

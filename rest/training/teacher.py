@@ -42,6 +42,7 @@ from rest.data.augment import AugmentConfig
 from rest.data.dataset import StreamStartBatchSampler, TalkingClipDataset, TalkingLatentDataset
 from rest.data.preprocess import vae_fingerprint
 from rest.diffusion.flow import FlowDraw, FlowMatchingConfig, RectifiedFlowLoss, shift_timesteps
+from rest.exports import TeacherInfo
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
@@ -494,10 +495,7 @@ def export_teacher(
         fresh = cls.from_config(getattr(model, name).config)
         fresh.load_state_dict(weights, strict=True)
         fresh.save_pretrained(export / name)
-    info = {"vae": str(vae_path), "shift": shift, "num_train_timesteps": 1000, "step": step}
-    if train_latent_frames is not None:
-        info["train_latent_frames"] = train_latent_frames
-    (export / "teacher.json").write_text(json.dumps(info, indent=2) + "\n")
+    TeacherInfo(vae=str(vae_path), shift=shift, step=step, train_latent_frames=train_latent_frames).write(export)
 
 
 __all__ = [

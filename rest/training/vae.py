@@ -26,9 +26,9 @@ from torch.utils.data import DataLoader
 from rest.config import VAEArch, from_dict, get_preset, merge, to_dict
 from rest.data.videos import VideoClipDataset, motion_map
 from rest.media import frames_to_tensor
-from rest.metrics.lipsync_gt import MouthRegressor
 from rest.models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from rest.models.loading import load_local
+from rest.models.mouth import MouthRegressor
 from rest.models.perceptual import LPIPS
 from rest.models.vae import CausalVideoVAE
 from rest.training.common import TrainConfig, TrainingRun, lr_at, read_trainer_state, resolve_resume, start_from
@@ -62,7 +62,7 @@ class VAELossConfig:
     # shows the mouth of a 4-frame latent as one averaged pose loses little plain L1 (the mouth is a few percent
     # of the pixels) but all of this term, which is zero wherever nothing moves.
     temporal_weight: float = 0.0
-    # Mouth-expert loss: a frozen MouthRegressor (rest/metrics/lipsync_gt.py, trained on SynthTalk labels) reads
+    # Mouth-expert loss: a frozen MouthRegressor (rest/models/mouth.py, trained on SynthTalk labels) reads
     # reconstruction and clip; the loss is the distance of its unit-normalised block features plus the squared
     # difference of its openness readings (`mouth_expert_distance`). A perceptual loss that looks only at the mouth:
     # the few percent of pixels a talking head is about. Use a regressor other than the one that scores the results.
