@@ -176,7 +176,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 100
     max_steps: int = 1000
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max. gradient norm (0 = no clipping)
     ema_decay: float = 0.999  # reached after EMA warm-up (decay grows as 1 - (1 + step)^-2/3)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16 autocast on GPU
     log_every: int = 50  # status line period (steps)

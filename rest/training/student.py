@@ -109,17 +109,14 @@ A run folder holds `checkpoints/`, `metrics.jsonl` and `export/` (EMA weights: `
 
 from __future__ import annotations
 
-import json
 import math
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
-from accelerate.utils import set_seed
-from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 
 from rest.config import ConfigError, to_dict
@@ -141,7 +138,8 @@ from rest.models.loading import load_local
 from rest.models.mouth import MouthRegressor, box_slices
 from rest.models.vae import CausalVideoVAE
 from rest.streaming import IDContextCache, chunk_audio_span, chunk_velocity, rollout_chunk, write_chunk, write_sink
-from rest.training.common import TrainConfig, TrainingRun, lr_at, read_trainer_state, resolve_resume, start_from
+from rest.training.common import TrainConfig, start_from
+from rest.training.loop import StepOutput, Trainer, epochs, training_loop
 from rest.training.teacher import collate_clips, encode_latents
 from rest.training.vae import mouth_expert_distance
 
@@ -621,170 +619,120 @@ class TeacherNetworks(nn.Module):
 
 def train_student(cfg: StudentExperiment, resume: str | None = None) -> Path:
     """Distil (or resume) the streaming student and export it; returns the export folder."""
-    tc = cfg.train
     cfg.asd.check()
-    if cfg.asd.audio_pair_weight > 0 and tc.batch_size < 2:
+    if cfg.asd.audio_pair_weight > 0 and cfg.train.batch_size < 2:
         raise ConfigError("asd.audio_pair_weight swaps audio between the clips of a batch: needs batch_size >= 2")
-    accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=tc.mixed_precision)
-    set_seed(tc.seed, device_specific=True)
-    device = accelerator.device
-    out_dir = Path(tc.output_dir)
-    is_main = accelerator.is_main_process
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    return training_loop(StudentTrainer(cfg), cfg.train, to_dict(cfg), resume)
 
-    # 1. Teacher (frozen), stage-2 student, VAE, data.
-    teacher_dit, teacher_audio, teacher_info = load_teacher(cfg.teacher)
-    vae_path = cfg.vae or teacher_info.vae
-    vae = load_vae(vae_path).to(device).eval().requires_grad_(False)
-    denoiser, audio_encoder = build_student(teacher_dit, teacher_audio, cfg.student)
-    if cfg.init is not None:  # continue from a student export (its streaming settings must match `student:`)
-        start_from(denoiser, Path(cfg.init) / "denoiser", "init", "student")
-        start_from(audio_encoder, Path(cfg.init) / "audio_encoder", "init", "teacher (its audio encoder)")
-    if tc.gradient_checkpointing:
-        denoiser.enable_gradient_checkpointing()
-    teacher = TeacherNetworks(teacher_dit, teacher_audio).to(device)
-    shift = cfg.shift if cfg.shift is not None else teacher_info.shift
-    mouth = None
-    if cfg.asd.mouth_weight > 0:
-        expert = load_local(MouthRegressor, cfg.asd.mouth_expert, "mouth expert (asd.mouth_expert)").to(device)
-        mouth = MouthExpertLoss(vae, expert, cfg.asd.mouth_box)
-    objective = AsynchronousStreamingDistillation(cfg.asd, shift, mouth)
-    model = StudentModel(denoiser, audio_encoder, objective, tc.train_audio_encoder)
-    num_frames = window_frames(denoiser, cfg.asd.window_chunks)
-    dataset = _dataset(cfg, cfg.data.split, audio_encoder, denoiser, num_frames, random_windows=True)
-    if dataset.samples_per_frame != audio_encoder.samples_per_frame:
-        raise ConfigError(
-            f"{cfg.data.root} has {dataset.samples_per_frame} audio samples per video frame, the audio encoder "
-            f"expects {audio_encoder.samples_per_frame}"
+
+class StudentTrainer(Trainer):
+    """The student's part of `training_loop`: frozen teacher and VAE, StudentModel, clips from a stream's start, the
+    ASD loss at the K of the schedule."""
+
+    name = "student"
+    postfix_keys = ("K",)
+
+    def __init__(self, cfg: StudentExperiment):
+        self.cfg = cfg
+
+    def build(self, accelerator: Accelerator) -> None:
+        cfg, tc = self.cfg, self.cfg.train
+        self.accelerator = accelerator
+        device = accelerator.device
+        # Teacher (frozen), stage-2 student, VAE, data.
+        teacher_dit, teacher_audio, teacher_info = load_teacher(cfg.teacher)
+        self.vae_path = cfg.vae or teacher_info.vae
+        vae = load_vae(self.vae_path).to(device).eval().requires_grad_(False)
+        denoiser, audio_encoder = build_student(teacher_dit, teacher_audio, cfg.student)
+        if cfg.init is not None:  # continue from a student export (its streaming settings must match `student:`)
+            start_from(denoiser, Path(cfg.init) / "denoiser", "init", "student")
+            start_from(audio_encoder, Path(cfg.init) / "audio_encoder", "init", "teacher (its audio encoder)")
+        if tc.gradient_checkpointing:
+            denoiser.enable_gradient_checkpointing()
+        self.teacher = TeacherNetworks(teacher_dit, teacher_audio).to(device)
+        self.shift = cfg.shift if cfg.shift is not None else teacher_info.shift
+        mouth = None
+        if cfg.asd.mouth_weight > 0:
+            expert = load_local(MouthRegressor, cfg.asd.mouth_expert, "mouth expert (asd.mouth_expert)").to(device)
+            mouth = MouthExpertLoss(vae, expert, cfg.asd.mouth_box)
+        self.objective = AsynchronousStreamingDistillation(cfg.asd, self.shift, mouth)
+        model = StudentModel(denoiser, audio_encoder, self.objective, tc.train_audio_encoder)
+        self.num_frames = window_frames(denoiser, cfg.asd.window_chunks)
+        dataset = _dataset(cfg, cfg.data.split, audio_encoder, denoiser, self.num_frames, random_windows=True)
+        if dataset.samples_per_frame != audio_encoder.samples_per_frame:
+            raise ConfigError(
+                f"{cfg.data.root} has {dataset.samples_per_frame} audio samples per video frame, the audio encoder "
+                f"expects {audio_encoder.samples_per_frame}"
+            )
+        loader = DataLoader(
+            dataset,
+            batch_size=tc.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=cfg.data.num_workers,
+            collate_fn=collate_clips,
         )
-    loader = DataLoader(
-        dataset,
-        batch_size=tc.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=cfg.data.num_workers,
-        collate_fn=collate_clips,
-    )
-    if len(loader) == 0:
-        raise ConfigError(f"{len(dataset)} training clips are fewer than one batch of {tc.batch_size}")
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
-    model, opt, loader = accelerator.prepare(model, opt, loader)
-    trainable = [p for p in model.parameters() if p.requires_grad]  # after prepare: FSDP2 replaces parameters
-    unwrapped = accelerator.unwrap_model(model)
-    params = list(unwrapped.parameters())
-    ema = EMAModel(params, decay=tc.ema_decay, use_ema_warmup=True, power=2 / 3)
-    ema.to(device)
-    accelerator.register_for_checkpointing(ema)
-    eval_set = _eval_set(cfg, audio_encoder, denoiser, vae, num_frames, device)
+        if len(loader) == 0:
+            raise ConfigError(f"{len(dataset)} training clips are fewer than one batch of {tc.batch_size}")
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
+        self.model, self.optimizer, self.loader = accelerator.prepare(model, opt, loader)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]  # FSDP2 replaces parameters
+        self.unwrapped = accelerator.unwrap_model(self.model)
+        self.vae, self.denoiser, self.dataset = vae, denoiser, dataset
+        self.eval_set = _eval_set(cfg, audio_encoder, denoiser, vae, self.num_frames, device)
 
-    # 2. Resume.
-    step = 0
-    ckpt = resolve_resume(out_dir, resume)
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        step = read_trainer_state(ckpt)["step"]
-        accelerator.print(f"resumed from {ckpt} at step {step}")
-    dc = denoiser.config
-    accelerator.print(
-        f"student: {sum(p.numel() for p in trainable) / 1e6:.2f}M trainable params ({dc.depth} x {dc.width}, "
-        f"block_causal, chunk {dc.chunk_latent_frames} latent frame(s), context {dc.context_chunks}); windows of "
-        f"{cfg.asd.window_chunks} chunks = "
-        f"{num_frames} frames; K schedule {list(cfg.asd.steps_schedule)}; shift {shift:.2f}; "
-        f"{accelerator.num_processes} process(es) on {device}"
-    )
-
-    def run_eval() -> dict:
-        ema.store(params)
-        ema.copy_to(params)
-        model.eval()
-        result = evaluate(model, teacher, objective, eval_set, cfg.asd.steps_at(max(step - 1, 0)), tc.seed)
-        model.train()
-        ema.restore(params)
-        return {"step": step, "wall_s": time.perf_counter() - t_start, **result}
-
-    # 3. Loop.
-    def batches():
-        epoch = step // len(loader)
-        while True:
-            dataset.set_epoch(epoch)
-            yield from loader
-            epoch += 1
-
-    run = TrainingRun(
-        accelerator,
-        out_dir,
-        step=step,
-        max_steps=tc.max_steps,
-        log_every=tc.log_every,
-        keep_checkpoints=tc.keep_checkpoints,
-        desc="student",
-        postfix_keys=("K",),
-    )
-    data_iter = batches()
-    t_start = time.perf_counter()
-    model.train()
-    with run:
-        while step < tc.max_steps:
-            lr = lr_at(step, tc.lr, tc.warmup_steps, tc.max_steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            batch = next(data_iter)
-            latents = encode_latents(vae, batch["video"], tc.sample_posterior)  # (B, C, f, h, w)
-            portrait = encode_latents(vae, batch["ref"], sample_posterior=False)  # (B, C, 1, h, w)
-            draw = objective.draw(latents.shape, cfg.asd.steps_at(step), device)
-            with accelerator.accumulate(model):
-                loss, values = model(teacher, latents, batch["audio"], portrait, draw)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    norm = accelerator.clip_grad_norm_(trainable, tc.grad_clip)
-                    values["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            ema.step(params)
-            step += 1
-            run.after_step(step, values, samples=latents.shape[0] * accelerator.num_processes, lr=lr)
-            if run.due(step, tc.eval_every):
-                result = run_eval()
-                run.write(_format_eval(result))
-                run.log.write("eval", result)
-            if run.due(step, tc.checkpoint_every):
-                run.save_checkpoint(step)
-
-    # 4. Final checkpoint, evaluation and export of the EMA weights.
-    run.save_checkpoint(step)
-    result = run_eval()
-    run.log.write("eval", result)
-    accelerator.print(_format_eval(result) + " (final, EMA weights)")
-    export = out_dir / "export"
-    ema.store(params)
-    ema.copy_to(params)
-    state = accelerator.get_state_dict(model)
-    if is_main:
-        steps = cfg.asd.steps_at(max(tc.max_steps - 1, 0))
-        info = StudentInfo(
-            steps=steps,
-            sigmas=tuple(objective.sigmas(steps).tolist()),
-            shift=shift,
-            context_timestep=cfg.asd.context_timestep,
-            chunk_latent_frames=denoiser.config.chunk_latent_frames,
-            context_chunks=denoiser.config.context_chunks,
-            window_chunks=cfg.asd.window_chunks,
-            teacher_substeps=cfg.asd.substeps_at(steps),
-            teacher_guidance=replace(cfg.asd.teacher_guidance),
-            teacher=str(cfg.teacher),
-            vae=str(vae_path),
-            step=step,
+    def summary(self, accelerator: Accelerator) -> str:
+        dc, asd = self.denoiser.config, self.cfg.asd
+        return (
+            f"student: {sum(p.numel() for p in self.trainable) / 1e6:.2f}M trainable params ({dc.depth} x "
+            f"{dc.width}, block_causal, chunk {dc.chunk_latent_frames} latent frame(s), context {dc.context_chunks}); "
+            f"windows of {asd.window_chunks} chunks = {self.num_frames} frames; K schedule "
+            f"{list(asd.steps_schedule)}; shift {self.shift:.2f}; {accelerator.num_processes} process(es) on "
+            f"{accelerator.device}"
         )
-        export_student(unwrapped, state, export, info)
-        print(f"exported EMA weights to {export} (denoiser/, audio_encoder/, student.json)")
-    ema.restore(params)
-    accelerator.wait_for_everyone()
-    return export
+
+    def batches(self, step: int) -> Iterator:
+        return epochs(self.loader, step, self.dataset.set_epoch)
+
+    def train_step(self, batch, step: int) -> StepOutput:
+        latents = encode_latents(self.vae, batch["video"], self.cfg.train.sample_posterior)  # (B, C, f, h, w)
+        portrait = encode_latents(self.vae, batch["ref"], sample_posterior=False)  # (B, C, 1, h, w)
+        draw = self.objective.draw(latents.shape, self.cfg.asd.steps_at(step), self.accelerator.device)
+        loss, values = self.model(self.teacher, latents, batch["audio"], portrait, draw)
+        return StepOutput(loss, values, samples=latents.shape[0])
+
+    def clipped_parameters(self) -> list[torch.Tensor]:
+        return self.trainable
+
+    def evaluate(self, step: int) -> dict:
+        steps = self.cfg.asd.steps_at(max(step - 1, 0))  # the K of the last step
+        return evaluate(self.model, self.teacher, self.objective, self.eval_set, steps, self.cfg.train.seed)
+
+    def format_eval(self, step: int, result: dict, final: bool) -> str:
+        return _format_eval(step, result) + (" (final, EMA weights)" if final else "")
+
+    def export(self, accelerator: Accelerator, folder: Path, step: int) -> None:
+        cfg = self.cfg
+        state = accelerator.get_state_dict(self.model)
+        if accelerator.is_main_process:
+            steps = cfg.asd.steps_at(max(cfg.train.max_steps - 1, 0))
+            info = StudentInfo(
+                steps=steps,
+                sigmas=tuple(self.objective.sigmas(steps).tolist()),
+                shift=self.shift,
+                context_timestep=cfg.asd.context_timestep,
+                chunk_latent_frames=self.denoiser.config.chunk_latent_frames,
+                context_chunks=self.denoiser.config.context_chunks,
+                window_chunks=cfg.asd.window_chunks,
+                teacher_substeps=cfg.asd.substeps_at(steps),
+                teacher_guidance=replace(cfg.asd.teacher_guidance),
+                teacher=str(cfg.teacher),
+                vae=str(self.vae_path),
+                step=step,
+            )
+            export_student(self.unwrapped, state, folder, info)
+            print(f"exported EMA weights to {folder} (denoiser/, audio_encoder/, student.json)")
 
 
 def window_frames(denoiser: DenoiserDiT, window_chunks: int) -> int:
@@ -873,8 +821,8 @@ def evaluate(
     return {key: value / count for key, value in sums.items()}
 
 
-def _format_eval(result: dict) -> str:
-    parts = [f"step {result['step']} | eval"]
+def _format_eval(step: int, result: dict) -> str:
+    parts = [f"step {step} | eval"]
     for key in ("val_loss", "val_loss_distill", "val_loss_gt", "val_loss_mouth", "val_K"):
         if key in result:
             parts.append(f"{key} {result[key]:.4f}")
@@ -901,6 +849,7 @@ __all__ = [
     "StudentExperiment",
     "StudentModel",
     "StudentTrainConfig",
+    "StudentTrainer",
     "TeacherNetworks",
     "build_student",
     "draw_levels",

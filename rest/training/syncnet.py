@@ -29,19 +29,21 @@ the newest), `metrics.jsonl`, and `export/` (save_pretrained layout). Runs on CP
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 
 from rest.config import to_dict
 from rest.data.shards import ShardReader
 from rest.errors import RestError
 from rest.models.syncnet import MFCC_PER_FRAME, SyncNet, center_crops, sync_windows, syncnet_mfcc
-from rest.training.common import TrainingRun, lr_at, read_trainer_state, resolve_resume
+from rest.training.common import TrainConfig
+from rest.training.loop import StepOutput, Trainer, training_loop
 
 # Architectures by name: syncnet_python's (224 px face crops) and a narrow one on 96 px crops that trains on CPU.
 SYNCNET_PRESETS: dict[str, dict] = {
@@ -183,81 +185,97 @@ def train_syncnet(cfg: SyncNetTrainConfig, resume: str | None = None, evaluate: 
 
     `evaluate` scores the held-out clips at the end (train/syncnet.py passes `rest.metrics.syncnet.evaluate_sync`,
     the LSE pipeline: the metrics score, training imports none of them); None skips that evaluation."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    accelerator = Accelerator()
-    set_seed(cfg.seed, device_specific=True)
-    device = accelerator.device
-    out = Path(cfg.output)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-
-    # 1. Model and data.
-    reader = ShardReader(cfg.data)
-    train_ids = [r.clip_id for r in reader.records if r.split == cfg.split]
-    if not train_ids:
-        raise RestError(f"no clips of split {cfg.split!r} in {cfg.data}")
-    model = build_syncnet(cfg)
-    sampler = SyncWindowSampler(reader, train_ids, model, cfg.min_shift, cfg.max_shift)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model, opt = accelerator.prepare(model, opt)
-    unwrapped = accelerator.unwrap_model(model)
-
-    # 2. Resume.
-    step = 0
-    ckpt = resolve_resume(out, resume)
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        step = read_trainer_state(ckpt)["step"]
-        accelerator.print(f"resumed from {ckpt} at step {step}")
-    accelerator.print(
-        f"SyncNet {cfg.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-        f"{len(sampler.crops)} clips, {sum(sampler.windows)} windows; "
-        f"{accelerator.num_processes} process(es) on {device}"
+    train = TrainConfig(
+        output_dir=cfg.output,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        max_steps=cfg.steps,
+        grad_clip=0.0,  # no clipping
+        log_every=cfg.log_every,
+        eval_every=0,  # held-out clips are scored at the end only
+        checkpoint_every=cfg.checkpoint_every,
+        keep_checkpoints=2,
     )
+    return training_loop(SyncNetTrainer(cfg, evaluate), train, to_dict(cfg), resume)
 
-    # 3. Loop. The batch drawn at a step depends only on (seed, step, rank), so a resumed run draws what the
-    # uninterrupted one would have.
-    run = TrainingRun(
-        accelerator, out, step=step, max_steps=cfg.steps, log_every=cfg.log_every, keep_checkpoints=2, desc="syncnet"
-    )
-    model.train()
-    with run:
-        while step < cfg.steps:
-            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            rng = np.random.default_rng([cfg.seed, step, accelerator.process_index])
-            video, audio = (t.to(device) for t in sampler.sample(cfg.batch_size, cfg.negatives, rng))
-            lip = unwrapped.forward_lip(video)  # (B, D)
-            aud = unwrapped.forward_aud(audio.flatten(0, 1)).unflatten(0, audio.shape[:2])  # (B, 1 + K, D)
-            losses = sync_loss(lip, aud, cfg.loss, cfg.margin)
-            opt.zero_grad(set_to_none=True)
-            accelerator.backward(losses["loss"])
-            opt.step()
+
+class SyncNetTrainer(Trainer):
+    """SyncNet's part of `training_loop`: in-memory windows of a split (`SyncWindowSampler`), `sync_loss`, the
+    trained weights (no EMA) exported and scored on held-out clips with the evaluation pipeline."""
+
+    name = "syncnet"
+    ema = False
+    evaluate_on = "main"
+
+    def __init__(self, cfg: SyncNetTrainConfig, evaluate: SyncEvaluation | None = None):
+        self.cfg = cfg
+        self.evaluate_clips = evaluate
+
+    def build(self, accelerator: Accelerator) -> None:
+        cfg = self.cfg
+        self.accelerator = accelerator
+        self.reader = ShardReader(cfg.data)
+        train_ids = [r.clip_id for r in self.reader.records if r.split == cfg.split]
+        if not train_ids:
+            raise RestError(f"no clips of split {cfg.split!r} in {cfg.data}")
+        model = build_syncnet(cfg)
+        self.sampler = SyncWindowSampler(self.reader, train_ids, model, cfg.min_shift, cfg.max_shift)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.model, self.optimizer = accelerator.prepare(model, opt)
+        self.unwrapped = accelerator.unwrap_model(self.model)
+
+    def summary(self, accelerator: Accelerator) -> str:
+        return (
+            f"SyncNet {self.cfg.preset}: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, "
+            f"{len(self.sampler.crops)} clips, {sum(self.sampler.windows)} windows; "
+            f"{accelerator.num_processes} process(es) on {accelerator.device}"
+        )
+
+    def batches(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batch drawn at a step depends only on (seed, step, rank), so a resumed run draws what the
+        uninterrupted one would have."""
+        cfg, device = self.cfg, self.accelerator.device
+        while True:
+            rng = np.random.default_rng([cfg.seed, step, self.accelerator.process_index])
+            video, audio = self.sampler.sample(cfg.batch_size, cfg.negatives, rng)
+            yield video.to(device), audio.to(device)
             step += 1
-            values = {k: v.item() for k, v in losses.items()}
-            run.after_step(step, values, samples=cfg.batch_size * accelerator.num_processes, lr=lr)
-            if run.due(step, cfg.checkpoint_every):
-                run.save_checkpoint(step)
 
-    # 4. Final checkpoint, export, and the sync of held-out clips with the evaluation pipeline.
-    run.save_checkpoint(step)
-    export = out / "export"
-    unwrapped.eval()
-    if accelerator.is_main_process:
-        unwrapped.save_pretrained(str(export))
-        split_ids = [r.clip_id for r in reader.records if r.split == cfg.eval_split]
-        other_ids = [r.clip_id for r in reader.records if r.split != cfg.split]
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor], step: int) -> StepOutput:
+        video, audio = batch  # (B, 3, 5, S, S), (B, 1 + K, 1, 13, 20)
+        lip = self.unwrapped.forward_lip(video)  # (B, D)
+        aud = self.unwrapped.forward_aud(audio.flatten(0, 1)).unflatten(0, audio.shape[:2])  # (B, 1 + K, D)
+        losses = sync_loss(lip, aud, self.cfg.loss, self.cfg.margin)
+        return StepOutput(losses["loss"], {k: v.item() for k, v in losses.items()}, samples=self.cfg.batch_size)
+
+    def evaluate(self, step: int) -> dict | None:
+        """Sync of the held-out clips (`eval_split`, else every clip not in `split`); None if there are none."""
+        cfg, records = self.cfg, self.reader.records
+        split_ids = [r.clip_id for r in records if r.split == cfg.eval_split]
+        other_ids = [r.clip_id for r in records if r.split != cfg.split]
         eval_ids = split_ids if cfg.eval_split else other_ids
-        if eval_ids and evaluate is not None:
-            result = evaluate(unwrapped, reader, eval_ids, device)
-            print("held-out sync:", json.dumps(result))
-            run.log.write("eval", {"step": step, **result})
-    accelerator.wait_for_everyone()
-    return export
+        if not eval_ids or self.evaluate_clips is None:
+            return None
+        return self.evaluate_clips(self.unwrapped, self.reader, eval_ids, self.accelerator.device)
+
+    def format_eval(self, step: int, result: dict, final: bool) -> str:
+        return f"held-out sync: {json.dumps(result)}"
+
+    def export(self, accelerator: Accelerator, folder: Path, step: int) -> None:
+        self.unwrapped.eval()
+        if accelerator.is_main_process:
+            self.unwrapped.save_pretrained(str(folder))
 
 
-__all__ = ["SYNCNET_PRESETS", "SyncNetTrainConfig", "SyncWindowSampler", "sync_loss", "train_syncnet"]
+__all__ = [
+    "SYNCNET_PRESETS",
+    "SyncNetTrainConfig",
+    "SyncEvaluation",
+    "SyncNetTrainer",
+    "SyncWindowSampler",
+    "sync_loss",
+    "train_syncnet",
+]

@@ -25,16 +25,13 @@ the null audio. `audio_gain = val_loss_shuffled_audio - val_loss` > 0 means the 
 from __future__ import annotations
 
 import inspect
-import json
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
-from accelerate.utils import set_seed
-from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 
 from rest.config import ConfigError, get_preset, to_dict
@@ -47,7 +44,8 @@ from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
-from rest.training.common import TrainConfig, TrainingRun, lr_at, read_trainer_state, resolve_resume, start_from
+from rest.training.common import TrainConfig, start_from
+from rest.training.loop import StepOutput, Trainer, epochs, training_loop
 
 #################################################################################
 #                                    Config                                     #
@@ -205,159 +203,105 @@ def encode_latents(vae: CausalVideoVAE, pixels: torch.Tensor, sample_posterior: 
 
 def train_teacher(cfg: TeacherExperiment, resume: str | None = None) -> Path:
     """Train (or resume) and export the teacher; returns the export folder."""
-    tc = cfg.train
-    if tc.audio_encoder_lr_scale < 0:
-        raise ConfigError(f"train.audio_encoder_lr_scale must be >= 0, got {tc.audio_encoder_lr_scale}")
-    accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=tc.mixed_precision)
-    set_seed(tc.seed, device_specific=True)
-    device = accelerator.device
-    out_dir = Path(tc.output_dir)
-    is_main = accelerator.is_main_process
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    if cfg.train.audio_encoder_lr_scale < 0:
+        raise ConfigError(f"train.audio_encoder_lr_scale must be >= 0, got {cfg.train.audio_encoder_lr_scale}")
+    return training_loop(TeacherTrainer(cfg), cfg.train, to_dict(cfg), resume)
 
-    # 1. Frozen VAE, trained models, data.
-    vae = load_local(CausalVideoVAE, cfg.vae, "VAE").to(device).eval().requires_grad_(False)
-    denoiser, audio_encoder = cfg.build_models(vae)
-    if tc.gradient_checkpointing:
-        denoiser.enable_gradient_checkpointing()
-    dataset = _dataset(cfg, cfg.data.split, audio_encoder, denoiser, vae, random_windows=True)
-    if dataset.samples_per_frame != audio_encoder.samples_per_frame:
-        raise ConfigError(
-            f"{cfg.data.root} has {dataset.samples_per_frame} audio samples per video frame, the audio encoder "
-            f"expects {audio_encoder.samples_per_frame}; set audio_encoder.sample_rate / fps to match the shards"
+
+class TeacherTrainer(Trainer):
+    """The teacher's part of `training_loop`: frozen VAE, TeacherModel, clip or latent data, flow-matching loss."""
+
+    name = "teacher"
+
+    def __init__(self, cfg: TeacherExperiment):
+        self.cfg = cfg
+
+    def build(self, accelerator: Accelerator) -> None:
+        cfg, tc = self.cfg, self.cfg.train
+        self.accelerator = accelerator
+        device = accelerator.device
+        vae = load_local(CausalVideoVAE, cfg.vae, "VAE").to(device).eval().requires_grad_(False)
+        denoiser, audio_encoder = cfg.build_models(vae)
+        if tc.gradient_checkpointing:
+            denoiser.enable_gradient_checkpointing()
+        dataset = _dataset(cfg, cfg.data.split, audio_encoder, denoiser, vae, random_windows=True)
+        if dataset.samples_per_frame != audio_encoder.samples_per_frame:
+            raise ConfigError(
+                f"{cfg.data.root} has {dataset.samples_per_frame} audio samples per video frame, the audio encoder "
+                f"expects {audio_encoder.samples_per_frame}; set audio_encoder.sample_rate / fps to match the shards"
+            )
+        latent_size = dataset.reader.resolution // vae.spatial_compression
+        shift = cfg.flow.shift_for(denoiser.tokens_per_frame(latent_size, latent_size))
+        model = TeacherModel(denoiser, audio_encoder, RectifiedFlowLoss(cfg.flow, shift))
+        if cfg.data.latents:
+            sampler = StreamStartBatchSampler(dataset, tc.batch_size, cfg.data.stream_start_share, seed=tc.seed)
+            loader = DataLoader(
+                dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate_latent_windows
+            )
+        else:
+            loader = DataLoader(
+                dataset,
+                batch_size=tc.batch_size,
+                shuffle=True,
+                drop_last=True,
+                num_workers=cfg.data.num_workers,
+                collate_fn=collate_clips,
+            )
+        if len(loader) == 0:
+            raise ConfigError(f"{len(dataset)} training clips are fewer than one batch of {tc.batch_size}")
+        groups = [{"params": [p for name, p in model.named_parameters() if not name.startswith("audio_encoder.")]}]
+        if tc.audio_encoder_lr_scale > 0:
+            groups.append({"params": list(audio_encoder.parameters()), "lr_scale": tc.audio_encoder_lr_scale})
+        else:
+            audio_encoder.requires_grad_(False)
+        opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
+        self.model, self.optimizer, self.loader = accelerator.prepare(model, opt, loader)
+        self.unwrapped = accelerator.unwrap_model(self.model)
+        self.vae, self.denoiser, self.audio_encoder = vae, denoiser, audio_encoder
+        self.dataset, self.shift = dataset, shift
+        self.eval_set = _eval_set(cfg, audio_encoder, denoiser, vae, shift, device)
+
+    def summary(self, accelerator: Accelerator) -> str:
+        count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+        cfg, vae, denoiser = self.cfg, self.vae, self.denoiser
+        resolution = self.dataset.reader.resolution
+        latent_size = resolution // vae.spatial_compression
+        return (
+            f"teacher: denoiser {count(denoiser):.2f}M params ({denoiser.config.depth} x {denoiser.config.width}), "
+            f"audio encoder {count(self.audio_encoder):.2f}M; {len(self.dataset)} clips of {cfg.data.num_frames} "
+            f"frames at {resolution}px -> {vae.num_latent_frames(cfg.data.num_frames)} x {latent_size}x{latent_size} "
+            f"latents; shift {self.shift:.2f}; {accelerator.num_processes} process(es) on {accelerator.device}"
         )
-    resolution = dataset.reader.resolution
-    latent_size = resolution // vae.spatial_compression
-    shift = cfg.flow.shift_for(denoiser.tokens_per_frame(latent_size, latent_size))
-    model = TeacherModel(denoiser, audio_encoder, RectifiedFlowLoss(cfg.flow, shift))
-    if cfg.data.latents:
-        sampler = StreamStartBatchSampler(dataset, tc.batch_size, cfg.data.stream_start_share, seed=tc.seed)
-        loader = DataLoader(
-            dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate_latent_windows
-        )
-    else:
-        loader = DataLoader(
-            dataset,
-            batch_size=tc.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=cfg.data.num_workers,
-            collate_fn=collate_clips,
-        )
-    if len(loader) == 0:
-        raise ConfigError(f"{len(dataset)} training clips are fewer than one batch of {tc.batch_size}")
-    groups = [{"params": [p for name, p in model.named_parameters() if not name.startswith("audio_encoder.")]}]
-    if tc.audio_encoder_lr_scale > 0:
-        groups.append({"params": list(audio_encoder.parameters()), "lr_scale": tc.audio_encoder_lr_scale})
-    else:
-        audio_encoder.requires_grad_(False)
-    opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
-    model, opt, loader = accelerator.prepare(model, opt, loader)
-    unwrapped = accelerator.unwrap_model(model)
-    params = list(unwrapped.parameters())
-    ema = EMAModel(params, decay=tc.ema_decay, use_ema_warmup=True, power=2 / 3)
-    ema.to(device)
-    accelerator.register_for_checkpointing(ema)
-    eval_set = _eval_set(cfg, audio_encoder, denoiser, vae, shift, device)
 
-    # 2. Resume.
-    step = 0
-    ckpt = resolve_resume(out_dir, resume)
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        step = read_trainer_state(ckpt)["step"]
-        accelerator.print(f"resumed from {ckpt} at step {step}")
-    count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
-    accelerator.print(
-        f"teacher: denoiser {count(denoiser):.2f}M params ({denoiser.config.depth} x {denoiser.config.width}), "
-        f"audio encoder {count(audio_encoder):.2f}M; {len(dataset)} clips of {cfg.data.num_frames} frames at "
-        f"{resolution}px -> {vae.num_latent_frames(cfg.data.num_frames)} x {latent_size}x{latent_size} latents; "
-        f"shift {shift:.2f}; {accelerator.num_processes} process(es) on {device}"
-    )
+    def batches(self, step: int) -> Iterator:
+        return epochs(self.loader, step, self.dataset.set_epoch)  # new windows and references each epoch
 
-    def run_eval() -> dict:
-        ema.store(params)
-        ema.copy_to(params)
-        model.eval()
-        result = evaluate(model, eval_set)
-        model.train()
-        ema.restore(params)
-        return {"step": step, "wall_s": time.perf_counter() - t_start, **result}
+    def train_step(self, batch, step: int) -> StepOutput:
+        latents, first = batch_latents(self.vae, batch, self.cfg.train.sample_posterior)  # (B, C, f, h, w)
+        portrait = encode_latents(self.vae, batch["ref"], sample_posterior=False)  # (B, C, 1, h, w)
+        draw = self.unwrapped.loss.draw(latents.shape, self.accelerator.device)
+        loss, values = self.model(latents, batch["audio"], portrait, draw, first_latent_frame=first)
+        return StepOutput(loss, values, samples=latents.shape[0])
 
-    # 3. Loop.
-    def batches():
-        epoch = step // len(loader)
-        while True:
-            dataset.set_epoch(epoch)  # new windows and references each epoch
-            yield from loader
-            epoch += 1
+    def evaluate(self, step: int) -> dict:
+        return evaluate(self.model, self.eval_set)  # every process: sharded models need all ranks in the forward
 
-    run = TrainingRun(
-        accelerator,
-        out_dir,
-        step=step,
-        max_steps=tc.max_steps,
-        log_every=tc.log_every,
-        keep_checkpoints=tc.keep_checkpoints,
-        desc="teacher",
-    )
-    data_iter = batches()
-    t_start = time.perf_counter()
-    model.train()
-    with run:
-        while step < tc.max_steps:
-            lr = lr_at(step, tc.lr, tc.warmup_steps, tc.max_steps)
-            for group in opt.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            batch = next(data_iter)
-            latents, first = batch_latents(vae, batch, tc.sample_posterior)  # (B, C, f, h, w)
-            portrait = encode_latents(vae, batch["ref"], sample_posterior=False)  # (B, C, 1, h, w)
-            draw = unwrapped.loss.draw(latents.shape, device)
-            with accelerator.accumulate(model):
-                loss, values = model(latents, batch["audio"], portrait, draw, first_latent_frame=first)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                    values["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP2
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            ema.step(params)
-            step += 1
-            run.after_step(step, values, samples=latents.shape[0] * accelerator.num_processes, lr=lr)
-            if run.due(step, tc.eval_every):
-                result = run_eval()  # every process: sharded models need all ranks in the forward
-                run.write(_format_eval(result))
-                run.log.write("eval", result)
-            if run.due(step, tc.checkpoint_every):
-                run.save_checkpoint(step)
+    def format_eval(self, step: int, result: dict, final: bool) -> str:
+        return _format_eval(step, result) + (" (final, EMA weights)" if final else "")
 
-    # 4. Final checkpoint, evaluation and export of the EMA weights.
-    run.save_checkpoint(step)
-    result = run_eval()
-    run.log.write("eval", result)
-    accelerator.print(_format_eval(result) + " (final, EMA weights)")
-    export = out_dir / "export"
-    ema.store(params)
-    ema.copy_to(params)
-    state = accelerator.get_state_dict(model)  # full weights on the main process, also under FSDP
-    if is_main:
-        export_teacher(
-            unwrapped,
-            state,
-            export,
-            vae_path=cfg.vae,
-            shift=shift,
-            step=step,
-            train_latent_frames=vae.num_latent_frames(cfg.data.num_frames),
-        )
-        print(f"exported EMA weights to {export} (denoiser/, audio_encoder/, teacher.json)")
-    ema.restore(params)
-    accelerator.wait_for_everyone()
-    return export
+    def export(self, accelerator: Accelerator, folder: Path, step: int) -> None:
+        state = accelerator.get_state_dict(self.model)  # full weights on the main process, also under FSDP
+        if accelerator.is_main_process:
+            export_teacher(
+                self.unwrapped,
+                state,
+                folder,
+                vae_path=self.cfg.vae,
+                shift=self.shift,
+                step=step,
+                train_latent_frames=self.vae.num_latent_frames(self.cfg.data.num_frames),
+            )
+            print(f"exported EMA weights to {folder} (denoiser/, audio_encoder/, teacher.json)")
 
 
 def _dataset(
@@ -468,8 +412,8 @@ def evaluate(model: nn.Module, eval_set: list[EvalBatch]) -> dict[str, float]:
     return out
 
 
-def _format_eval(result: dict) -> str:
-    parts = [f"step {result['step']} | eval"]
+def _format_eval(step: int, result: dict) -> str:
+    parts = [f"step {step} | eval"]
     for key in ("val_loss", "val_loss_shuffled_audio", "val_loss_null_audio", "audio_gain"):
         if key in result:
             parts.append(f"{key} {result[key]:.4f}")
@@ -503,6 +447,7 @@ __all__ = [
     "TeacherExperiment",
     "TeacherModel",
     "TeacherTrainConfig",
+    "TeacherTrainer",
     "batch_latents",
     "collate_clips",
     "collate_latent_windows",

@@ -8,9 +8,8 @@ curve) and `export/` (EMA weights, `save_pretrained` layout, with the latent sca
 
 from __future__ import annotations
 
-import json
 import math
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -18,8 +17,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
-from diffusers.training_utils import EMAModel
 from einops import rearrange
 from torch.utils.data import DataLoader
 
@@ -31,7 +28,8 @@ from rest.models.loading import load_local
 from rest.models.mouth import MouthRegressor
 from rest.models.perceptual import LPIPS
 from rest.models.vae import CausalVideoVAE
-from rest.training.common import TrainConfig, TrainingRun, lr_at, read_trainer_state, resolve_resume, start_from
+from rest.training.common import TrainConfig, start_from
+from rest.training.loop import StepOutput, Trainer, epochs, training_loop
 
 #################################################################################
 #                                    Config                                     #
@@ -176,198 +174,160 @@ def measure_latent_scale(
 
 def train_vae(cfg: VAEExperiment, resume: str | None = None) -> Path:
     """Train (or resume) and export; returns the export folder."""
-    tc, lc = cfg.train, cfg.loss
-    accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum, mixed_precision=tc.mixed_precision)
-    set_seed(tc.seed, device_specific=True)
-    out_dir = Path(tc.output_dir)
-    is_main = accelerator.is_main_process
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    return training_loop(VAETrainer(cfg), cfg.train, to_dict(cfg), resume)
 
-    # 1. Model, losses, data.
-    arch = to_dict(cfg.arch())
-    vae = CausalVideoVAE(**arch)
-    if cfg.init is not None:
-        start_from(vae, cfg.init, "init", "model", ignore=("scaling_factor", "shift_factor"))  # measured, not arch
-        if cfg.init_from_frames:
-            vae.copy_last_frame_weights_()
-    elif cfg.init_from_frames:
-        raise ValueError("init_from_frames needs init: the single-frame VAE export to start from")
-    t = vae.temporal_compression
-    if (cfg.data.num_frames - 1) % t:
-        raise ValueError(f"data.num_frames must be 1 + {t}*k for this VAE, got {cfg.data.num_frames}")
-    if cfg.data.context_frames and (cfg.data.context_frames - 1) % t:
-        raise ValueError(f"data.context_frames must be 0 or 1 + {t}*j for this VAE, got {cfg.data.context_frames}")
-    # Context lengths drawn per step: none (the window starts the stream) or 1, 1 + t, ..., context_frames.
-    # The context streams through without gradients (CausalVideoVAE.forward), so the model learns the warm caches
-    # of long streams: its temporal receptive field is far longer than a clip we can backpropagate through.
-    context_lengths = [0] + list(range(1, cfg.data.context_frames + 1, t))
-    clip_frames = cfg.data.num_frames + max(0, cfg.data.context_frames - 1)
-    use_gan = lc.gan_weight > 0
-    disc = PatchDiscriminator(channels=lc.disc_channels, num_layers=lc.disc_layers) if use_gan else None
-    lpips = None
-    if lc.perceptual_weight > 0:
-        if lc.perceptual_vgg is None:
-            raise ValueError("loss.perceptual_weight > 0 needs loss.perceptual_vgg (a VGG16 state dict path)")
-        lpips = LPIPS.from_files(lc.perceptual_vgg, lc.perceptual_lin).to(accelerator.device)
-    expert = None
-    if lc.mouth_weight > 0:
-        if lc.mouth_expert is None:
-            raise ValueError("loss.mouth_weight > 0 needs loss.mouth_expert (a MouthRegressor export folder)")
-        expert = load_local(MouthRegressor, lc.mouth_expert, "mouth expert").eval().requires_grad_(False)
-        expert.to(accelerator.device)
-    dataset = VideoClipDataset(
-        cfg.data.root,
-        resolution=cfg.resolution(),
-        num_frames=clip_frames,
-        crop=cfg.data.crop,
-        fps=cfg.data.fps,
-        cache_in_memory=cfg.data.cache_in_memory,
-        clips_per_epoch=max(1000, tc.batch_size * 100),
-        motion_maps=lc.motion_weight > 0,
-    )
-    loader = DataLoader(
-        dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True, num_workers=cfg.data.num_workers
-    )
-    opt = torch.optim.AdamW(vae.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
-    if use_gan:
-        opt_d = torch.optim.AdamW(disc.parameters(), lr=lc.disc_lr, betas=(0.5, 0.9))
-        vae, disc, opt, opt_d, loader = accelerator.prepare(vae, disc, opt, opt_d, loader)
-    else:
-        vae, opt, loader = accelerator.prepare(vae, opt, loader)
-    model = accelerator.unwrap_model(vae)
-    ema = EMAModel(model.parameters(), decay=tc.ema_decay, use_ema_warmup=True, power=2 / 3)
-    ema.to(accelerator.device)
-    accelerator.register_for_checkpointing(ema)
 
-    # 2. Resume.
-    step = 0
-    ckpt = resolve_resume(out_dir, resume)
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        step = read_trainer_state(ckpt)["step"]
-        accelerator.print(f"resumed from {ckpt} at step {step}")
-    n_params = sum(p.numel() for p in model.parameters())
-    accelerator.print(
-        f"VAE {n_params / 1e6:.2f}M params, {vae_summary(model)}; {len(dataset.paths)} videos; "
-        f"{accelerator.num_processes} process(es) on {accelerator.device}"
-    )
+class VAETrainer(Trainer):
+    """The VAE's part of `training_loop`: random clips of videos, warm-up context, the losses of `VAELossConfig`,
+    the discriminator after its warm-up; PSNR on the main process; the export measures the latent scale."""
 
-    def run_eval() -> dict:
-        ema.store(model.parameters())
-        ema.copy_to(model.parameters())
-        model.eval()
-        result = evaluate_psnr(model, dataset.whole_videos()[: tc.eval_videos], tc.eval_max_frames, accelerator.device)
-        model.train()
-        ema.restore(model.parameters())
-        return result
+    name = "vae"
+    log_grad_norm = False
+    evaluate_on = "main"  # evaluation and latent scale on the unwrapped model
 
-    # 3. Loop.
-    def batches():
-        while True:
-            yield from loader
+    def __init__(self, cfg: VAEExperiment):
+        self.cfg = cfg
 
-    run = TrainingRun(
-        accelerator,
-        out_dir,
-        step=step,
-        max_steps=tc.max_steps,
-        log_every=tc.log_every,
-        keep_checkpoints=tc.keep_checkpoints,
-        desc="vae",
-    )
-    data_iter = batches()
-    t_start = time.perf_counter()
-    with run:
-        while step < tc.max_steps:
-            lr = lr_at(step, tc.lr, tc.warmup_steps, tc.max_steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            gan_on = use_gan and step >= lc.gan_start_step
-            clip = next(data_iter)  # (B, 3, clip_frames, R, R), with (B, 1, R, R) motion maps if weighted
-            weight = None
-            if lc.motion_weight > 0:
-                clip, motion = clip
-                weight = (1 + lc.motion_weight * motion.clamp(max=lc.motion_cap)).unsqueeze(2)  # (B, 1, 1, R, R)
-            context = context_lengths[int(torch.randint(len(context_lengths), ()))]
-            end = cfg.data.num_frames if context == 0 else context + cfg.data.num_frames - 1
-            x = clip[:, :, context:end]  # the frames the loss sees
-            with accelerator.accumulate(vae):
-                recon, posterior = vae(clip[:, :, :end], context_frames=context)
-                err = (recon - x).abs()
-                l1 = err.mean()
-                rec = l1 if weight is None else (err * weight).mean() / weight.mean()
-                kl = kl_per_element(posterior.mean, posterior.logvar)
-                loss = rec + lc.kl_weight * kl
-                values = {"loss": 0.0, "l1": l1.item(), "kl": kl.item()}
-                if lc.temporal_weight > 0 and x.shape[2] > 1:
-                    temporal = (recon.diff(dim=2) - x.diff(dim=2)).abs().mean()
-                    loss = loss + lc.temporal_weight * temporal
-                    values["l1_temporal"] = temporal.item()
-                if weight is not None:
-                    values["l1_motion"] = rec.item()
-                frames_r = rearrange(recon, "b c t h w -> (b t) c h w")  # for the per-frame losses
-                frames_x = rearrange(x, "b c t h w -> (b t) c h w")
-                if lpips is not None:
-                    perc = lpips(frames_r, frames_x).mean()
-                    loss = loss + lc.perceptual_weight * perc
-                    values["lpips"] = perc.item()
-                if expert is not None:
-                    mouth = mouth_expert_distance(expert, frames_r, frames_x)
-                    loss = loss + lc.mouth_weight * mouth
-                    values["mouth"] = mouth.item()
-                if gan_on:
-                    g = hinge_g_loss(disc(frames_r))
-                    loss = loss + lc.gan_weight * g
-                    values["g_loss"] = g.item()
-                values["loss"] = loss.item()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(vae.parameters(), tc.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if gan_on:
-                    d = hinge_d_loss(disc(frames_x), disc(frames_r.detach()))
-                    accelerator.backward(d)
-                    opt_d.step()
-                    opt_d.zero_grad(set_to_none=True)
-                    values["d_loss"] = d.item()
-            if not accelerator.sync_gradients:
-                continue
-            ema.step(model.parameters())
-            step += 1
-            run.after_step(step, values, samples=x.shape[0] * x.shape[2] * accelerator.num_processes, lr=lr)
-            if run.due(step, tc.eval_every) and is_main:
-                result = run_eval()
-                psnr, moving = result["psnr"], result["psnr_motion"]
-                run.write(f"step {step} | eval psnr {psnr:.2f} dB, moving pixels {moving:.2f} dB")
-                run.log.write("eval", {"step": step, "wall_s": time.perf_counter() - t_start, **result})
-            if run.due(step, tc.checkpoint_every):
-                run.save_checkpoint(step)
-
-    # 4. Final checkpoint, evaluation and export of the EMA weights.
-    run.save_checkpoint(step)
-    export = out_dir / "export"
-    if is_main:
-        result = run_eval()
-        run.log.write("eval", {"step": step, "wall_s": time.perf_counter() - t_start, **result})
-        print(
-            f"final eval psnr {result['psnr']:.2f} dB, moving pixels {result['psnr_motion']:.2f} dB "
-            f"(EMA weights, {len(result['psnr_per_video'])} videos)"
+    def build(self, accelerator: Accelerator) -> None:
+        cfg, tc, lc = self.cfg, self.cfg.train, self.cfg.loss
+        self.accelerator = accelerator
+        vae = CausalVideoVAE(**to_dict(cfg.arch()))
+        if cfg.init is not None:
+            start_from(vae, cfg.init, "init", "model", ignore=("scaling_factor", "shift_factor"))  # measured, not arch
+            if cfg.init_from_frames:
+                vae.copy_last_frame_weights_()
+        elif cfg.init_from_frames:
+            raise ValueError("init_from_frames needs init: the single-frame VAE export to start from")
+        t = vae.temporal_compression
+        if (cfg.data.num_frames - 1) % t:
+            raise ValueError(f"data.num_frames must be 1 + {t}*k for this VAE, got {cfg.data.num_frames}")
+        if cfg.data.context_frames and (cfg.data.context_frames - 1) % t:
+            raise ValueError(f"data.context_frames must be 0 or 1 + {t}*j for this VAE, got {cfg.data.context_frames}")
+        # Context lengths drawn per step: none (the window starts the stream) or 1, 1 + t, ..., context_frames.
+        # The context streams through without gradients (CausalVideoVAE.forward), so the model learns the warm
+        # caches of long streams: its temporal receptive field is far longer than a clip we can backpropagate through.
+        self.context_lengths = [0] + list(range(1, cfg.data.context_frames + 1, t))
+        clip_frames = cfg.data.num_frames + max(0, cfg.data.context_frames - 1)
+        use_gan = lc.gan_weight > 0
+        disc = PatchDiscriminator(channels=lc.disc_channels, num_layers=lc.disc_layers) if use_gan else None
+        self.lpips = None
+        if lc.perceptual_weight > 0:
+            if lc.perceptual_vgg is None:
+                raise ValueError("loss.perceptual_weight > 0 needs loss.perceptual_vgg (a VGG16 state dict path)")
+            self.lpips = LPIPS.from_files(lc.perceptual_vgg, lc.perceptual_lin).to(accelerator.device)
+        self.expert = None
+        if lc.mouth_weight > 0:
+            if lc.mouth_expert is None:
+                raise ValueError("loss.mouth_weight > 0 needs loss.mouth_expert (a MouthRegressor export folder)")
+            self.expert = load_local(MouthRegressor, lc.mouth_expert, "mouth expert").eval().requires_grad_(False)
+            self.expert.to(accelerator.device)
+        self.dataset = VideoClipDataset(
+            cfg.data.root,
+            resolution=cfg.resolution(),
+            num_frames=clip_frames,
+            crop=cfg.data.crop,
+            fps=cfg.data.fps,
+            cache_in_memory=cfg.data.cache_in_memory,
+            clips_per_epoch=max(1000, tc.batch_size * 100),
+            motion_maps=lc.motion_weight > 0,
         )
-        ema.store(model.parameters())
-        ema.copy_to(model.parameters())
-        model.eval()
-        shift, scale = measure_latent_scale(
-            model, dataset.whole_videos()[: tc.eval_videos], tc.eval_max_frames, accelerator.device
+        loader = DataLoader(
+            self.dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True, num_workers=cfg.data.num_workers
         )
+        opt = torch.optim.AdamW(vae.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
+        self.disc = self.opt_d = None
+        if use_gan:  # the discriminator keeps its own rate (loss.disc_lr)
+            opt_d = torch.optim.AdamW(disc.parameters(), lr=lc.disc_lr, betas=(0.5, 0.9))
+            self.model, self.disc, self.optimizer, self.opt_d, self.loader = accelerator.prepare(
+                vae, disc, opt, opt_d, loader
+            )
+        else:
+            self.model, self.optimizer, self.loader = accelerator.prepare(vae, opt, loader)
+        self.unwrapped = accelerator.unwrap_model(self.model)
+
+    def summary(self, accelerator: Accelerator) -> str:
+        n_params = sum(p.numel() for p in self.unwrapped.parameters())
+        return (
+            f"VAE {n_params / 1e6:.2f}M params, {vae_summary(self.unwrapped)}; {len(self.dataset.paths)} videos; "
+            f"{accelerator.num_processes} process(es) on {accelerator.device}"
+        )
+
+    def batches(self, step: int) -> Iterator:
+        return epochs(self.loader, step)
+
+    def train_step(self, clip, step: int) -> StepOutput:
+        """clip: (B, 3, clip_frames, R, R), with (B, 1, R, R) motion maps if the L1 is motion-weighted."""
+        cfg, lc = self.cfg, self.cfg.loss
+        gan_on = self.disc is not None and step >= lc.gan_start_step
+        weight = None
+        if lc.motion_weight > 0:
+            clip, motion = clip
+            weight = (1 + lc.motion_weight * motion.clamp(max=lc.motion_cap)).unsqueeze(2)  # (B, 1, 1, R, R)
+        context = self.context_lengths[int(torch.randint(len(self.context_lengths), ()))]
+        end = cfg.data.num_frames if context == 0 else context + cfg.data.num_frames - 1
+        x = clip[:, :, context:end]  # the frames the loss sees
+        recon, posterior = self.model(clip[:, :, :end], context_frames=context)
+        err = (recon - x).abs()
+        l1 = err.mean()
+        rec = l1 if weight is None else (err * weight).mean() / weight.mean()
+        kl = kl_per_element(posterior.mean, posterior.logvar)
+        loss = rec + lc.kl_weight * kl
+        values = {"loss": 0.0, "l1": l1.item(), "kl": kl.item()}
+        if lc.temporal_weight > 0 and x.shape[2] > 1:
+            temporal = (recon.diff(dim=2) - x.diff(dim=2)).abs().mean()
+            loss = loss + lc.temporal_weight * temporal
+            values["l1_temporal"] = temporal.item()
+        if weight is not None:
+            values["l1_motion"] = rec.item()
+        frames_r = rearrange(recon, "b c t h w -> (b t) c h w")  # for the per-frame losses
+        frames_x = rearrange(x, "b c t h w -> (b t) c h w")
+        if self.lpips is not None:
+            perc = self.lpips(frames_r, frames_x).mean()
+            loss = loss + lc.perceptual_weight * perc
+            values["lpips"] = perc.item()
+        if self.expert is not None:
+            mouth = mouth_expert_distance(self.expert, frames_r, frames_x)
+            loss = loss + lc.mouth_weight * mouth
+            values["mouth"] = mouth.item()
+        if gan_on:
+            g = hinge_g_loss(self.disc(frames_r))
+            loss = loss + lc.gan_weight * g
+            values["g_loss"] = g.item()
+        values["loss"] = loss.item()
+
+        def update_discriminator() -> dict[str, float]:
+            d = hinge_d_loss(self.disc(frames_x), self.disc(frames_r.detach()))
+            self.accelerator.backward(d)
+            self.opt_d.step()
+            self.opt_d.zero_grad(set_to_none=True)
+            return {"d_loss": d.item()}
+
+        return StepOutput(
+            loss, values, samples=x.shape[0] * x.shape[2], after_update=update_discriminator if gan_on else None
+        )
+
+    def evaluate(self, step: int) -> dict:
+        tc = self.cfg.train
+        videos = self.dataset.whole_videos()[: tc.eval_videos]
+        return evaluate_psnr(self.unwrapped, videos, tc.eval_max_frames, self.accelerator.device)
+
+    def format_eval(self, step: int, result: dict, final: bool) -> str:
+        psnr, moving = result["psnr"], result["psnr_motion"]
+        if final:
+            n = len(result["psnr_per_video"])
+            return f"final eval psnr {psnr:.2f} dB, moving pixels {moving:.2f} dB (EMA weights, {n} videos)"
+        return f"step {step} | eval psnr {psnr:.2f} dB, moving pixels {moving:.2f} dB"
+
+    def export(self, accelerator: Accelerator, folder: Path, step: int) -> None:
+        if not accelerator.is_main_process:
+            return
+        tc, model = self.cfg.train, self.unwrapped
+        model.eval()
+        videos = self.dataset.whole_videos()[: tc.eval_videos]
+        shift, scale = measure_latent_scale(model, videos, tc.eval_max_frames, accelerator.device)
         model.register_to_config(shift_factor=shift, scaling_factor=scale)
-        model.save_pretrained(export)
-        ema.restore(model.parameters())
-        print(f"exported EMA weights to {export} (latent shift {shift:.4f}, scale {scale:.4f})")
-    accelerator.wait_for_everyone()
-    return export
+        model.save_pretrained(folder)
+        print(f"exported EMA weights to {folder} (latent shift {shift:.4f}, scale {scale:.4f})")
 
 
 def vae_summary(vae: CausalVideoVAE) -> str:
