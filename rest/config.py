@@ -45,8 +45,8 @@ class VAEArch:
     scaling_factor: float = 1.0  # latents are multiplied by this after `shift_factor` is subtracted
     shift_factor: float = 0.0
     # Normalisation in the residual blocks: "rms" (per-pixel RMS over channels) or "none" (a learned gain only).
-    # On SynthTalk frames "none" at lr 3e-4 learns faster: 23.6 dB after 200 steps against 22.4 dB for "rms" at
-    # its best rate, 1e-4 (tiny, batch 8, from scratch). "rms" stays the default, for the weights already shipped.
+    # "none" tolerates a higher learning rate and learnt faster from scratch on SynthTalk (docs/experiments.md);
+    # "rms" stays the default, for the weights already shipped.
     norm: Literal["rms", "none"] = "rms"
 
     @property
@@ -69,7 +69,7 @@ class DiTSize:
 
 @dataclass(frozen=True)
 class Preset:
-    """A named system size: resolution, VAE, denoiser and streaming window (DESIGN.md, "Presets")."""
+    """A named system size: resolution, VAE, denoiser and streaming window (docs/design.md, "Presets")."""
 
     name: str
     resolution: int  # square frames, pixels

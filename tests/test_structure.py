@@ -1,4 +1,4 @@
-"""Import directions inside `rest/` (DESIGN.md, "Dependencies point one way"): models <- diffusion, streaming <-
+"""Import directions inside `rest/` (docs/design.md, "The contract between modules"): models <- diffusion, streaming <-
 pipelines <- serve, commands; training beside pipelines, never under them; metrics score and train nothing; the
 networks a loss uses live with the models; the stage hand-offs (rest/exports.py) sit between models and both sides.
 

@@ -8,7 +8,7 @@ look-ahead) has arrived, so the first chunk waits for `audio buffering` of media
 
     first-frame latency = audio buffering (first chunk + look-ahead) + compute of the first chunk + its VAE decode
 
-(DESIGN.md, "Streaming latency"). The portrait's ID-Sink is written before the audio starts (`setup_ms`, not on
+(docs/design.md, "Streaming latency"). The portrait's ID-Sink is written before the audio starts (`setup_ms`, not on
 the latency path). Random weights by default (speed does not depend on them), or `--weights FOLDER` with
 `denoiser/`, `audio_encoder/` and either `vae/` or a `student.json` / `teacher.json` naming the VAE folder
 (a pipeline folder of `rest export-pipeline` works: its `pipeline.json` gives K and the levels).

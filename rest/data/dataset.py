@@ -33,8 +33,7 @@ def clips_in_turn(starts: list[range]) -> list[tuple[int, int]]:
 
     Middle first because clips open alike: in SynthTalk every clip starts with a short silence before the speech,
     so the opening windows of two clips have nearly the same audio envelope, and a loss with "another clip's audio"
-    there barely differs from the loss with the clip's own (the demo teacher: audio_gain -0.0003 on opening windows,
-    +0.0029 on middle ones).
+    there barely differs from the loss with the clip's own.
     """
     rotated = [list(r)[len(r) // 2 :] + list(r)[: len(r) // 2] for r in starts]
     depth = max((len(r) for r in rotated), default=0)

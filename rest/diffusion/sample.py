@@ -35,8 +35,7 @@ def sample(
     `train_latent_frames`). Longer clips are generated window by window: each later window starts with the last
     `overlap` latent frames of the one before, given clean (the continuation the teacher trains on, flow
     `continuation_share`), at the window-relative positions of training. Sampling a much longer clip in one pass
-    puts the frames at positions and attention lengths training never saw; the samples blur (measured in the
-    model card).
+    puts the frames at positions and attention lengths training never saw; the samples blur (docs/experiments.md).
 
     Args:
         denoiser: a bidirectional `DenoiserDiT` (set_attention_mode("bidirectional") for a student).

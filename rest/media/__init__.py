@@ -1,7 +1,7 @@
 """Media I/O: decode video, audio and images into the project's conventions, and write H.264 + AAC mp4 files.
 
-Conventions (DESIGN.md): video at 25 fps by default; audio 16 kHz mono float32 in [-1, 1]; pixels as uint8
-numpy `(F, H, W, 3)` at the I/O boundary and float `(3, F, H, W)` in [-1, 1] inside the models
+Conventions (docs/design.md, "Conventions"): video at 25 fps by default; audio 16 kHz mono float32 in [-1, 1];
+pixels as uint8 numpy `(F, H, W, 3)` at the I/O boundary and float `(3, F, H, W)` in [-1, 1] inside the models
 (`frames_to_tensor` / `tensor_to_frames` convert).
 
 Decoding goes through PyAV (FFmpeg); `RandomAccessVideo` uses decord for random windows of frames in training.

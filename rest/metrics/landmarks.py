@@ -20,8 +20,8 @@ with dlib's 68-point shape predictor (`shape_predictor_68_face_landmarks.dat`, s
 Faces are found by `rest.data.face.FaceDetector` (dlib HOG) in every frame; a frame without a face keeps the box
 of the last face found (a talking head does not jump), and frames before the first face take the first box. The
 boxes are then averaged over `SMOOTH_FRAMES` frames around each frame: HOG boxes jitter by a few pixels, and the
-shape predictor's lip points move with them (on one rendered face whose mouth follows a known track, raw per-frame
-boxes read it at 0.35 correlation, smoothed ones at 0.58, a fixed box at 0.88).
+shape predictor's lip points move with them: on a rendered face whose mouth follows a known track, smoothed boxes
+read the track clearly better than raw ones, and a fixed box better still (docs/experiments.md, "The judge").
 `box=` skips detection and reads every frame inside one box (a generated video whose faces are too blurred for
 HOG, read where the portrait's face is). A video in which no face is ever found is an error.
 """

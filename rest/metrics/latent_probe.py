@@ -6,8 +6,8 @@ frame after the first (which codes frame 0 alone) is paired with the mean label 
 covers. Ridge regression on standardised latents is fitted on the training clips, and the probe reports the
 Pearson correlation of its predictions with the labels of held-out clips (other identities).
 
-A linear probe is a lower bound on what a denoiser could read, but a useful one: on the first demo VAE (shipped
-in weights/rest-tiny) it read a held-out correlation of about 0.1, and its reconstructions showed no mouth.
+A linear probe is a lower bound on what a denoiser could read, but a useful one: a VAE whose latents the probe
+cannot read has, in practice, reconstructions without a moving mouth (docs/experiments.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Denoiser DiT: audio-to-video diffusion transformer over causal-VAE latents, with the portrait as an ID-Sink.
 
-One architecture, two attention modes (DESIGN.md, component 3): `bidirectional` for the teacher, `block_causal`
+One architecture, two attention modes (docs/design.md, component 3): `bidirectional` for the teacher, `block_causal`
 for the streaming student. It predicts the rectified-flow velocity of the video latents (rest/diffusion/flow.py).
 
 Token layout. A clip of f latent frames (B, C, f, h, w) plus the portrait's latent frame (B, C, 1, h, w) become

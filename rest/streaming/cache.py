@@ -1,4 +1,4 @@
-"""ID-Context cache: the per-stream key/value memory of the streaming denoiser (DESIGN.md, component 5).
+"""ID-Context cache: the per-stream key/value memory of the streaming denoiser (docs/design.md, component 5).
 
 Layout. For every DiT layer the cache holds one preallocated buffer of keys and one of values,
 `(depth, B, H, T, Dh)` with `T = n * (1 + context_chunks * chunk_latent_frames)` tokens (n = tokens per latent

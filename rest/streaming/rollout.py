@@ -1,4 +1,4 @@
-"""Chunk rollout: the one function that generates a streaming chunk (DESIGN.md, component 6).
+"""Chunk rollout: the one function that generates a streaming chunk (docs/design.md, component 6).
 
 `rollout_chunk(denoiser, cache, noise, audio, sigmas)` denoises the next chunk of a stream in K Euler steps against
 the ID-Context cache (rest/streaming/cache.py), then writes the chunk's keys/values into the cache from one more

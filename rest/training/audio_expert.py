@@ -2,19 +2,19 @@
 
 The teacher trains its audio encoder jointly with the denoiser, through the flow loss only. On SynthTalk, where the
 mouth is a few tokens of an 8 x 8 latent, that signal is weak: trained at the denoiser's rate the encoder
-collapsed to a constant, and frozen at its random initialisation the teacher's audio_gain stayed under 0.001 after
-4000 steps (model card). This stage gives the encoder a direct target instead: the per-frame mouth openness of the
+can collapse to a constant, and frozen at its random initialisation it gives the teacher almost no audio response
+(docs/experiments.md). This stage gives the encoder a direct target instead: the per-frame mouth openness of the
 clips (SynthTalk's `mouth_open` labels), read through a linear head from the encoder's features over windows of
 audio, with the encoder's own look-ahead and causality. The teacher then starts from it (`audio_encoder_init`,
 usually frozen).
 
 Real speech: synthetic voices are clean, level, dry and full-band, with digital silence between sentences, and an
-expert trained on them alone learns the synthesizer, not speech (on real talking-face clips its reading followed the
-real speaker's lips barely better than shuffled audio). Two things close that gap (measured in the model card):
-SynthTalk speaks with voices built from real recordings (festival, flite) beside espeak-ng, and with `augment` every
-training window passes through `rest.data.augment.SpeechAugment` (speed, reverberation, band limits, spectral tilt,
-noise and babble, mu-law, level), so that the head must read the mouth through what microphones and rooms do.
-`speed` resamples the labels with the audio; every other transform keeps their timing.
+expert trained on them alone learns the synthesizer, not speech. Two things aim at that gap: SynthTalk speaks with
+voices built from real recordings (festival, flite) beside espeak-ng, and with `augment` every training window
+passes through `rest.data.augment.SpeechAugment` (speed, reverberation, band limits, spectral tilt, noise and
+babble, mu-law, level), so that the head must read the mouth through what microphones and rooms do. How far they
+close it on real speech is measured by `evaluation/real_speech_study.py` (docs/experiments.md: so far within the
+noise of 8 clips). `speed` resamples the labels with the audio; every other transform keeps their timing.
 
 Keeping a trained generator: a denoiser trained on one encoder's features cannot read another's. With
 `feature_teacher` (that encoder, frozen) the expert starts from the teacher's weights and learns, beside the head's

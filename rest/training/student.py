@@ -27,8 +27,8 @@ Stage 3 (Asynchronous Streaming Distillation), one training step on a batch of B
    trajectory. With `asd.context_timestep` = c > 0 the student's cache holds its past re-noised to level c
    (x_i(0) (1 - c) + c eps'_i), and the teacher's window holds the clean context chunks the same way, at level c
    (noise augmentation of the context, against the blur and errors of the student's own past compounding). The
-   teacher never trained on a context at level c; the student distilled through it at c = 0.2 keeps its face
-   over a stream, where the one distilled with a clean context loses it (weights/rest-tiny/README.md).
+   teacher never trained on a context at level c; a student distilled through it at c > 0 keeps its face
+   over a stream, where one distilled with a clean context loses it (docs/experiments.md).
 4. Teacher target (frozen, bidirectional, no gradient). The teacher sees the whole window [w_0, .., w_{M-1}] at the
    per-chunk levels [t_0, .., t_{M-1}] at once, with the portrait and the audio, and CFG baked in (guided velocity,
    `asd.teacher_guidance`). With `asd.teacher_substeps` = N it integrates the window over the student's next step,
@@ -58,11 +58,9 @@ Stage 3 (Asynchronous Streaming Distillation), one training step on a batch of B
    this term matches it directly:
         L_pair = || (v_S(A') - v_S(A)) - dv_T ||^2,      L += lambda_a * L_pair
    It costs one more teacher target and one more student pass on the last chunk, and needs batches of 2 or more
-   clips (an evaluation batch of 1 skips it). On the demo teacher, after 300 steps without this term
-   (teacher_steps 8), the student's response to swapped audio was a quarter of the teacher's (squared norm) and
-   hardly aligned with it (cosine 0.1), and its held-out mouth correlation was 0.00 against 0.00 shuffled; with it
-   (lambda_a = 1, teacher_steps 4), 0.155 against 0.076 (weights/rest-tiny/README.md, "Run of 2026-11-30", which
-   also says what this comparison does not separate).
+   clips (an evaluation batch of 1 skips it). Without this term the student's response to swapped audio
+   stays a small fraction of the teacher's and hardly aligned with it, and its mouth does not follow the audio
+   (docs/experiments.md, "Run of 2026-11-30").
 
 8. Mouth-expert loss (`asd.mouth_weight` = lambda_m > 0, with `asd.mouth_expert`; off by default). The student's
    clean estimate of the last chunk from the teacher-forced forward of 6., x0_hat = x_gt - t v_gt, is decoded by
@@ -71,8 +69,8 @@ Stage 3 (Asynchronous Streaming Distillation), one training step on a batch of B
    two mouths (`mouth_expert_distance`: its features, and its openness readings):
         L_mouth = d_expert(D(x0_hat), D(x0)),      L += lambda_m * L_mouth
    With `asd.mouth_box` the expert sees D(x0_hat) inside the box and D(x0) around it, so only the mouth's pixels
-   can lower the loss. Without it, the demo student learnt to move the hair and the cheeks with the audio, which
-   the expert, looking at the whole lower face, reads as an opening mouth (weights/rest-tiny/README.md).
+   can lower the loss. Without it, a student can learn to move the hair and the cheeks with the audio, which the
+   expert, looking at the whole lower face, reads as an opening mouth (docs/experiments.md).
    The mouth is a few of the latent frame's tokens, so the flow and distillation losses, averaged over the
    frame, let it settle near its mean; this term weighs it as a lip-sync expert does (Wav2Lip's SyncNet loss,
    Prajwal et al. 2020). At t = 1 (K = 1) x0_hat is the student's one-step sample given its audio.
@@ -87,9 +85,8 @@ Deviations from the design's wording, and why:
   (the reason few-step samplers are distilled, not just copied: progressive distillation, Salimans & Ho 2022;
   InstaFlow / rectified-flow distillation, Liu et al. 2023). Matching the teacher's average velocity over the
   student's step makes one student Euler step land where N teacher steps land. N = 1 recovers the definition.
-  The teacher's own samples need steps to follow the audio: on the demo teacher (held-out SynthTalk, CFG audio 4,
-  portrait 2) mouth correlation with the labels, own vs shuffled audio, is 0.12 vs 0.11 at 2 steps, 0.31 vs 0.15
-  at 4, 0.34 vs 0.19 at 8: hence `teacher_steps`, which keeps the target's trajectory as K drops to 1.
+  The teacher's own samples need several steps to follow the audio (at 2 steps its mouth barely beats shuffled
+  audio; docs/experiments.md): hence `teacher_steps`, which keeps the target's trajectory as K drops to 1.
 - The window holds the student's own intermediate states, not noised ground truth, and the ground-truth loss uses
   a separate teacher-forced forward. If the teacher saw the ground-truth past while the student saw its own, the
   target would ask the student for a continuation of a past it never saw (pose, expression): it can only learn
@@ -100,7 +97,7 @@ Deviations from the design's wording, and why:
 
 The step count K follows `asd.steps_schedule` (a list of [first training step, K]); the export's student.json
 records the K in use at the end of training, the levels, the chunk, the context and the context timestep, which
-the streaming generator must use.
+the streaming session must use.
 
 Runs unchanged on CPU, one GPU or many through accelerate (`accelerate launch train/student.py --config ...`).
 A run folder holds `checkpoints/`, `metrics.jsonl` and `export/` (EMA weights: `export/denoiser/`,
