@@ -19,8 +19,9 @@ from PIL import Image
 
 from rest.errors import RestError
 from rest.media import read_audio, read_image
+from rest.metrics.heldout import write_study
 from rest.metrics.landmarks import FaceLandmarks68
-from rest.metrics.realspeech import format_table, plot_curves, read_real_clips, real_speech_study, write_study
+from rest.metrics.realspeech import format_table, plot_curves, read_real_clips, real_speech_study
 from rest.models.audio import AudioExpert
 from rest.pipelines import TalkingHeadPipeline
 

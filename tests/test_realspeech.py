@@ -89,7 +89,8 @@ def test_real_clips_are_read_from_video(clips):
 
 
 def test_an_oracle_follows_the_words_and_rests_in_silence(clips, landmarks, tmp_path):
-    from rest.metrics.realspeech import format_table, plot_curves, real_speech_study, write_study
+    from rest.metrics.heldout import write_study
+    from rest.metrics.realspeech import format_table, plot_curves, real_speech_study
 
     portraits = {"p": _Portrait(_render(np.zeros(1))[0])}
     files = {"silence": np.zeros(2 * SR, np.float32), "speech": _speech(3.0, [(0.5, 2.0)], 7)}

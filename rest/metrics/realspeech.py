@@ -26,7 +26,6 @@ stays where the portrait put it, and HOG misses some blurred generated faces.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,13 +243,6 @@ def plot_curves(result: dict, path: str | Path) -> Path:
     return path
 
 
-def write_study(result: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
-
-
 __all__ = [
     "RealClip",
     "format_table",
@@ -259,5 +251,4 @@ __all__ = [
     "plot_curves",
     "read_real_clips",
     "real_speech_study",
-    "write_study",
 ]

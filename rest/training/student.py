@@ -117,7 +117,6 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from rest.config import ConfigError, to_dict
-from rest.data.augment import AugmentConfig
 from rest.data.dataset import TalkingClipDataset
 from rest.diffusion.flow import (
     Guidance,
@@ -137,7 +136,7 @@ from rest.models.vae import CausalVideoVAE
 from rest.streaming import IDContextCache, chunk_audio_span, chunk_velocity, rollout_chunk, write_chunk, write_sink
 from rest.training.common import TrainConfig, start_from
 from rest.training.loop import StepOutput, Trainer, epochs, training_loop
-from rest.training.teacher import collate_clips, encode_latents
+from rest.training.teacher import clip_dataset, collate_clips, encode_latents
 from rest.training.vae import mouth_expert_distance
 
 STREAMING_KEYS = ("chunk_latent_frames", "context_chunks")  # the student settings a config may change
@@ -746,17 +745,8 @@ def _dataset(
     random_windows: bool,
 ) -> TalkingClipDataset:
     lookahead = audio_encoder.lookahead_frames + denoiser.config.audio_lookahead
-    return TalkingClipDataset(
-        cfg.data.root,
-        num_frames=num_frames,
-        temporal_compression=denoiser.config.temporal_compression,
-        split=split,
-        seed=cfg.train.seed,
-        audio_lookahead_frames=lookahead,
-        ref_min_gap=cfg.data.ref_min_gap,
-        random_windows=random_windows,
-        augment_audio=AugmentConfig() if cfg.data.augment_audio and random_windows else None,
-    )
+    temporal_compression = denoiser.config.temporal_compression
+    return clip_dataset(cfg.data, cfg.train.seed, split, num_frames, temporal_compression, lookahead, random_windows)
 
 
 @dataclass

@@ -28,6 +28,7 @@ import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -327,16 +328,40 @@ def _dataset(
             vae_fingerprint=vae_fingerprint(cfg.vae),
             augment_audio=AugmentConfig() if cfg.data.augment_audio and random_windows else None,
         )
+    return clip_dataset(
+        cfg.data, cfg.train.seed, split, cfg.data.num_frames, vae.temporal_compression, lookahead, random_windows
+    )
+
+
+class ClipData(Protocol):
+    """What `clip_dataset` reads of a trainer's `data:` config (the teacher's and the student's)."""
+
+    root: str
+    ref_min_gap: int | None
+    augment_audio: bool
+
+
+def clip_dataset(
+    data: ClipData,
+    seed: int,
+    split: str,
+    num_frames: int,
+    temporal_compression: int,
+    lookahead: int,
+    random_windows: bool,
+) -> TalkingClipDataset:
+    """Windows of `num_frames` decoded frames of a split, with `lookahead` frames of audio after each window (the
+    encoder's look-ahead plus the denoiser's); training windows (`random_windows`) get `data.augment_audio`."""
     return TalkingClipDataset(
-        cfg.data.root,
-        num_frames=cfg.data.num_frames,
-        temporal_compression=vae.temporal_compression,
+        data.root,
+        num_frames=num_frames,
+        temporal_compression=temporal_compression,
         split=split,
-        seed=cfg.train.seed,
+        seed=seed,
         audio_lookahead_frames=lookahead,
-        ref_min_gap=cfg.data.ref_min_gap,
+        ref_min_gap=data.ref_min_gap,
         random_windows=random_windows,
-        augment_audio=AugmentConfig() if cfg.data.augment_audio and random_windows else None,
+        augment_audio=AugmentConfig() if data.augment_audio and random_windows else None,
     )
 
 
@@ -449,6 +474,7 @@ __all__ = [
     "TeacherTrainConfig",
     "TeacherTrainer",
     "batch_latents",
+    "clip_dataset",
     "collate_clips",
     "collate_latent_windows",
     "encode_latents",
