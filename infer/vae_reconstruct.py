@@ -8,9 +8,9 @@ import argparse
 import numpy as np
 
 from rest.media import center_crop_resize, read_video, write_video
-from rest.metrics.reconstruction import reconstruct, reconstruction_metrics
+from rest.metrics.reconstruction import reconstruction_metrics
 from rest.models.loading import load_local
-from rest.models.vae import CausalVideoVAE
+from rest.models.vae import CausalVideoVAE, reconstruct
 
 
 def main() -> None:

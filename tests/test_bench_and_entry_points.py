@@ -11,8 +11,8 @@ import torch
 
 from rest.cli import main
 from rest.media import write_video
-from rest.metrics.reconstruction import reconstruct, reconstruction_metrics
-from rest.models.vae import CausalVideoVAE
+from rest.metrics.reconstruction import reconstruction_metrics
+from rest.models.vae import CausalVideoVAE, reconstruct
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -450,7 +450,8 @@ def test_train_syncnet_smoke_exports_a_loadable_model(tmp_path, capsys):
 
 
 def test_train_mouth_regressor_smoke(tmp_path):
-    from rest.metrics.lipsync_gt import load_mouth_regressor, train_mouth_regressor
+    from rest.metrics.lipsync_gt import load_mouth_regressor
+    from rest.training.mouth_regressor import train_mouth_regressor
 
     _tiny_shards(tmp_path / "shards")
     train_mouth_regressor(tmp_path / "shards", steps=2, output=tmp_path / "mouth", batch_size=4, log_every=0)
@@ -464,7 +465,7 @@ def test_mouth_regressor_tracks_synthtalk_labels(tmp_path):
     """A short training on a tiny SynthTalk set: predictions on the frames correlate strongly with the labels."""
     from rest.data.synth.generate import SynthConfig, generate_dataset
     from rest.data.synth.speech import espeak_available
-    from rest.metrics.lipsync_gt import train_mouth_regressor
+    from rest.training.mouth_regressor import train_mouth_regressor
 
     if not espeak_available():
         pytest.skip("espeak-ng not installed")

@@ -139,3 +139,16 @@ def test_the_checker_sees_every_form_of_import():
     assert (2, "rest.metrics") in imported_modules("x = 1\nfrom .. import metrics\n", "rest.training", True)
     assert module_name(REST / "metrics" / "__init__.py") == "rest.metrics"
     assert module_name(REST / "exports.py") == "rest.exports"
+
+
+def test_metrics_train_nothing():
+    """Training code (an optimizer, a backward pass) lives in rest/training; rest/metrics only scores. A metric may
+    fit a closed-form read-out (a ridge regression), never run gradient steps."""
+    found = []
+    for path in sorted((REST / "metrics").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and (
+                node.attr == "backward" or (node.attr == "optim" and getattr(node.value, "id", "") == "torch")
+            ):
+                found.append(f"{path.relative_to(REST.parent)}:{node.lineno}: {node.attr}")
+    assert not found, "training code in rest/metrics:\n" + "\n".join(found)

@@ -8,7 +8,7 @@ See rest/models/mouth.py for the model and rest/metrics/lipsync_gt.py for the me
 
 import argparse
 
-from rest.metrics.lipsync_gt import train_mouth_regressor
+from rest.training.mouth_regressor import train_mouth_regressor
 
 
 def main() -> None:

@@ -244,7 +244,7 @@ def heldout_study(
             }
         )
         if vae is not None:
-            from rest.metrics.reconstruction import reconstruct
+            from rest.models.vae import reconstruct
 
             t = vae.temporal_compression
             frames = reconstruct(vae, clip.frames, chunk_frames=t)

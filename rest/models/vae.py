@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 
 from rest.config import VAEArch, get_preset, to_dict
+from rest.media import frames_to_tensor, tensor_to_frames
 
 #################################################################################
 #                                 Stream state                                  #
@@ -490,3 +492,28 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         param = next(self.parameters())
         pixels = torch.as_tensor(image).permute(2, 0, 1).to(param.device, param.dtype).div(127.5).sub(1.0)
         return self.normalize_latents(self.encode(pixels[None, :, None]).latent_dist.mode())
+
+
+@torch.no_grad()
+def reconstruct(vae: CausalVideoVAE, frames: np.ndarray, chunk_frames: int | None = None) -> np.ndarray:
+    """Encode and decode uint8 frames (F, R, R, 3) with the posterior mode; returns the first 1 + t*k frames.
+
+    `chunk_frames=None` codes the whole clip at once; otherwise the clip streams through the VAE in chunks of
+    that many frames (the way a live stream would), which gives the same result up to float rounding.
+    """
+    t = vae.temporal_compression
+    n = 1 + t * ((len(frames) - 1) // t)
+    device = next(vae.parameters()).device
+    x = frames_to_tensor(frames[:n]).unsqueeze(0).to(device)  # (1, 3, F, R, R)
+    if chunk_frames is None:
+        y = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    else:
+        enc, dec, outs = vae.init_cache("encode"), vae.init_cache("decode"), []
+        for s in range(0, n, chunk_frames):
+            out, enc = vae.encode_chunk(x[:, :, s : s + chunk_frames], enc)
+            z = out.latent_dist.mode()
+            if z.shape[2]:
+                frames_out, dec = vae.decode_chunk(z, dec)
+                outs.append(frames_out.sample)
+        y = torch.cat(outs, dim=2)
+    return tensor_to_frames(y[0])
