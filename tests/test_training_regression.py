@@ -2,8 +2,8 @@
 resumed from the step-2 checkpoint. The numbers were recorded on the code before the trainers shared one loop
 (issue 27); a change to the loop, the seeding, the data order or a loss that moves them fails here.
 
-The tolerances are for floating-point reduction order only (rel 1e-5): any real change to the order of random draws
-or of the update moves these numbers by far more.
+The tolerance (`REL`) is for floating-point reduction order only: a real change to the order of random draws or of
+the update moves these numbers by more.
 """
 
 from __future__ import annotations
@@ -52,12 +52,19 @@ def records(out: Path, kind: str) -> list[dict]:
     return [flat(r) for r in MetricsLog.read(out, kind)]
 
 
+# Float sums in another order (thread split, the memory alignment oneDNN's kernels see, which depends on what the
+# suite allocated before) move the third step's numbers by up to about 6e-5 relative between runs of the same code;
+# a change in what a step computes moves them by more (a resume that restarts the data order moved the teacher's
+# third loss by 5e-4).
+REL, ABS = 2e-4, 1e-6
+
+
 def assert_pinned(got: list[dict], want: list[dict]) -> None:
     assert len(got) == len(want), (got, want)
     for g, w in zip(got, want, strict=True):
         assert sorted(g) == sorted(w), (g, w)
         for key, value in w.items():
-            assert g[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (key, g, w)
+            assert g[key] == pytest.approx(value, rel=REL, abs=ABS), (key, g, w)
 
 
 def resumed_at_2(train, make_cfg, out: Path, resumed: Path) -> list[dict]:
