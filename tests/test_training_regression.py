@@ -59,12 +59,12 @@ def records(out: Path, kind: str) -> list[dict]:
 REL, ABS = 2e-4, 1e-6
 
 
-def assert_pinned(got: list[dict], want: list[dict]) -> None:
+def assert_pinned(got: list[dict], want: list[dict], abs_tol: float = ABS) -> None:
     assert len(got) == len(want), (got, want)
     for g, w in zip(got, want, strict=True):
         assert sorted(g) == sorted(w), (g, w)
         for key, value in w.items():
-            assert g[key] == pytest.approx(value, rel=REL, abs=ABS), (key, g, w)
+            assert g[key] == pytest.approx(value, rel=REL, abs=abs_tol), (key, g, w)
 
 
 def resumed_at_2(train, make_cfg, out: Path, resumed: Path) -> list[dict]:
@@ -310,5 +310,6 @@ def test_syncnet(sync_shards, tmp_path):
     make = lambda out: sync_config(sync_shards, out)  # noqa: E731
     train_syncnet(make(tmp_path / "run"), evaluate=evaluate_sync)
     assert_pinned(records(tmp_path / "run", "train"), SYNCNET_TRAIN)
-    assert_pinned(records(tmp_path / "run", "eval"), SYNCNET_EVAL)
+    # LSE-D / LSE-C are reported to 3 decimals: reduction order can flip the last one.
+    assert_pinned(records(tmp_path / "run", "eval"), SYNCNET_EVAL, abs_tol=1.001e-3)
     assert_pinned(resumed_at_2(train_syncnet, make, tmp_path / "run", tmp_path / "resumed"), SYNCNET_TRAIN[2:])
