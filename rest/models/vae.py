@@ -26,7 +26,6 @@ from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 
 from rest.config import VAEArch, get_preset, to_dict
-from rest.media import frames_to_tensor, tensor_to_frames
 
 #################################################################################
 #                                 Stream state                                  #
@@ -501,6 +500,8 @@ def reconstruct(vae: CausalVideoVAE, frames: np.ndarray, chunk_frames: int | Non
     `chunk_frames=None` codes the whole clip at once; otherwise the clip streams through the VAE in chunks of
     that many frames (the way a live stream would), which gives the same result up to float rounding.
     """
+    from rest.media import frames_to_tensor, tensor_to_frames  # media I/O only here: the model imports no PyAV
+
     t = vae.temporal_compression
     n = 1 + t * ((len(frames) - 1) // t)
     device = next(vae.parameters()).device
