@@ -15,6 +15,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 from starlette.websockets import WebSocketDisconnect  # noqa: E402
 
+from rest.errors import RestError  # noqa: E402
 from rest.pipelines import TalkingHeadPipeline  # noqa: E402
 from rest.serve import ServeOptions, create_app  # noqa: E402
 from rest.serve.app import _Session  # noqa: E402
@@ -209,19 +210,27 @@ def test_a_slow_client_loses_its_oldest_frames_not_its_messages(pipe):
     assert kept == [{"type": "stats"}, 2, 3, 4] and session.dropped == 2 and session.sent == 5
 
 
-def test_a_server_error_closes_that_session_only(client, pipe, monkeypatch):
-    def broken(portrait, seed=0):
-        raise ValueError("boom")
+@pytest.mark.parametrize(
+    "error, message, code",
+    [
+        (ValueError("boom"), "server error: ValueError: boom", 1011),  # a server fault
+        # RestError means bad input (here the pipeline refusing a value): 1008 with its message, not 1011
+        (RestError("emotion label 7 is out of range"), "emotion label 7 is out of range", 1008),
+    ],
+)
+def test_a_failing_session_closes_alone_with_its_code(client, pipe, monkeypatch, error, message, code):
+    def fail(portrait, seed=0):
+        raise error
 
     with monkeypatch.context() as patch:
-        patch.setattr(pipe, "stream", broken)
+        patch.setattr(pipe, "stream", fail)
         with client.websocket_connect("/ws") as ws:
             ws.send_text(json.dumps({"type": "start", "portrait": "bundled:face"}))
-            assert json.loads(ws.receive_text()) == {"type": "error", "message": "server error: ValueError: boom"}
+            assert json.loads(ws.receive_text()) == {"type": "error", "message": message}
             with pytest.raises(WebSocketDisconnect) as closed:
                 ws.receive_text()
-            assert closed.value.code == 1011
-    with client.websocket_connect("/ws") as ws:
+            assert closed.value.code == code
+    with client.websocket_connect("/ws") as ws:  # the server still serves
         ws.send_text(json.dumps({"type": "start", "portrait": "bundled:face"}))
         assert json.loads(ws.receive_text())["type"] == "ready"
 
@@ -253,22 +262,6 @@ def test_bench_serve_uploads_large_portraits_during_the_sessions(test_pipeline, 
     assert uploads["count"] >= 1 and uploads["ok"] == uploads["count"] and uploads["errors"] == []
     assert uploads["pixels"] == "6300x6300" and uploads["seconds"]["max"] > 0
     assert "uploads of a 6300x6300 PNG" in format_table(result)
-
-
-def test_a_rest_error_from_the_pipeline_is_the_clients_mistake(client, pipe, monkeypatch):
-    """RestError means bad input (here the pipeline refusing a value): 1008 with its message, not 1011."""
-    from rest.errors import RestError
-
-    def refuse(portrait, seed=0):
-        raise RestError("emotion label 7 is out of range")
-
-    monkeypatch.setattr(pipe, "stream", refuse)
-    with client.websocket_connect("/ws") as ws:
-        ws.send_text(json.dumps({"type": "start", "portrait": "bundled:face"}))
-        assert json.loads(ws.receive_text()) == {"type": "error", "message": "emotion label 7 is out of range"}
-        with pytest.raises(WebSocketDisconnect) as closed:
-            ws.receive_text()
-        assert closed.value.code == 1008
 
 
 def test_audio_samples_are_clipped_as_files_are(client):

@@ -243,28 +243,27 @@ SYNCNET_EVAL = [
 # ----------------------------------------------------------------------------- trainers
 
 
+def check_trainer(train, make, tmp_path: Path, want_train, want_eval, want_resumed) -> None:
+    """Train 3 steps, compare the train and eval records, resume from step 2 and compare step 3."""
+    train(make(tmp_path / "run"))
+    assert_pinned(records(tmp_path / "run", "train"), want_train)
+    assert_pinned(records(tmp_path / "run", "eval"), want_eval)
+    assert_pinned(resumed_at_2(train, make, tmp_path / "run", tmp_path / "resumed"), want_resumed)
+
+
 def test_teacher(teacher_assets, tmp_path):  # noqa: F811
     make = lambda out: cadence(teacher_experiment(teacher_assets, out))  # noqa: E731
-    train_teacher(make(tmp_path / "run"))
-    assert_pinned(records(tmp_path / "run", "train"), TEACHER_TRAIN)
-    assert_pinned(records(tmp_path / "run", "eval"), TEACHER_EVAL)
-    assert_pinned(resumed_at_2(train_teacher, make, tmp_path / "run", tmp_path / "resumed"), TEACHER_RESUMED)
+    check_trainer(train_teacher, make, tmp_path, TEACHER_TRAIN, TEACHER_EVAL, TEACHER_RESUMED)
 
 
 def test_student(student_assets, tmp_path):  # noqa: F811
     make = lambda out: cadence(student_experiment(student_assets, out))  # noqa: E731
-    train_student(make(tmp_path / "run"))
-    assert_pinned(records(tmp_path / "run", "train"), STUDENT_TRAIN)
-    assert_pinned(records(tmp_path / "run", "eval"), STUDENT_EVAL)
-    assert_pinned(resumed_at_2(train_student, make, tmp_path / "run", tmp_path / "resumed"), STUDENT_RESUMED)
+    check_trainer(train_student, make, tmp_path, STUDENT_TRAIN, STUDENT_EVAL, STUDENT_RESUMED)
 
 
 def test_vae(video_dir, tmp_path):  # noqa: F811
     make = lambda out: cadence(vae_experiment(video_dir, out))  # noqa: E731
-    train_vae(make(tmp_path / "run"))
-    assert_pinned(records(tmp_path / "run", "train"), VAE_TRAIN)
-    assert_pinned(records(tmp_path / "run", "eval"), VAE_EVAL)
-    assert_pinned(resumed_at_2(train_vae, make, tmp_path / "run", tmp_path / "resumed"), VAE_RESUMED)
+    check_trainer(train_vae, make, tmp_path, VAE_TRAIN, VAE_EVAL, VAE_RESUMED)
 
 
 @pytest.fixture(scope="module")

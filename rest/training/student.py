@@ -114,7 +114,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
-from torch.utils.data import DataLoader
 
 from rest.config import ConfigError, to_dict
 from rest.data.dataset import TalkingClipDataset
@@ -136,7 +135,7 @@ from rest.models.vae import CausalVideoVAE
 from rest.streaming import IDContextCache, chunk_audio_span, chunk_velocity, rollout_chunk, write_chunk, write_sink
 from rest.training.common import TrainConfig, start_from
 from rest.training.loop import StepOutput, Trainer, epochs, training_loop
-from rest.training.teacher import clip_dataset, collate_clips, encode_latents
+from rest.training.teacher import clip_dataset, clip_loader, collate_clips, encode_latents
 from rest.training.vae import mouth_expert_distance
 
 STREAMING_KEYS = ("chunk_latent_frames", "context_chunks")  # the student settings a config may change
@@ -660,14 +659,7 @@ class StudentTrainer(Trainer):
                 f"{cfg.data.root} has {dataset.samples_per_frame} audio samples per video frame, the audio encoder "
                 f"expects {audio_encoder.samples_per_frame}"
             )
-        loader = DataLoader(
-            dataset,
-            batch_size=tc.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=cfg.data.num_workers,
-            collate_fn=collate_clips,
-        )
+        loader = clip_loader(dataset, tc.batch_size, cfg.data.num_workers)
         if len(loader) == 0:
             raise ConfigError(f"{len(dataset)} training clips are fewer than one batch of {tc.batch_size}")
         trainable = [p for p in model.parameters() if p.requires_grad]

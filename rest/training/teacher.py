@@ -240,14 +240,7 @@ class TeacherTrainer(Trainer):
                 dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate_latent_windows
             )
         else:
-            loader = DataLoader(
-                dataset,
-                batch_size=tc.batch_size,
-                shuffle=True,
-                drop_last=True,
-                num_workers=cfg.data.num_workers,
-                collate_fn=collate_clips,
-            )
+            loader = clip_loader(dataset, tc.batch_size, cfg.data.num_workers)
         if len(loader) == 0:
             raise ConfigError(f"{len(dataset)} training clips are fewer than one batch of {tc.batch_size}")
         groups = [{"params": [p for name, p in model.named_parameters() if not name.startswith("audio_encoder.")]}]
@@ -330,6 +323,13 @@ def _dataset(
         )
     return clip_dataset(
         cfg.data, cfg.train.seed, split, cfg.data.num_frames, vae.temporal_compression, lookahead, random_windows
+    )
+
+
+def clip_loader(dataset: TalkingClipDataset, batch_size: int, num_workers: int) -> DataLoader:
+    """Shuffled training batches of whole clip windows (the last, incomplete batch dropped)."""
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers, collate_fn=collate_clips
     )
 
 
@@ -475,6 +475,7 @@ __all__ = [
     "TeacherTrainer",
     "batch_latents",
     "clip_dataset",
+    "clip_loader",
     "collate_clips",
     "collate_latent_windows",
     "encode_latents",
