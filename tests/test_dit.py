@@ -18,6 +18,8 @@ from rest.models.layers import KeyValue, RotaryEmbedding3D, apply_rotary
 from rest.models.loading import load_local
 
 TOL = 1e-5  # fp32 max abs error allowed between two paths that compute the same thing
+
+
 def inputs(batch: int = 2, frames: int = 3, size: int = 4, seed: int = 1, audio_dim: int = 8):
     g = torch.Generator().manual_seed(seed)
     latents = torch.randn(batch, 4, frames, size, size, generator=g)

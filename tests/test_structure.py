@@ -61,6 +61,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "rest.bench": ("rest.training", "rest.commands"),
     "rest.training": ("rest.metrics", "rest.pipelines", "rest.serve", "rest.commands", "rest.bench"),
     "rest.metrics": ("rest.training", "rest.serve", "rest.commands", "rest.bench"),
+    "rest.avatar": ("rest.serve", "rest.commands", "rest.bench"),
 }
 
 

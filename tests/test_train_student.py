@@ -15,12 +15,13 @@ from rest.cli import main
 from rest.config import ConfigError, load_config
 from rest.data.shards import ShardWriter
 from rest.diffusion.flow import Guidance, flow_sigmas, guided_velocity
-from rest.exports import StudentInfo, TeacherInfo, load_vae
+from rest.exports import PipelineConfig, StudentInfo, TeacherInfo, load_vae
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
 from rest.models.mouth import MouthRegressor
 from rest.models.vae import CausalVideoVAE
+from rest.pipelines.talking_head import write_pipeline
 from rest.streaming import IDContextCache, StreamingSession, chunk_audio_span, rollout_chunk, write_sink
 from rest.training.common import MetricsLog, latest_checkpoint, read_trainer_state
 from rest.training.student import (
@@ -507,6 +508,61 @@ def test_init_continues_from_a_student_export_with_the_mouth_loss(assets, tmp_pa
     cfg.init, cfg.student = str(tmp_path / "init"), {"context_chunks": 1}
     with pytest.raises(ConfigError, match="context_chunks"):
         train_student(cfg)
+
+
+def test_teacher_free_fine_tuning_of_a_pipeline_folder(assets, tmp_path):
+    """teacher: null (what `rest avatar train` runs): the networks, the shift and the VAE come from the pipeline
+    folder of `init`, only the ground-truth loss trains (lr 0: the export is the init), and train.max_minutes stops
+    the run after the step that crosses it. A teacher-free run that asks for distillation is refused."""
+    teacher = load_local(DenoiserDiT, assets["teacher"] / "denoiser")
+    student, audio_encoder = build_student(teacher, load_local(AudioEncoder, assets["teacher"] / "audio_encoder"), {})
+    config = PipelineConfig(preset="test", resolution=32, steps=1, shift=1.5, context_timestep=0.2, context_chunks=3)
+    write_pipeline(tmp_path / "pipe", load_vae(assets["vae"]), audio_encoder, student, config, half=False)
+
+    cfg = experiment(assets, tmp_path / "run", max_steps=5, max_minutes=0.0)
+    cfg.teacher, cfg.init, cfg.train.lr = None, str(tmp_path / "pipe"), 0.0
+    cfg.asd = ASDConfig(window_chunks=4, steps_schedule=((0, 1),), distill_weight=0.0, gt_loss_weight=1.0)
+    export = train_student(cfg)
+    logs = MetricsLog.read(tmp_path / "run", "train")
+    assert len(logs) == 1 and logs[0]["loss_gt"] > 0 and logs[0]["loss_distill"] == 0  # stopped by the budget
+    info = StudentInfo.read(export)
+    assert (info.shift, info.vae, info.teacher, info.step) == (1.5, str(tmp_path / "pipe" / "vae"), "", 1)
+    exported = load_local(DenoiserDiT, export / "denoiser").state_dict()
+    assert all(torch.equal(v, exported[k]) for k, v in student.state_dict().items())
+
+    # With the distillation on, the target is the ground truth seen from the student's own rollout.
+    cfg.asd.distill_weight, cfg.train.output_dir, cfg.train.max_minutes, cfg.train.max_steps = (
+        1.0,
+        str(tmp_path / "r2"),
+        None,
+        2,
+    )
+    train_student(cfg)
+    logs = MetricsLog.read(tmp_path / "r2", "train")
+    assert len(logs) == 2 and all(m["loss_distill"] > 0 for m in logs)
+    cfg.asd.audio_pair_weight = 1.0
+    with pytest.raises(ConfigError, match="teacher: null.*audio_pair_weight: 0"):
+        train_student(cfg)
+    cfg.asd.audio_pair_weight, cfg.init = 0.0, None
+    with pytest.raises(ConfigError, match="teacher: null.*needs init"):
+        train_student(cfg)
+
+
+def test_ground_truth_target_without_a_teacher(monkeypatch):
+    """No teacher: the distillation target of a chunk in the loss is (w - x0) / t, the velocity from the student's own
+    state to the data; at K = 1, w is the chunk's noise, so a student that predicts 0 scores mean (eps - x0)^2 over
+    the chunks in the loss (the clean context chunks are not in it). The teacher's target never runs."""
+    _, student, objective, latents, features, portrait = small_setup()
+    objective.config.gt_loss_weight = 0.0
+    draw = objective.draw(latents.shape, 1, "cpu", torch.Generator().manual_seed(0))
+    draw.levels = torch.tensor([[1, 0, 0], [1, 1, 0]])  # clean context first, then chunks at t = 1
+    monkeypatch.setattr(objective, "_teacher_target", lambda *a, **k: pytest.fail("no teacher: no teacher target"))
+    monkeypatch.setattr("rest.training.student.chunk_velocity", lambda model, cache, x, t, audio: torch.zeros_like(x))
+    _, logs = objective(student, None, latents, features, features, portrait, draw)
+    in_loss = draw.levels < 1
+    per_chunk = (draw.noise - latents).pow(2).mean(dim=(1, 3, 4))  # (B, M): one latent frame per chunk
+    expected = (per_chunk * in_loss).sum() / in_loss.sum()
+    assert logs["loss_distill"] == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_config_errors(assets, tmp_path):

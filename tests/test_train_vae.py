@@ -169,6 +169,24 @@ def test_fine_tune_from_an_export_with_motion_weighting(video_dir, tmp_path):
         train_vae(cfg)
 
 
+def test_keep_latent_scale_keeps_the_inits_shift_and_scale(video_dir, tmp_path):
+    """A fine-tuned VAE whose latents a generator already reads keeps its init's shift and scale (`rest avatar`);
+    without the option they are measured on the new data."""
+    first = train_vae(experiment(video_dir, tmp_path / "a", max_steps=2))
+    start = CausalVideoVAE.from_pretrained(first).config
+    cfg = experiment(video_dir, tmp_path / "b", max_steps=2)
+    cfg.init, cfg.keep_latent_scale, cfg.train.lr = str(first), True, 0.3  # a large step moves the latents
+    kept = CausalVideoVAE.from_pretrained(train_vae(cfg)).config
+    assert (kept.shift_factor, kept.scaling_factor) == (start.shift_factor, start.scaling_factor)
+    cfg = experiment(video_dir, tmp_path / "c", max_steps=2)
+    cfg.init, cfg.train.lr = str(first), 0.3
+    measured = CausalVideoVAE.from_pretrained(train_vae(cfg)).config
+    assert measured.scaling_factor != pytest.approx(start.scaling_factor, rel=1e-3)
+    cfg.init, cfg.keep_latent_scale = None, True
+    with pytest.raises(ValueError, match="keep_latent_scale needs init"):
+        train_vae(cfg)
+
+
 def test_ctrl_c_saves_a_checkpoint_to_resume_from(video_dir, tmp_path, monkeypatch, capsys):
     after_step = TrainingRun.after_step
 

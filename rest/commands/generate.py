@@ -47,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "portrait, audio, output and optionally seed, steps, emotion, crop_only, portrait_is_crop; every job is "
         "checked before the model loads, and a job that fails does not stop the others.",
     )
-    parser.add_argument("--portrait", help="image file (any size; the face is detected)")
+    parser.add_argument(
+        "--portrait", help="image file (any size; the face is detected); an avatar's --weights default to its own"
+    )
     parser.add_argument("--audio", help="speech: any audio file or a video's audio track")
     parser.add_argument("--output", help="MP4 to write")
     parser.add_argument("--jobs", default=None, metavar="JSONL", help="batch mode: one job per line")
@@ -96,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
             raise RestError("give either --jobs or --portrait/--audio/--output, not both")
         jobs, problems = read_jobs(args.jobs, args)
     else:
+        if args.portrait is None and args.weights and (Path(args.weights) / "avatar.json").is_file():
+            # an avatar (`rest avatar train`) animates its own face: its portrait, a crop already
+            args.portrait, args.portrait_is_crop = str(Path(args.weights) / "portrait.png"), True
         missing = [f"--{k}" for k in REQUIRED_KEYS if getattr(args, k) is None]
         if missing:
             raise RestError(f"missing {', '.join(missing)} (or give --jobs FILE.jsonl)")

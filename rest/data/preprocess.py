@@ -41,7 +41,7 @@ from tqdm import tqdm
 from rest.data.face import Box, FaceDetector
 from rest.data.shards import ClipRecord, ShardWriter
 from rest.errors import RestError
-from rest.media import MediaError, probe, read_audio, read_video
+from rest.media import MediaError, center_crop_resize, probe, read_audio, read_video
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 
@@ -83,6 +83,7 @@ class PreprocessOptions:
     crf: int = 12  # H.264 quality of the stored frames
     split: str = "train"
     detector: str = "auto"  # FaceDetector backend
+    face_crop: bool = True  # False: the video already is a face crop (centre square resized, no detection)
 
 
 #################################################################################
@@ -219,11 +220,11 @@ class ProcessedClip:
 
     frames: np.ndarray  # uint8 (F, R, R, 3)
     audio: np.ndarray  # float32 (F * sample_rate / fps,)
-    track: FaceTrack
+    track: FaceTrack | None  # None: not face-tracked (options.face_crop False)
     source_size: tuple[int, int]  # (width, height) of the input frames
 
 
-def preprocess_video(path: str | Path, options: PreprocessOptions, detector: FaceDetector) -> ProcessedClip:
+def preprocess_video(path: str | Path, options: PreprocessOptions, detector: FaceDetector | None) -> ProcessedClip:
     """Decode, align, face-track and crop one video; `SkipClip` (with the reason) for an unusable input."""
     path = Path(path)
     try:
@@ -260,9 +261,12 @@ def preprocess_video(path: str | Path, options: PreprocessOptions, detector: Fac
     audio = np.asarray(audio[: F * samples_per_frame], np.float32)
     if len(audio) < F * samples_per_frame:
         audio = np.pad(audio, (0, F * samples_per_frame - len(audio)))
+    source_size = (frames.shape[2], frames.shape[1])
+    if not options.face_crop:
+        return ProcessedClip(center_crop_resize(frames, options.resolution), audio, None, source_size)
     track = face_track(frames, detector, options.crop)
     crops = crop_frames(frames, track.boxes, options.resolution, options.crop.pad_mode)
-    return ProcessedClip(frames=crops, audio=audio, track=track, source_size=(frames.shape[2], frames.shape[1]))
+    return ProcessedClip(frames=crops, audio=audio, track=track, source_size=source_size)
 
 
 def _strip_path(err: Exception, path: Path) -> str:

@@ -254,6 +254,7 @@ def export_pipeline(
     else:
         folder = Path(audio_encoder)
         audio_encoder = load_local(AudioEncoder, folder, "audio encoder")
+
         def arch(config):
             return {k: v for k, v in config.items() if not k.startswith("_")}
 

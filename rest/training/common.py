@@ -176,6 +176,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 100
     max_steps: int = 1000
+    # wall-clock budget of this run (minutes, resumed time not counted): past it, the loop stops after the current
+    # step, checkpoints and exports as at max_steps; None = no budget
+    max_minutes: float | None = None
     grad_clip: float = 1.0  # max. gradient norm (0 = no clipping)
     ema_decay: float = 0.999  # reached after EMA warm-up (decay grows as 1 - (1 + step)^-2/3)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16 autocast on GPU

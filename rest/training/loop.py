@@ -110,7 +110,8 @@ def training_loop(
     config: dict,  # the whole experiment's config, written to <output_dir>/config.json
     resume: str | None = None,  # None (fresh run), "latest" or a checkpoint folder
 ) -> Path:
-    """Train (or resume) `trainer` for `train.max_steps` optimizer steps and export; returns the export folder."""
+    """Train (or resume) `trainer` for `train.max_steps` optimizer steps (or until `train.max_minutes`) and export;
+    returns the export folder."""
     accelerator = Accelerator(gradient_accumulation_steps=train.grad_accum, mixed_precision=train.mixed_precision)
     set_seed(train.seed, device_specific=True)
     out_dir = Path(train.output_dir)
@@ -208,6 +209,9 @@ def training_loop(
                 evaluate(final=False)
             if run.due(step, train.checkpoint_every):
                 run.save_checkpoint(step)
+            if train.max_minutes is not None and time.perf_counter() - t_start > 60 * train.max_minutes:
+                run.write(f"time budget of {train.max_minutes:g} min reached at step {step} of {train.max_steps}")
+                break
 
     # 4. Final checkpoint, evaluation and export (of the EMA weights).
     run.save_checkpoint(step)

@@ -78,6 +78,12 @@ Stage 3 (Asynchronous Streaming Distillation), one training step on a batch of B
 Ablation: `asd.distill_weight: 0` skips steps 2-5 and trains by teacher forcing only (the ground-truth loss over
 the asynchronous levels, the student never seeing its own past): the "no ASD" student of evaluation/drift_study.py.
 
+Without a teacher (`teacher: null`, fine-tuning the student of `init` on one person's footage: `rest avatar`), step 4's
+target is the ground truth seen from the student's own state: v_T,i = (w_i - x0_i) / t_i, the velocity that takes
+chunk i from where the student's rollout put it to the data (at K = 1, w_i = eps_i: the flow-matching target, but
+after the student's own past instead of the true one). The student learns to pull its own drifted past back to the
+footage, which teacher forcing alone never shows it. The paired audio loss needs the teacher.
+
 Deviations from the design's wording, and why:
 - `teacher_substeps` N > 1 (tiny/base configs: 4). With N = 1 the target is the teacher's instantaneous guided
   velocity, which is the design's definition; but a K-step Euler student that matches instantaneous velocities
@@ -106,6 +112,7 @@ A run folder holds `checkpoints/`, `metrics.jsonl` and `export/` (EMA weights: `
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -126,7 +133,7 @@ from rest.diffusion.flow import (
     shift_timesteps,
     velocity_target,
 )
-from rest.exports import StudentInfo, load_teacher, load_vae
+from rest.exports import PipelineConfig, StudentInfo, load_student, load_teacher, load_vae
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
@@ -225,9 +232,13 @@ class StudentTrainConfig(TrainConfig):
 
 @dataclass
 class StudentExperiment:
-    teacher: str  # the teacher's export folder (denoiser/, audio_encoder/, teacher.json)
+    # the teacher's export folder (denoiser/, audio_encoder/, teacher.json); None: no teacher, which needs `init`: the
+    # ground truth is the target (module docstring; the fine-tuning of `rest avatar train`)
+    teacher: str | None
     data: StudentDataConfig
-    init: str | None = None  # a student export to continue from (fine-tuning); None = the teacher (stage 2)
+    # a student export (student.json) or a pipeline folder (pipeline.json) to continue from (fine-tuning); None = the
+    # teacher (stage 2)
+    init: str | None = None
     vae: str | None = None  # the VAE folder; None = the one teacher.json names
     shift: float | None = None  # timestep shift of the student's levels; None = teacher.json's
     student: dict = field(default_factory=dict)  # streaming overrides of the denoiser: chunk_latent_frames, ...
@@ -393,11 +404,16 @@ class AsynchronousStreamingDistillation:
             window, t_teacher = self._context_as_cached(window, t, in_loss, draw, c)
             t_next_teacher = torch.where(in_loss, t_next, t_teacher)  # no segment for context chunks
 
-            # 4. Teacher target over the whole window at once.
+            # 4. Teacher target over the whole window at once (no teacher: the ground truth from the student's state).
             with torch.no_grad():
-                target = self._teacher_target(
-                    teacher, window, per_frame(t_teacher), per_frame(t_next_teacher), teacher_features, portrait, k_max
-                )
+                if teacher is None:
+                    level = per_frame(t_teacher)[:, None, :, None, None].float()
+                    target = (window.float() - latents.float()) / level.clamp_min(1e-6) * (level > 0)
+                else:
+                    target = self._teacher_target(
+                        teacher, window, per_frame(t_teacher), per_frame(t_next_teacher), teacher_features, portrait,
+                        k_max,
+                    )  # fmt: skip
 
             if pair:  # 7. The teacher's response to the other clip's audio under the last chunk.
                 features_swap, teacher_swap = self._swap_last_chunk_audio(student, features, teacher_features)
@@ -586,14 +602,17 @@ class StudentModel(nn.Module):
         portrait: torch.Tensor,
         draw: ASDDraw,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """teacher: a `TeacherNetworks`; latents (B, C, f, h, w); audio (B, N) samples; portrait (B, C, 1, h, w)."""
-        with torch.no_grad():
-            teacher_features = teacher.audio_encoder(audio)
+        """teacher: a `TeacherNetworks`, or None (ground-truth loss only); latents (B, C, f, h, w); audio (B, N)
+        samples; portrait (B, C, 1, h, w)."""
         if self.train_audio_encoder:
             features = self.audio_encoder(audio)
         else:
             with torch.no_grad():
                 features = self.audio_encoder(audio)
+        if teacher is None:
+            return self.objective(self.denoiser, None, latents, features, features, portrait, draw)
+        with torch.no_grad():
+            teacher_features = teacher.audio_encoder(audio)
         return self.objective(self.denoiser, teacher.denoiser, latents, features, teacher_features, portrait, draw)
 
 
@@ -615,6 +634,11 @@ class TeacherNetworks(nn.Module):
 def train_student(cfg: StudentExperiment, resume: str | None = None) -> Path:
     """Distil (or resume) the streaming student and export it; returns the export folder."""
     cfg.asd.check()
+    if cfg.teacher is None and (cfg.init is None or cfg.asd.audio_pair_weight > 0):
+        raise ConfigError(
+            "teacher: null fine-tunes the student of init on the ground truth: it needs init, and "
+            "asd.audio_pair_weight: 0 (the paired audio loss matches the teacher's response)"
+        )
     if cfg.asd.audio_pair_weight > 0 and cfg.train.batch_size < 2:
         raise ConfigError("asd.audio_pair_weight swaps audio between the clips of a batch: needs batch_size >= 2")
     return training_loop(StudentTrainer(cfg), cfg.train, to_dict(cfg), resume)
@@ -635,17 +659,24 @@ class StudentTrainer(Trainer):
         self.accelerator = accelerator
         device = accelerator.device
         # Teacher (frozen), stage-2 student, VAE, data.
-        teacher_dit, teacher_audio, teacher_info = load_teacher(cfg.teacher)
-        self.vae_path = cfg.vae or teacher_info.vae
-        vae = load_vae(self.vae_path).to(device).eval().requires_grad_(False)
-        denoiser, audio_encoder = build_student(teacher_dit, teacher_audio, cfg.student)
+        if cfg.teacher is not None:
+            teacher_dit, teacher_audio, teacher_info = load_teacher(cfg.teacher)
+            self.vae_path, shift = cfg.vae or teacher_info.vae, teacher_info.shift
+            denoiser, audio_encoder = build_student(teacher_dit, teacher_audio, cfg.student)
+            self.teacher = TeacherNetworks(teacher_dit, teacher_audio).to(device)
+            self.guidance, self.teacher_name = cfg.asd.teacher_guidance, str(cfg.teacher)
+        else:  # no teacher (ground-truth fine-tuning): the networks of `init`, its settings
+            denoiser, audio_encoder, start = _student_networks(cfg.init, cfg.student)
+            self.vae_path, shift = cfg.vae or start.vae, start.shift
+            self.teacher = None
+            self.guidance, self.teacher_name = start.teacher_guidance, start.teacher
         if cfg.init is not None:  # continue from a student export (its streaming settings must match `student:`)
             start_from(denoiser, Path(cfg.init) / "denoiser", "init", "student")
             start_from(audio_encoder, Path(cfg.init) / "audio_encoder", "init", "teacher (its audio encoder)")
+        vae = load_vae(self.vae_path).to(device).eval().requires_grad_(False)
         if tc.gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()
-        self.teacher = TeacherNetworks(teacher_dit, teacher_audio).to(device)
-        self.shift = cfg.shift if cfg.shift is not None else teacher_info.shift
+        self.shift = cfg.shift if cfg.shift is not None else shift
         mouth = None
         if cfg.asd.mouth_weight > 0:
             expert = load_local(MouthRegressor, cfg.asd.mouth_expert, "mouth expert (asd.mouth_expert)").to(device)
@@ -714,13 +745,48 @@ class StudentTrainer(Trainer):
                 context_chunks=self.denoiser.config.context_chunks,
                 window_chunks=cfg.asd.window_chunks,
                 teacher_substeps=cfg.asd.substeps_at(steps),
-                teacher_guidance=replace(cfg.asd.teacher_guidance),
-                teacher=str(cfg.teacher),
+                teacher_guidance=replace(self.guidance),
+                teacher=self.teacher_name,
                 vae=str(self.vae_path),
                 step=step,
             )
             export_student(self.unwrapped, state, folder, info)
             print(f"exported EMA weights to {folder} (denoiser/, audio_encoder/, student.json)")
+
+
+def _student_networks(folder: str, overrides: dict) -> tuple[DenoiserDiT, AudioEncoder, StudentInfo]:
+    """The streaming networks and student.json of a student export, or of a pipeline folder (its `training`
+    section, with its own vae/): the architecture a teacher-free run fine-tunes (`init`, copied in by the caller)."""
+    folder = Path(folder)
+    if (folder / StudentInfo.FILE).is_file():
+        denoiser, audio_encoder, info = load_student(folder)
+    else:
+        config = PipelineConfig.read(folder, "init must be a student export (student.json) or a pipeline folder")
+        denoiser = load_local(DenoiserDiT, folder / "denoiser", "init denoiser")
+        audio_encoder = load_local(AudioEncoder, folder / "audio_encoder", "init audio encoder")
+        if config.training is not None:
+            own = {f.name: getattr(config.training, f.name) for f in dataclasses.fields(StudentInfo)}
+        else:  # a pipeline assembled without training records: its streaming settings are all there is
+            own = dict(
+                steps=config.steps,
+                sigmas=tuple(flow_sigmas(config.steps, config.shift).tolist()),
+                shift=config.shift,
+                context_timestep=config.context_timestep,
+                chunk_latent_frames=config.chunk_latent_frames,
+                context_chunks=config.context_chunks,
+                window_chunks=config.context_chunks + 1,
+                teacher_guidance=Guidance(),
+                teacher="",
+                step=0,
+            )
+        info = StudentInfo(**{**own, "vae": str(folder / "vae")})
+    unknown = sorted(set(overrides) - set(STREAMING_KEYS))
+    if unknown:
+        raise ConfigError(f"student: {unknown[0]!r} cannot change; valid keys: {', '.join(STREAMING_KEYS)}")
+    student = DenoiserDiT.from_config(denoiser.config, attention_mode="block_causal", **overrides)
+    student.null_portrait.requires_grad_(False)
+    student.null_audio.requires_grad_(False)
+    return student, AudioEncoder.from_config(audio_encoder.config), info
 
 
 def window_frames(denoiser: DenoiserDiT, window_chunks: int) -> int:

@@ -99,6 +99,9 @@ class VAEExperiment:
     # `init` was trained on single frames only: start the untrained first-frame halves of its temporal upsamplers
     # as copies of the trained halves (CausalVideoVAE.copy_last_frame_weights_)
     init_from_frames: bool = False
+    # keep `init`'s latent shift and scale instead of measuring them on this data: a fine-tuned VAE whose latents a
+    # trained generator already reads (`rest avatar train`), so that they stay where that generator expects them
+    keep_latent_scale: bool = False
     loss: VAELossConfig = field(default_factory=VAELossConfig)
     train: VAETrainConfig = field(default_factory=VAETrainConfig)
 
@@ -198,6 +201,8 @@ class VAETrainer(Trainer):
                 vae.copy_last_frame_weights_()
         elif cfg.init_from_frames:
             raise ValueError("init_from_frames needs init: the single-frame VAE export to start from")
+        elif cfg.keep_latent_scale:
+            raise ValueError("keep_latent_scale needs init: the VAE export whose latent shift and scale to keep")
         t = vae.temporal_compression
         if (cfg.data.num_frames - 1) % t:
             raise ValueError(f"data.num_frames must be 1 + {t}*k for this VAE, got {cfg.data.num_frames}")
@@ -323,8 +328,12 @@ class VAETrainer(Trainer):
             return
         tc, model = self.cfg.train, self.unwrapped
         model.eval()
-        videos = self.dataset.whole_videos()[: tc.eval_videos]
-        shift, scale = measure_latent_scale(model, videos, tc.eval_max_frames, accelerator.device)
+        if self.cfg.keep_latent_scale:
+            start = load_local(CausalVideoVAE, self.cfg.init, "init VAE").config
+            shift, scale = start.shift_factor, start.scaling_factor
+        else:
+            videos = self.dataset.whole_videos()[: tc.eval_videos]
+            shift, scale = measure_latent_scale(model, videos, tc.eval_max_frames, accelerator.device)
         model.register_to_config(shift_factor=shift, scaling_factor=scale)
         model.save_pretrained(folder)
         print(f"exported EMA weights to {folder} (latent shift {shift:.4f}, scale {scale:.4f})")
