@@ -55,6 +55,9 @@ def test_prepare_splits_the_video_and_refuses_short_ones(tmp_path, test_pipeline
     assert np.abs(heldout.frames("heldout").astype(int) - real[200:].astype(int)).mean() < 4  # the video's end
     assert (opts.work_dir / "data" / "portrait.png").is_file()
     assert prepare(opts, config) == split  # done: not redone
+    other = AvatarOptions(video=talking_video(tmp_path / "other.mp4", 9.0), output=opts.output, base=test_pipeline)
+    with pytest.raises(RestError, match="holds an avatar of .*me.mp4, not .*other.mp4"):
+        prepare(other, config)
 
     short = AvatarOptions(video=talking_video(tmp_path / "short.mp4", 3.0), output=tmp_path / "s", base=test_pipeline)
     short.video_is_crop = True

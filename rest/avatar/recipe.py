@@ -87,7 +87,13 @@ def prepare(opts: AvatarOptions, config: PipelineConfig) -> dict:
     data, heldout = opts.work_dir / "data", opts.work_dir / "heldout"
     marker = data / "split.json"
     if marker.is_file():
-        return json.loads(marker.read_text())
+        split = json.loads(marker.read_text())
+        if split["video"] != str(opts.video):
+            raise RestError(
+                f"{opts.work_dir} holds an avatar of {split['video']}, not {opts.video}: give another --output (or "
+                "--work), or delete that folder to start over"
+            )
+        return split
     for folder in (data, heldout):  # an interrupted prepare left partial shards: start it over
         shutil.rmtree(folder, ignore_errors=True)
     t0 = time.perf_counter()
