@@ -31,9 +31,11 @@ from PIL import Image, ImageDraw
 from rest.avatar.recipe import AVATAR_FILE
 from rest.data.shards import ShardReader
 from rest.errors import RestError
+from rest.exports import PipelineConfig
 from rest.media import read_image
 from rest.metrics.reconstruction import reconstruction_metrics
 from rest.models.vae import reconstruct
+from rest.pipelines.portrait import crop_as_is
 from rest.pipelines.talking_head import TalkingHeadPipeline
 
 IDENTITY_STRIDE = 5
@@ -59,15 +61,16 @@ def _embedder():
         return None
 
 
-def _identity(embedder, real: np.ndarray, frames: np.ndarray) -> float | None:
-    """Mean cosine similarity of frames[i] to real[i], every IDENTITY_STRIDE-th frame where both have a face."""
+def _embeddings(embedder, frames: np.ndarray) -> list:
+    """Face embeddings of every IDENTITY_STRIDE-th frame (None where no face is found)."""
+    return [embedder(frame) for frame in frames[::IDENTITY_STRIDE]]
+
+
+def _identity(reference: list, embeddings: list) -> float | None:
+    """Mean cosine similarity of paired embeddings where both have a face."""
     from rest.metrics.identity import cosine
 
-    sims = []
-    for i in range(0, min(len(real), len(frames)), IDENTITY_STRIDE):
-        a, b = embedder(real[i]), embedder(frames[i])
-        if a is not None and b is not None:
-            sims.append(cosine(a, b))
+    sims = [cosine(a, b) for a, b in zip(reference, embeddings, strict=False) if a is not None and b is not None]
     return float(np.mean(sims)) if sims else None
 
 
@@ -112,8 +115,10 @@ def evaluate_avatar(avatar: str | Path, base: str | Path | None = None, device: 
     if len(train_audio) < len(audio):
         raise RestError("the training part is shorter than the held-out part: no shuffled-audio control")
     shuffled = train_audio[: len(audio)]
-    portrait_image = read_image(avatar / info["portrait"])
+    config = PipelineConfig.read(avatar)
+    portrait = crop_as_is(read_image(avatar / info["portrait"]), config.resolution, info["portrait"])
     landmarks, embedder = _landmarks(), _embedder()
+    real_faces = _embeddings(embedder, real) if embedder is not None else None
     real_track = None
     if landmarks is not None:
         try:
@@ -124,7 +129,6 @@ def evaluate_avatar(avatar: str | Path, base: str | Path | None = None, device: 
     rows, shown = {}, {}
     for name, folder in (("avatar", avatar), ("base", base)):
         pipe = TalkingHeadPipeline.from_pretrained(folder, device)
-        portrait = pipe.prepare_portrait(portrait_image, crop="as_is")
         own, rtf = _generate(pipe, portrait, audio, len(real))
         other, _ = _generate(pipe, portrait, shuffled, len(real))
         recon = reconstruct(pipe.vae, real)
@@ -135,7 +139,7 @@ def evaluate_avatar(avatar: str | Path, base: str | Path | None = None, device: 
             if real_track is not None:
                 scores.update(_mouth_scores(landmarks, real_track, frames))
             if embedder is not None:
-                scores["identity"] = _identity(embedder, real, frames)
+                scores["identity"] = _identity(real_faces, _embeddings(embedder, frames))
             row[key] = scores
         rows[name], shown[name] = row, own
     report = {
@@ -143,7 +147,7 @@ def evaluate_avatar(avatar: str | Path, base: str | Path | None = None, device: 
         "base": str(base),
         "heldout_frames": len(real),
         "heldout_seconds": len(real) / heldout.fps,
-        "real_identity_to_portrait": _identity(embedder, np.repeat(portrait.crop[None], len(real), 0), real)
+        "real_identity_to_portrait": _identity([embedder(portrait.crop)] * len(real_faces), real_faces)
         if embedder is not None
         else None,  # the same measure between two photos of the person: how high "the same person" scores
         **rows,
