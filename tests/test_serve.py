@@ -202,7 +202,7 @@ def test_idle_session_is_closed(client, face_image):
 
 def test_a_slow_client_loses_its_oldest_frames_not_its_messages(pipe):
     """The outbox policy: past `frame_queue` unsent frames the oldest frames go; JSON messages always stay."""
-    session = _Session(None, pipe, ServeOptions(frame_queue=3), None, chunk_frames=4)
+    session = _Session(None, pipe, ServeOptions(frame_queue=3), None, None, chunk_frames=4)
     session.enqueue_frames([b"a", b"b"])
     session._put({"type": "stats"})
     session.enqueue_frames([b"c", b"d", b"e"])
@@ -249,6 +249,7 @@ def test_bench_serve_runs_a_short_load_test(test_pipeline, face_image, tmp_path)
     assert result["max_frame_gap_s"]["max"] > 0 and result["uploads"] is None
     table = format_table(result)
     assert "25/25" in table and "after each round" in table and "max gap ms" in table
+    assert result["batching"]["largest_batch"] == 2 and "batched steps, up to 2 sessions" in table
 
 
 def test_bench_serve_uploads_large_portraits_during_the_sessions(test_pipeline, face_image, tmp_path):
@@ -366,3 +367,86 @@ def test_uploads_past_the_decode_queue_are_refused(pipe, face_image, tmp_path, m
         thread.join()
         assert first["r"].status_code == 200
         assert client.post("/api/portraits", content=png(face_image)).status_code == 200
+
+
+def _run_batcher(pipe, face_image, audio, fail=None, timeout=120):
+    """Streams of `audio` (one array per stream) through a StreamBatcher, all pushed before it starts; the order of
+    the callbacks: (stream index, "frames" | "done" | "error", payload)."""
+    from rest.serve.batcher import StreamBatcher
+
+    portrait = pipe.prepare_portrait(face_image)
+    batcher = StreamBatcher(pipe)
+    events, finished = [], threading.Event()
+    streams = [pipe.stream(portrait, seed=i) for i in range(len(audio))]
+    for i, s in enumerate(streams):
+
+        def record(kind, payload=None, i=i):
+            events.append((i, kind, payload))
+            if sum(kind in ("done", "error") for _, kind, _ in events) == len(streams):
+                finished.set()
+
+        batcher.add(
+            s, lambda f, r=record: r("frames", f), lambda r=record: r("done"), lambda e, r=record: r("error", e)
+        )
+        if fail == i:
+            s.feed = lambda samples: (_ for _ in ()).throw(RestError("bad audio"))
+        batcher.push(s, audio[i])
+        batcher.end(s)
+    batcher.start()
+    assert finished.wait(timeout)
+    batcher.stop()
+    return events, batcher
+
+
+def test_batcher_steps_streams_together_and_a_backlog_does_not_hold_up_the_others(pipe, face_image):
+    """A stream with 4 s of audio waiting and one with 0.3 s: the short one is done after as many of the long one's
+    chunks as its own (one chunk per stream per round), not after all of them; batched rounds; each stream's frames
+    are its frames alone (within uint8 rounding)."""
+    rng = np.random.default_rng(0)
+    audio = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (64000, 4800)]
+    events, batcher = _run_batcher(pipe, face_image, audio)
+    order = [(i, kind) for i, kind, _ in events]
+    short_done = order.index((1, "done"))
+    short_chunks = order.count((1, "frames"))  # 0.3 s: 3 chunks (1 + 4 + 4 frames)
+    assert short_chunks == 3 and order[:short_done].count((0, "frames")) <= short_chunks
+    assert order.count((0, "frames")) == 26  # 4 s: 1 + 25 chunks, most of them after the short stream ended
+    assert batcher.largest_batch == 2 and order[-1] == (0, "done")
+    portrait = pipe.prepare_portrait(face_image)
+    for i in (0, 1):
+        got = np.concatenate([f for j, kind, f in events if j == i and kind == "frames"])
+        expected = pipe(portrait, audio[i], seed=i)
+        assert got.shape == expected.shape and np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_batcher_reports_a_failing_stream_alone(pipe, face_image):
+    audio = [np.zeros(8000, np.float32)] * 2
+    events, _ = _run_batcher(pipe, face_image, audio, fail=0)
+    errors = [(i, str(payload)) for i, kind, payload in events if kind == "error"]
+    assert errors == [(0, "bad audio")]
+    assert (1, "done") in [(i, kind) for i, kind, _ in events]
+    assert sum(f.shape[0] for i, kind, f in events if i == 1 and kind == "frames") == 12
+
+
+def test_a_client_far_ahead_of_its_frames_waits_and_gets_them_all(pipe, face_image, tmp_path):
+    """max_backlog_s = 2: five seconds sent at once are read as the frames catch up, and every frame arrives."""
+    Image.fromarray(face_image).save(tmp_path / "face.png")
+    app = create_app(pipe, ServeOptions(max_backlog_s=2.0), tmp_path)
+    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+        ws.send_text(json.dumps({"type": "start", "portrait": "bundled:face"}))
+        assert json.loads(ws.receive_text())["type"] == "ready"
+        indices, done = stream(ws, 5.0, piece=16000)
+    assert indices == list(range(125)) and done["frames"] == 125
+    with pytest.raises(RestError, match="at least 2 s"):
+        create_app(pipe, ServeOptions(max_backlog_s=0.5))
+
+
+def test_batcher_joins_a_streams_pieces_that_arrived_during_a_step():
+    from rest.serve.batcher import END, _coalesced
+
+    a, b = object(), object()
+    inbox = [(a, np.ones(2)), (b, np.zeros(1)), (a, np.full(3, 2.0)), (a, END), (b, np.zeros(2))]
+    joined = _coalesced(inbox)
+    assert [entry for entry, _ in joined] == [a, b]
+    (pieces_a, pieces_b) = (items for _, items in joined)
+    assert pieces_a[0].tolist() == [1, 1, 2, 2, 2] and pieces_a[1] is END and len(pieces_a) == 2
+    assert len(pieces_b) == 1 and pieces_b[0].shape == (3,)

@@ -4,11 +4,13 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 
 from rest.config import PRESETS
 from rest.errors import RestError
 from rest.models.loading import load_local
-from rest.models.vae import CausalVideoVAE
+from rest.models.vae import CausalCache, CausalConv3d, CausalVideoVAE, ChannelRMSNorm, Downsample, Upsample
 
 TOL = 1e-4  # fp32 max abs error allowed between chunked and whole-clip passes
 SMALL = dict(latent_channels=4, patch_size=2, block_out_channels=(8, 16, 32), temporal_downsample=(True, True))
@@ -273,3 +275,127 @@ def test_forward_with_streamed_context_equals_the_whole_clip_continuation():
     assert vae.encoder.conv_in.conv.weight.grad is not None
     with pytest.raises(ValueError, match="context_frames must be 1 \\+ 4\\*j"):
         vae(x, context_frames=8)
+
+
+# ------------------------------------------------- fast paths == reference formulations
+# The layers keep activations channels-last and stack time taps along the innermost dimension; these tests hold
+# them to the plain definitions, written in the (B, C, T, H, W) layout the way the layers first were.
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last_3d)
+
+
+def reference_causal_conv(conv: CausalConv3d, x: torch.Tensor) -> torch.Tensor:
+    """The definition: conv3d over the clip with the first frame repeated k - 1 times in front (zero pad in space)."""
+    k = conv.kernel_t
+    x = torch.cat([x[:, :, :1].expand(-1, -1, k - 1, -1, -1), x], dim=2)
+    return F.conv3d(
+        x, conv.conv.weight, conv.conv.bias, stride=conv.conv.stride, padding=(0, conv.padding, conv.padding)
+    )
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_causal_conv_equals_conv3d_whole_and_chunked(stride, layout):
+    torch.manual_seed(0)
+    conv = CausalConv3d(6, 10, stride=stride)
+    conv.cache_index = 0
+    x = torch.randn(2, 6, 7, 8, 8)
+    expected = reference_causal_conv(conv, x)
+    if layout == "channels_last":
+        x = channels_last(x)
+    with torch.no_grad():
+        whole = conv(x, CausalCache(kind="encode", slots=[None]))
+        cache, parts = CausalCache(kind="encode", slots=[None]), []
+        for s, n in ((0, 1), (1, 1), (2, 4), (6, 1)):
+            parts.append(conv(x[:, :, s : s + n], cache))
+    torch.testing.assert_close(whole, expected, atol=TOL, rtol=0)
+    torch.testing.assert_close(torch.cat(parts, dim=2), expected, atol=TOL, rtol=0)
+    assert cache.slots[0].shape == (2, 6, 2, 8, 8)  # the last k - 1 input frames, batch first
+
+
+def test_packed_weight_follows_the_parameter():
+    """The packed weight kept for inference is rebuilt after an optimiser step and after a load_state_dict."""
+    torch.manual_seed(0)
+    conv = CausalConv3d(4, 4)
+    conv.cache_index = 0
+    x = torch.randn(1, 4, 3, 6, 6)
+
+    def run() -> torch.Tensor:
+        return conv(x, CausalCache(kind="encode", slots=[None]))
+
+    with torch.no_grad():
+        first = run()
+    run().square().mean().backward()
+    torch.optim.SGD(conv.parameters(), lr=1.0).step()
+    with torch.no_grad():
+        stepped = run()
+        torch.testing.assert_close(stepped, reference_causal_conv(conv, x), atol=TOL, rtol=0)
+        assert (stepped - first).abs().max() > 1e-3
+        conv.load_state_dict({k: torch.zeros_like(v) for k, v in conv.state_dict().items()})
+        assert run().abs().max() == 0
+
+
+@pytest.mark.parametrize("kind", ["rms", "none"])
+def test_channel_norm_equals_its_formula(kind):
+    norm = ChannelRMSNorm(8, kind)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 8))
+    x = torch.randn(2, 8, 3, 4, 4)
+    expected = x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + norm.eps) if kind == "rms" else x
+    expected = expected * norm.weight.view(1, -1, 1, 1, 1)
+    torch.testing.assert_close(norm(channels_last(x)), expected, atol=TOL, rtol=0)
+
+
+def test_resampling_equals_the_reference_rearranges():
+    """Down/Upsample (channels-last, channel-to-space and channel-to-time in one copy) equal the NCDHW recipe."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 5, 8, 8)
+    down = Downsample(8, 16, temporal=True)
+    down.conv.cache_index, down.time_to_channel.cache_index = 0, 1
+    with torch.no_grad():
+        conv = reference_causal_conv(down.conv, x)
+        h = torch.cat([torch.cat([conv, x], dim=1)[:, :, :1], torch.cat([conv, x], dim=1)], dim=2)  # pair 1st frame
+        h = rearrange(h, "b c (t two) h w -> b (c two) t h w", two=2)
+        h = rearrange(h, "b c t (h p) (w q) -> b (c p q) t h w", p=2, q=2)
+        expected = h[:, :16] + h[:, 16:].unflatten(1, (16, -1)).mean(dim=2)
+        got = down(channels_last(x), CausalCache(kind="encode", slots=[None, None]))
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=0)
+
+    up = Upsample(16, 8, temporal=True)
+    up.conv.cache_index, up.channel_to_time.cache_index = 0, 1
+    z = torch.randn(2, 16, 3, 4, 4)
+    with torch.no_grad():
+        h = reference_causal_conv(up.conv, z) + z.repeat_interleave(up.repeats, dim=1)
+        h = rearrange(h, "b (c p q) t h w -> b c t (h p) (w q)", p=2, q=2)
+        expected = rearrange(h, "b (c two) t h w -> b c (t two) h w", two=2)[:, :, 1:]  # drop the duplicate
+        got = up(channels_last(z), CausalCache(kind="decode", slots=[None, None]))
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=0)
+
+
+def test_outputs_are_contiguous_whatever_the_input_layout():
+    vae = small_vae()
+    x = clip(5)
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.mean
+        y = vae.decode(z).sample
+        assert z.is_contiguous() and y.is_contiguous()
+        torch.testing.assert_close(vae.decode(channels_last(z)).sample, y, atol=TOL, rtol=0)
+        torch.testing.assert_close(vae.encode(channels_last(x)).latent_dist.mean, z, atol=TOL, rtol=0)
+
+
+def test_decode_caches_stack_along_the_batch():
+    """Two streams' decode caches concatenated slot by slot along dim 0 decode on as one batch of two streams."""
+    vae = small_vae()
+    g = torch.Generator().manual_seed(4)
+    za, zb = torch.randn(1, 4, 3, 4, 4, generator=g), torch.randn(1, 4, 3, 4, 4, generator=g)
+    with torch.no_grad():
+        ya, ca = decode_in_chunks(vae, za[:, :, :2], [1, 1])
+        yb, cb = decode_in_chunks(vae, zb[:, :, :2], [2])
+        slots = [torch.cat([a, b]) if torch.is_tensor(a) else a for a, b in zip(ca.slots, cb.slots, strict=True)]
+        assert all(a is b for a, b in zip(ca.slots, cb.slots, strict=True) if not torch.is_tensor(a))
+        both = CausalCache(kind="decode", slots=slots)
+        out, both = vae.decode_chunk(torch.cat([za[:, :, 2:], zb[:, :, 2:]]), both)
+        torch.testing.assert_close(out.sample[:1], vae.decode(za).sample[:, :, 5:], atol=TOL, rtol=0)
+        torch.testing.assert_close(out.sample[1:], vae.decode(zb).sample[:, :, 5:], atol=TOL, rtol=0)

@@ -217,6 +217,8 @@ def bench_serve(
             results += [{"round": round_index, **r} for r in clients]
             uploads += round_uploads
         wall = time.perf_counter() - start
+        after = json.loads(urllib.request.urlopen(f"{base}/api/info").read())
+        batching = {k: after.get(k) for k in ("batched_steps", "largest_batch")}  # the server's model thread
         rss_after = rss_kib("VmRSS") / 1024
         time.sleep(2.0)
         gc.collect()
@@ -257,6 +259,7 @@ def bench_serve(
         "dropped": summary("dropped"),
         "max_frame_gap_s": summary("max_frame_gap_s"),
         "uploads": None if large is None else _upload_summary(uploads, upload_every, len(large)),
+        "batching": batching,
         "rss_mb": None
         if url
         else {"before": rss_before, "after": rss_after, "after_gc_2s": rss_settled, "after_each_round": rss_rounds},
@@ -295,6 +298,10 @@ def format_table(result: dict) -> str:
             f"{ms(r.get('server_first_frame_latency_s')):>17} {rtf:>5} {frames:>11} {r.get('dropped', '-'):>7} "
             f"{ms(r.get('max_frame_gap_s')):>10}  {r['error'] or ''}"
         )
+    batching = result.get("batching") or {}
+    if batching.get("batched_steps") is not None:
+        steps, largest = batching["batched_steps"], batching["largest_batch"]
+        lines.append(f"server: {steps} batched steps, up to {largest} sessions each")
     up = result["uploads"]
     if up is not None:
         took = up["seconds"] and f", {up['seconds']['median']:.2f} s median, {up['seconds']['max']:.2f} s max each"

@@ -9,9 +9,19 @@ look-ahead) has arrived, so the first chunk waits for `audio buffering` of media
     first-frame latency = audio buffering (first chunk + look-ahead) + compute of the first chunk + its VAE decode
 
 (docs/design.md, "Streaming latency"). The portrait's ID-Sink is written before the audio starts (`setup_ms`, not on
-the latency path). Random weights by default (speed does not depend on them), or `--weights FOLDER` with
-`denoiser/`, `audio_encoder/` and either `vae/` or a `student.json` / `teacher.json` naming the VAE folder
-(a pipeline folder of `rest export-pipeline` works: its `pipeline.json` gives K and the levels).
+the latency path).
+
+How near the hardware (rest/bench/flops.py): `flops_per_chunk` is the FLOP count of one steady-state chunk by
+component (FlopCounterMode on weightless meta copies of the models: matmuls, convolutions and attention; not
+elementwise ops or norms), `peak` the FLOP/s of a large matmul timed in the same run and dtype, and each stream's
+`achieved` the FLOP/s of its median steady-state chunk per component (audio, denoiser, decode, and the whole
+chunk) with its fraction of that peak (`over_peak`; the audio encoder runs in float32 whatever --dtype says).
+`time_by_op_kind` profiles one more steady-state chunk per component: the wall time spent in the counted ops
+(matmul, conv, attention), in every other op, and outside any op (Python, dispatch, launch overhead).
+
+Random weights by default (speed does not depend on them), or `--weights FOLDER` with `denoiser/`,
+`audio_encoder/` and either `vae/` or a `student.json` / `teacher.json` naming the VAE folder (a pipeline folder
+of `rest export-pipeline` works: its `pipeline.json` gives K and the levels).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from pathlib import Path
 import torch
 
 from rest.bench.common import device_info, rss_kib, synchronize
+from rest.bench.flops import achieved, chunk_flops, peak_flops, push_chunk_audio, time_by_op_kind, warm_session
 from rest.config import get_preset
 from rest.diffusion.flow import FlowMatchingConfig, flow_sigmas
 from rest.errors import RestError
@@ -144,6 +155,40 @@ def run_stream(new_session: Callable[[], StreamingSession], num_chunks: int, dev
     }
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
+def compile_blocks(denoiser: DenoiserDiT, mode: str) -> None:
+    """torch.compile each DiT block in place (regional compilation: the blocks hold nearly all of a chunk's FLOPs,
+    and every block shares one compiled graph per input shape).
+
+    Shapes are static (`dynamic=False`): a stream's blocks see the sink pass and one shape per context size m = 0
+    .. context_chunks while the cache fills (a compile each), then one shape for the rest of the stream, since the
+    cache is preallocated. "reduce-overhead" also replays each block from a CUDA graph (CUDA only). The whole
+    `velocity` is not compiled: the cache's `chunks_written`, a Python int that changes every chunk, would be
+    guarded on and recompile it every chunk.
+    """
+    if mode not in COMPILE_MODES:
+        raise RestError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+    for block in denoiser.blocks:
+        block.compile(mode=mode, dynamic=False)
+
+
+@torch.no_grad()
+def profile_chunk(
+    models: dict, latent_size: int, sigmas: torch.Tensor, context_timestep: float, device: torch.device
+) -> dict:
+    """`time_by_op_kind` of each component of one steady-state chunk (a fresh stream brought to steady state)."""
+    session = warm_session(
+        models["denoiser"], models["vae"], models["audio_encoder"], latent_size, sigmas, context_timestep
+    )
+    out = {"audio": time_by_op_kind(lambda: push_chunk_audio(session), device)}
+    latents = []
+    out["denoiser"] = time_by_op_kind(lambda: latents.append(session.next_latents()), device)
+    out["decode"] = time_by_op_kind(lambda: session.decode(latents[0]), device)
+    return out
+
+
 @torch.no_grad()
 def bench_stream(
     preset: str,
@@ -154,8 +199,12 @@ def bench_stream(
     dtype: torch.dtype = torch.float32,
     depth: int | None = None,
     warmup_chunks: int = 8,
+    compile_mode: str | None = None,
+    analyse: bool = True,
 ) -> dict:
-    """Per-chunk and first-frame latency, real-time factor and memory of streams of each length in `seconds`."""
+    """Per-chunk and first-frame latency, real-time factor and memory of streams of each length in `seconds`;
+    with `compile_mode`, the denoiser's blocks run under torch.compile in that mode (`compile_blocks`).
+    analyse: also count the FLOPs, time the peak and profile a chunk (module docstring)."""
     p = get_preset(preset)
     models, info = load_stream_models(preset, weights, depth)
     denoiser, audio_encoder, vae = models["denoiser"], models["audio_encoder"], models["vae"]
@@ -169,6 +218,8 @@ def bench_stream(
         model.eval().to(device)
     for model in (denoiser, vae):  # nn.Module's casts (floating-point tensors only); the audio encoder stays fp32
         getattr(model, casts[dtype])()
+    if compile_mode is not None:
+        compile_blocks(denoiser, compile_mode)
     trained = isinstance(info, (PipelineConfig, StudentInfo))  # the streaming settings of a student
     steps = steps or (info.steps if trained else 1)
     size = p.resolution // vae.spatial_compression
@@ -188,7 +239,7 @@ def bench_stream(
     first_frames = chunk_video_frames(denoiser, 0)
 
     run_stream(new_session, warmup_chunks, device)  # allocator and kernel warm-up
-    streams = []
+    streams, medians_per_stream = [], []
     for length in seconds:
         frames = int(length * fps)  # whole video frames of media
         if frames < first_frames:
@@ -207,6 +258,13 @@ def bench_stream(
             "decode_ms": 1000 * times["decode"][0],
         }
         first["total_ms"] = first["audio_buffering_ms"] + first["compute_ms"] + first["decode_ms"]
+        medians = {  # seconds of a steady-state chunk (the first one is excluded)
+            "audio": statistics.median(times["audio"][1:] or times["audio"]),
+            "denoiser": statistics.median(times["denoise"][1:] or times["denoise"]),
+            "decode": statistics.median(times["decode"][1:] or times["decode"]),
+            "chunk": statistics.median(steady),
+        }
+        medians_per_stream.append(medians)
         streams.append(
             {
                 "seconds": float(length),
@@ -216,9 +274,9 @@ def bench_stream(
                 "chunk_ms_p95": 1000 * _percentile(steady, 0.95),
                 "chunk_ms_max": 1000 * max(steady),
                 "chunk_ms_median_per_tenth": [1000 * statistics.median(part) for part in _tenths(steady)],
-                "audio_ms_median": 1000 * statistics.median(times["audio"][1:] or times["audio"]),
-                "denoise_ms_median": 1000 * statistics.median(times["denoise"][1:] or times["denoise"]),
-                "decode_ms_median": 1000 * statistics.median(times["decode"][1:] or times["decode"]),
+                "audio_ms_median": 1000 * medians["audio"],
+                "denoise_ms_median": 1000 * medians["denoiser"],
+                "decode_ms_median": 1000 * medians["decode"],
                 "real_time_factor": statistics.median(steady) / chunk_s,
                 "real_time_factor_mean": sum(steady) / (len(steady) * chunk_s),
                 "first_frame": first,
@@ -228,6 +286,18 @@ def bench_stream(
                 "wall_s": sum(total),
             }
         )
+    analysis = {}
+    if analyse:
+        flops = chunk_flops(denoiser, vae, audio_encoder, size, steps, shift, context_timestep)
+        analysis = {
+            "flops_per_chunk": flops.as_dict(),
+            "peak": peak_flops(device, dtype),
+            "time_by_op_kind": profile_chunk(models, size, sigmas, context_timestep, device),
+        }
+        per_component = {"audio": flops.audio, "denoiser": flops.denoiser, "decode": flops.decode}
+        per_component["chunk"] = flops.total
+        for stream, medians in zip(streams, medians_per_stream, strict=True):
+            stream["achieved"] = achieved(per_component, medians, analysis["peak"]["flop_s"])
     longest = max(streams, key=lambda r: r["seconds"])
     shortest = min(streams, key=lambda r: r["seconds"])
     return {
@@ -240,6 +310,7 @@ def bench_stream(
         "depth": denoiser.config.depth,
         "width": denoiser.config.width,
         "steps": steps,
+        "compile_mode": compile_mode,
         "shift": shift,
         "context_timestep": context_timestep,
         "chunk_latent_frames": c,
@@ -249,7 +320,8 @@ def bench_stream(
         "cache_mb": run["cache_mb"],
         "streams": streams,
         "chunk_latency_ratio_longest_over_shortest": longest["chunk_ms_median"] / shortest["chunk_ms_median"],
+        **analysis,
     }
 
 
-__all__ = ["bench_stream", "load_stream_models", "run_stream"]
+__all__ = ["COMPILE_MODES", "bench_stream", "compile_blocks", "load_stream_models", "profile_chunk", "run_stream"]

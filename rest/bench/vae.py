@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from rest.bench.common import device_info, peak_memory_of, return_freed_memory_to_os, synchronize, time_call
+from rest.bench.common import device_info, peak_memory_of, return_freed_memory_to_os, synchronize
 from rest.config import get_preset
 from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
@@ -115,6 +115,23 @@ def build_cases(
     return cases, facts
 
 
+def interleaved_times(cases: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, list]:
+    """Wall times (s) of every case over `repeats` rounds, each round running all cases once in turn (after one
+    untimed round). On a shared machine a change of load then falls on ours and theirs alike, instead of on
+    whichever happened to be measured during it."""
+    for fn in cases.values():
+        fn()
+    synchronize(device)
+    times = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def _memory_worker(case: str, build_args: tuple, queue) -> None:
     """In a fresh process: build the cases, run one of them once, report its peak memory (MiB)."""
     torch.set_num_threads(build_args[-1])
@@ -164,18 +181,22 @@ def bench_vae(
     if with_peer:
         out["theirs"] = {"name": "diffusers.AutoencoderKLLTXVideo", "params_m": facts["theirs_params_m"]}
         out["theirs"]["streaming"] = "not supported (no causal chunk cache)"
-    for name, fn in cases.items():
+    for name, times in interleaved_times(cases, device, repeats).items():
         who, what = name.split("/")
-        out[who][f"{what}_fps"] = _fps(frames, time_call(fn, device, repeats=repeats)["median_s"])
-    # Per-chunk decode time: what a live stream pays for each chunk of t frames.
+        out[who][f"{what}_fps"] = _fps(frames, statistics.median(times))
+    # Per-chunk decode time: what a live stream pays for each chunk of t frames (the first chunk of a stream, one
+    # frame, left out), over `repeats` streams so that one burst of load elsewhere does not make the median.
     ours, z = facts["decode_chunk"]
-    cache, chunk_times = ours.init_cache("decode"), []
-    for j in range(z.shape[2]):
-        t0 = time.perf_counter()
-        ours.decode_chunk(z[:, :, j : j + 1], cache)
-        synchronize(device)
-        chunk_times.append(time.perf_counter() - t0)
-    out["ours"]["decode_chunk_ms_median"] = 1000 * statistics.median(chunk_times[1:] or chunk_times)
+    chunk_times = []
+    for _ in range(repeats):
+        cache = ours.init_cache("decode")
+        for j in range(z.shape[2]):
+            t0 = time.perf_counter()
+            ours.decode_chunk(z[:, :, j : j + 1], cache)
+            synchronize(device)
+            if j > 0 or z.shape[2] == 1:
+                chunk_times.append(time.perf_counter() - t0)
+    out["ours"]["decode_chunk_ms_median"] = 1000 * statistics.median(chunk_times)
     out["ours"]["decode_chunk_frames"] = facts["t"]
     for name, fn in cases.items():
         who, what = name.split("/")

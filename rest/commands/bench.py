@@ -59,6 +59,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     teacher.add_argument("--latent-frames", type=int, default=9, help="latent frames of the clip (default 9)")
     teacher.add_argument("--steps", type=int, default=50, help="denoising steps per clip, for the per-second cost")
     teacher.add_argument("--repeats", type=int, default=3)
+    teacher.add_argument(
+        "--student-steps", type=int, default=1, help="K of the streaming student it is compared with (default 1)"
+    )
+    teacher.add_argument("--student-chunks", type=int, default=12, help="chunks the student streams (default 12)")
+    teacher.add_argument("--no-student", action="store_true", help="skip the teacher vs student comparison")
     teacher.set_defaults(func=_run_teacher)
 
     stream = which.add_parser(
@@ -73,7 +78,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--weights", default=None, help="folder with denoiser/, audio_encoder/ and vae/ (or student.json naming it)"
     )
     stream.add_argument("--depth", type=int, default=None, help="random weights only: override the preset's depth")
+    stream.add_argument(
+        "--compile",
+        default=None,
+        metavar="MODE",
+        help="run the denoiser's blocks under torch.compile: default | reduce-overhead (CUDA graphs) | "
+        "max-autotune-no-cudagraphs",
+    )
     stream.set_defaults(func=_run_stream)
+
+    gpu = which.add_parser(
+        "gpu", help="one JSON of the GPU checks: base streaming (eager, compiled), VAE vs LTX, teacher vs student, MFU"
+    )
+    gpu.add_argument("--device", default=None, help="cuda | cpu (implies --dry-run); default cuda if there is one")
+    gpu.add_argument("--dry-run", action="store_true", help="the same code path at small sizes (tiny, 2 blocks)")
+    gpu.add_argument("--output", default=None, help="JSON file (default runs/bench/gpu_<device>.json)")
+    gpu.set_defaults(func=_run_gpu)
 
     serve = which.add_parser("serve", help="load test of rest serve: N concurrent live sessions on loopback")
     serve.add_argument("--weights", default=None, help="pipeline folder (default: the bundled weights/rest-tiny)")
@@ -117,6 +137,9 @@ def _run_teacher(args: argparse.Namespace) -> int:
     device = _checked(args)
     if args.latent_frames < 1 or args.steps < 1:
         raise RestError(f"--latent-frames and --steps must be >= 1, got {args.latent_frames}, {args.steps}")
+    if args.student_steps < 1 or args.student_chunks < 1:
+        got = f"{args.student_steps}, {args.student_chunks}"
+        raise RestError(f"--student-steps and --student-chunks must be >= 1, got {got}")
     result = bench_teacher(
         args.preset,
         device,
@@ -124,6 +147,8 @@ def _run_teacher(args: argparse.Namespace) -> int:
         steps=args.steps,
         repeats=args.repeats,
         dtype=DTYPES[args.dtype],
+        student_steps=None if args.no_student else args.student_steps,
+        student_chunks=args.student_chunks,
     )
     _write(result, args, "teacher")
     return 0
@@ -183,6 +208,18 @@ def _run_stream(args: argparse.Namespace) -> int:
         weights=args.weights,
         dtype=DTYPES[args.dtype],
         depth=args.depth,
+        compile_mode=args.compile,
     )
     _write(result, args, "stream")
+    return 0
+
+
+def _run_gpu(args: argparse.Namespace) -> int:
+    from rest.bench.gpu import bench_gpu
+
+    device = _device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dry_run = args.dry_run or device.type != "cuda"
+    output = args.output or f"runs/bench/gpu_{'dry_run' if dry_run else args.device}.json"
+    result = bench_gpu(device, dry_run=dry_run, partial=output)
+    write_result(result, output)
     return 0

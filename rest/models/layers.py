@@ -106,9 +106,12 @@ class RotaryEmbedding3D(nn.Module):
         self.theta = theta
         inv_freq = [theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d) for d in axes_dim]
         self.register_buffer("inv_freq", torch.cat(inv_freq).float(), persistent=False)  # (Dh / 2,)
+        pairs = torch.tensor(axes_dim) // 2
         self.register_buffer(
-            "axis_of_pair", torch.repeat_interleave(torch.arange(3), torch.tensor(axes_dim) // 2), persistent=False
-        )  # (Dh / 2,): which axis each channel pair encodes
+            "axis_of_pair",
+            torch.repeat_interleave(torch.arange(3), pairs, output_size=head_dim // 2),
+            persistent=False,
+        )  # (Dh / 2,): which axis each channel pair encodes; output_size also lets it run on the meta device
 
     def forward(self, positions: torch.Tensor) -> Rotary:
         """positions: (L, 3) (frame, row, column) -> rotation angles for L tokens."""

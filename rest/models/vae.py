@@ -8,6 +8,12 @@ past frames it needs in an explicit `CausalCache`, and the chunked result equals
 
 Down/upsampling follows DC-AE (Chen et al. 2024, "Deep Compression Autoencoder"): space/time-to-channel with a
 non-parametric residual shortcut, which keeps a high-compression autoencoder easy to train.
+
+Memory layout: tensors have the shape (B, C, T, H, W) everywhere, but inside the encoder and decoder they are
+stored channels-last, (B, T, H, W, C) in memory (`torch.channels_last_3d`). Then a clip is a batch of B*T
+channels-last frames without a copy, the stacked time taps of a causal convolution are one concatenation along
+the innermost dimension, oneDNN convolves without reordering its input and output, and the norm is one fused
+`rms_norm` over the innermost dimension. Any input layout gives the same result; the public outputs are contiguous.
 """
 
 from __future__ import annotations
@@ -65,6 +71,16 @@ class _Streaming(nn.Module):
     cache_index: int = -1
 
 
+def _last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, T, H, W, C), a view (contiguous when `x` is stored channels-last)."""
+    return x.permute(0, 2, 3, 4, 1)
+
+
+def _first(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, H, W, C) -> (B, C, T, H, W), a view: the inverse of `_last`."""
+    return x.permute(0, 4, 1, 2, 3)
+
+
 #################################################################################
 #                                 Causal layers                                 #
 #################################################################################
@@ -75,8 +91,9 @@ class CausalConv3d(_Streaming):
 
     At the start of a stream the missing past is the first frame repeated, so a still image and the first
     frame of a video are coded the same way. The weight is an ordinary `nn.Conv3d` weight; the forward pass
-    stacks the `k` time taps into channels and runs one 2D convolution, which is several times faster than
-    PyTorch's CPU conv3d for these shapes and gives the same result.
+    stacks the `k` time taps into channels and runs one 2D convolution over the B*T frames, which is faster than
+    PyTorch's CPU conv3d for these shapes (most of all on the one-latent-frame chunks of a live stream) and gives
+    the same result.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1):
@@ -85,10 +102,33 @@ class CausalConv3d(_Streaming):
         self.stride = stride
         self.padding = kernel_size // 2
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=(1, stride, stride))
+        self._packed: tuple[tuple, torch.Tensor] | None = None  # (key of the weight it was packed from, weight)
+
+    def packed_weight(self) -> torch.Tensor:
+        """The Conv3d weight (O, C, k, kh, kw) as the weight of the stacked-taps 2D convolution: (O, k*C, kh, kw),
+        input channels tap-major, stored channels-last like the activations (no reorder inside oneDNN).
+
+        Without autograd the packed copy is kept until the parameter changes: an optimiser step and
+        `load_state_dict` bump its version counter, `.to()` gives it new storage. Inference-mode tensors have no
+        version counter, so they are packed on every call.
+        """
+        w = self.conv.weight
+        if (torch.is_grad_enabled() and w.requires_grad) or w.is_inference():
+            return self._pack(w)
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        if self._packed is None or self._packed[0] != key:
+            self._packed = (key, self._pack(w.detach()))
+        return self._packed[1]
+
+    @staticmethod
+    def _pack(w: torch.Tensor) -> torch.Tensor:
+        o, c, k, kh, kw = w.shape
+        packed = w.permute(0, 3, 4, 2, 1).reshape(o, kh, kw, k * c)  # (O, kh, kw, k*C) in memory
+        return packed.permute(0, 3, 1, 2)  # (O, k*C, kh, kw), channels-last
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-        """x: (B, C, T, H, W), any T >= 0 -> (B, C_out, T, H', W')."""
-        b, _, t, h, w = x.shape
+        """x: (B, C, T, H, W), any T >= 0 -> (B, C_out, T, H', W'), stored channels-last."""
+        b, c, t, h, w = x.shape
         if t == 0:  # nothing new reached this layer in this chunk
             h, w = (
                 (h + 2 * self.padding - self.conv.kernel_size[1]) // self.stride + 1,
@@ -96,17 +136,21 @@ class CausalConv3d(_Streaming):
             )
             return x.new_empty(b, self.conv.out_channels, 0, h, w)
         k = self.kernel_t
-        if k > 1:
+        x = _last(x)  # (B, T, H, W, C)
+        if k == 1:
+            taps = x.reshape(b * t, h, w, c)
+        else:
             past = cache.read(self.cache_index)
-            if past is None:
-                past = x[:, :, :1].expand(-1, -1, k - 1, -1, -1)
-            x = torch.cat([past, x], dim=2)  # (B, C, k - 1 + T, H, W)
-            cache.write(self.cache_index, x[:, :, -(k - 1) :].detach().clone())
-        taps = torch.stack([x[:, :, i : i + t] for i in range(k)], dim=1)  # (B, k, C, T, H, W)
-        taps = rearrange(taps, "b k c t h w -> (b t) (k c) h w")
-        weight = rearrange(self.conv.weight, "o c k h w -> o (k c) h w")
-        y = F.conv2d(taps, weight, self.conv.bias, stride=self.stride, padding=self.padding)  # (B*T, O, H', W')
-        return rearrange(y, "(b t) o h w -> b o t h w", b=b)
+            past = x[:, :1].expand(-1, k - 1, -1, -1, -1) if past is None else _last(past)  # (B, k - 1, H, W, C)
+            seq = torch.cat([past, x], dim=1)  # (B, k - 1 + T, H, W, C)
+            tail = seq[:, t:].detach().clone(memory_format=torch.contiguous_format)  # the last k - 1 frames
+            cache.write(self.cache_index, _first(tail))  # (B, C, k - 1, H, W)
+            # Output frame j reads tap i from sequence frame j + i; the taps go side by side along channels.
+            taps = torch.cat([seq[:, i : i + t] for i in range(k)], dim=-1).view(b * t, h, w, k * c)
+        y = F.conv2d(
+            taps.permute(0, 3, 1, 2), self.packed_weight(), self.conv.bias, stride=self.stride, padding=self.padding
+        )  # (B*T, O, H', W'), channels-last
+        return _first(y.permute(0, 2, 3, 1).reshape(b, t, *y.shape[2:], -1))  # (B, O, T, H', W')
 
 
 class TimeToChannel(_Streaming):
@@ -118,22 +162,27 @@ class TimeToChannel(_Streaming):
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         pending = cache.read(self.cache_index)
+        x = _last(x)  # (B, T, H, W, C)
         if pending is None:  # stream start
-            if x.shape[2] == 0:
-                return x.new_empty(x.shape[0], 2 * x.shape[1], 0, *x.shape[3:])
-            x = torch.cat([x[:, :, :1], x], dim=2)
+            if x.shape[1] == 0:
+                return x.new_empty(x.shape[0], 2 * x.shape[4], 0, *x.shape[2:4])
+            x = torch.cat([x[:, :1], x], dim=1)
         else:
-            x = torch.cat([pending, x], dim=2)
-        n = x.shape[2] // 2
-        cache.write(self.cache_index, x[:, :, 2 * n :].detach().clone())
-        return rearrange(x[:, :, : 2 * n], "b c (t two) h w -> b (c two) t h w", two=2)
+            x = torch.cat([_last(pending), x], dim=1)
+        n = x.shape[1] // 2
+        cache.write(self.cache_index, _first(x[:, 2 * n :].detach().clone(memory_format=torch.contiguous_format)))
+        return _first(rearrange(x[:, : 2 * n], "b (t two) h w c -> b t h w (c two)", two=2))
 
 
 class ChannelToTime(_Streaming):
     """Inverse of `TimeToChannel`: (B, 2C, 1 + k, H, W) -> (B, C, 1 + 2k, H, W), dropping the duplicated 1st frame."""
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-        x = rearrange(x, "b (c two) t h w -> b c (t two) h w", two=2)
+        x = _first(rearrange(_last(x), "b t h w (c two) -> b (t two) h w c", two=2))
+        return self.drop_stream_start(x, cache)
+
+    def drop_stream_start(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """x: (B, C, 2T, H, W), already unpaired: drops its first frame if this is the start of the stream."""
         if x.shape[2] > 0 and cache.read(self.cache_index) is None:  # stream start
             cache.write(self.cache_index, True)
             x = x[:, :, 1:]
@@ -155,9 +204,10 @@ class ChannelRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _last(x)  # channels innermost: one fused kernel, and the result stays channels-last
         if self.kind == "rms":
-            x = x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)
-        return x * self.weight.view(1, -1, 1, 1, 1)
+            return _first(F.rms_norm(x, (x.shape[-1],), self.weight, self.eps))
+        return _first(x * self.weight)
 
 
 class ResBlock3d(nn.Module):
@@ -194,15 +244,16 @@ class Downsample(nn.Module):
         self.time_to_channel = TimeToChannel() if temporal else None
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-        h = torch.cat([self.conv(x, cache), x], dim=1)  # main path and shortcut share one temporal pairing
+        # The main path and the shortcut share one temporal pairing.
+        h = _first(torch.cat([_last(self.conv(x, cache)), _last(x)], dim=-1))  # (B, C_main + C_in, T, H, W)
         if self.time_to_channel is not None:
             h = self.time_to_channel(h, cache)  # (B, 2C, T/2, H, W)
-        h = rearrange(h, "b c t (h p) (w q) -> b (c p q) t h w", p=2, q=2)  # (B, factor * C, T', H/2, W/2)
+        h = rearrange(_last(h), "b t (h p) (w q) c -> b t h w (c p q)", p=2, q=2)  # (B, T', H/2, W/2, factor * C)
         # Both rearranges keep the source channel as the major index, so the first `out_channels` channels
         # come from `conv(x)` and the rest from `x`.
-        main, shortcut = h[:, : self.out_channels], h[:, self.out_channels :]
-        shortcut = shortcut.unflatten(1, (self.out_channels, -1)).mean(dim=2)  # average groups of channels
-        return main + shortcut
+        main, shortcut = h[..., : self.out_channels], h[..., self.out_channels :]
+        shortcut = shortcut.unflatten(-1, (self.out_channels, -1)).mean(dim=-1)  # average groups of channels
+        return _first(main + shortcut)
 
 
 class Upsample(nn.Module):
@@ -221,11 +272,14 @@ class Upsample(nn.Module):
         self.channel_to_time = ChannelToTime() if temporal else None
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-        h = self.conv(x, cache) + x.repeat_interleave(self.repeats, dim=1)  # (B, factor * C_out, T, H, W)
-        h = rearrange(h, "b (c p q) t h w -> b c t (h p) (w q)", p=2, q=2)
-        if self.channel_to_time is not None:
-            h = self.channel_to_time(h, cache)
-        return h
+        h = _last(self.conv(x, cache))  # (B, T, H, W, factor * C_out), a fresh contiguous tensor
+        # Shortcut: each input channel repeated `repeats` times, added in place by broadcasting (no repeated copy).
+        h.unflatten(-1, (-1, self.repeats)).add_(_last(x).unsqueeze(-1))
+        if self.channel_to_time is None:
+            return _first(rearrange(h, "b t h w (c p q) -> b t (h p) (w q) c", p=2, q=2))  # (B, C_out, T, 2H, 2W)
+        # Channel-to-space and channel-to-time in one copy; output channels are ordered (c, two, p, q).
+        h = _first(rearrange(h, "b t h w (c two p q) -> b (t two) (h p) (w q) c", two=2, p=2, q=2))
+        return self.channel_to_time.drop_stream_start(h, cache)  # (B, C_out, 2T (- 1 at stream start), 2H, 2W)
 
 
 #################################################################################
@@ -254,13 +308,13 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         p = self.patch_size
-        x = rearrange(x, "b c t (h p) (w q) -> b (c p q) t h w", p=p, q=p)  # (B, 3p^2, F, H/p, W/p)
+        x = _first(rearrange(x, "b c t (h p) (w q) -> b t h w (c p q)", p=p, q=p))  # (B, 3p^2, F, H/p, W/p)
         x = self.conv_in(x, cache)
         for block in self.blocks:
             x = block(x, cache)
         for block in self.mid:
             x = block(x, cache)
-        return self.conv_out(F.silu(self.norm_out(x)), cache)  # (B, 2 * latent, f, h, w)
+        return self.conv_out(F.silu(self.norm_out(x)), cache).contiguous()  # (B, 2 * latent, f, h, w)
 
 
 class Decoder(nn.Module):
@@ -290,7 +344,7 @@ class Decoder(nn.Module):
             x = block(x, cache)
         x = self.conv_out(F.silu(self.norm_out(x)), cache)  # (B, 3p^2, F, H/p, W/p)
         p = self.patch_size
-        return rearrange(x, "b (c p q) t h w -> b c t (h p) (w q)", p=p, q=p)
+        return rearrange(_last(x), "b t h w (c p q) -> b c t (h p) (w q)", p=p, q=p).contiguous()
 
 
 #################################################################################

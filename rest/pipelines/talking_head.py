@@ -37,6 +37,7 @@ from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
 from rest.pipelines.portrait import Portrait, crop_as_is, prepare_portrait
+from rest.streaming.batch import step_sessions
 from rest.streaming.session import StreamingSession
 
 
@@ -99,6 +100,35 @@ class StreamSession:
         the audio's duration are cut. Calling it again returns no frames."""
         start = time.perf_counter()
         return self._out(self.session.finish(), start)
+
+    def feed(self, samples: np.ndarray) -> None:
+        """Buffer float mono samples without generating: the chunks they complete wait for `pipe.step`, which runs
+        many streams' chunks at once (`has_chunk` says whether one is ready)."""
+        if self.audio_ended:
+            raise RestError("this stream's audio has ended; start a new one with pipe.stream(portrait)")
+        samples = np.array(samples, np.float32).reshape(-1)
+        if self.first_push is None:
+            self.first_push = time.perf_counter()
+        start = time.perf_counter()
+        self.session.buffer_features(self.session.encode_audio(torch.from_numpy(samples)[None]))
+        self.compute_s += time.perf_counter() - start
+
+    def end_audio(self) -> None:
+        """No more audio (for `pipe.step`): the stream's last chunks become ready, and its frames stop at the audio's
+        duration; once `has_chunk` is False, `finish()` closes it."""
+        start = time.perf_counter()
+        self.session.end_input()
+        self.compute_s += time.perf_counter() - start
+
+    @property
+    def audio_ended(self) -> bool:
+        """`end_audio()` (or `finish()`) was called."""
+        return self.session.ending or self.finished
+
+    @property
+    def has_chunk(self) -> bool:
+        """Whether the audio fed so far completes a chunk that has not run yet."""
+        return self.session.pending()
 
     def flush(self) -> np.ndarray:
         """Deprecated name of `finish`. (It used to end the stream without padding, dropping up to a chunk of
@@ -194,6 +224,23 @@ class TalkingHeadPipeline:
             known = f"labels 0..{n - 1}" if n else "no emotion labels"
             raise RestError(f"emotion label {emotion} is out of range: this model has {known}")
         return StreamSession(self, portrait, seed, steps, emotion)
+
+    def step(self, streams: list[StreamSession]) -> list[np.ndarray]:
+        """The next chunk of every stream in `streams` that has one ready (`has_chunk`), in one batched rollout and
+        decode (rest/streaming/batch.py): uint8 (F, R, R, 3) frames per stream, in order (no frames for a stream
+        without a chunk ready). Each stream gets the frames it would get alone; the step's wall time counts as
+        compute in each stream's stats, since each waited for all of it."""
+        ready = [s for s in streams if s.has_chunk]
+        if any(s.pipe is not self for s in ready):
+            raise RestError("pipe.step runs the streams of this pipeline only (pipe.stream(...))")
+        out = {}
+        if ready:
+            start = time.perf_counter()
+            frames = step_sessions([s.session for s in ready])
+            for s, chunk in zip(ready, frames, strict=True):
+                out[id(s)] = s._out(chunk, start)
+        empty = np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
+        return [out.get(id(s), empty) for s in streams]
 
     def frames_for(self, num_samples: int) -> int:
         """Frames a clip of `num_samples` audio samples gets: its duration in frames, rounded."""

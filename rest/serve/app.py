@@ -29,11 +29,14 @@ WebSocket protocol (one WebSocket per stream, `/ws`):
 At "end" the audio is padded with silence to whole chunks and the frames past the audio's duration are not sent,
 so a stream of N seconds gets round(N * fps) frames, as `rest generate` does.
 
-Each session has its own stream state and runs the model (and JPEG encoding) in a worker thread, never on the event
-loop, so sessions do not wait on each other beyond the CPU they share. Frames go to the client through a bounded
-per-session outbox (`frame_queue` frames): a client that does not read fast enough loses the oldest unsent frames
-(counted as `dropped` in the stats) instead of growing the server's memory or stalling the model. A malformed
-message ends that session only.
+Every live stream runs in one model thread (rest/serve/batcher.py): each round it encodes the audio that arrived and
+steps all streams with a chunk ready in one batched call (one rollout over their caches, one VAE decode), so N
+streams cost far less than N separate forward passes; a stream with a backlog gets one chunk per round like the
+others, so it does not hold them up. JPEG encoding runs in worker threads, never on the event loop. Frames go to
+the client through a bounded per-session outbox (`frame_queue` frames): a client that does not read fast enough
+loses the oldest unsent frames (counted as `dropped` in the stats) instead of growing the server's memory or
+stalling the model. A client that sends audio more than `max_backlog_s` ahead of its frames is not read until its
+frames catch up. A malformed message ends that session only.
 
 Uploaded portraits are decoded and checked (face detection and crop) in their own `max_decodes` worker threads, never
 on the event loop, so a large image (a 6300 x 6300 PNG takes seconds) does not hold up the live streams' frames;
@@ -66,6 +69,7 @@ from PIL import Image
 from rest.config import MAX_SEED
 from rest.errors import RestError
 from rest.pipelines.portrait import MAX_SIDE
+from rest.serve.batcher import StreamBatcher
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger(__name__)
@@ -82,6 +86,7 @@ class ServeOptions:
     max_message_bytes: int = 2**20  # one WebSocket message (about 16 s of float32 audio); 1009 above
     idle_timeout_s: float = 60.0  # a session that sends nothing (or does not read its last frames) this long ends
     frame_queue: int = 50  # frames buffered per client (2 s at 25 fps) before the oldest are dropped
+    max_backlog_s: float = 20.0  # audio a client may send ahead of its frames before the server stops reading it
     max_portraits: int = 64  # uploaded portraits kept (least recently used are forgotten)
     jpeg_quality: int = 85
 
@@ -136,18 +141,22 @@ def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | P
 
         pipe = TalkingHeadPipeline.from_pretrained(pipe)
     opts = options or ServeOptions()
+    if opts.max_backlog_s < 2.0:  # a stream's frames lag its audio by a chunk and the look-ahead (~0.3 s for tiny)
+        raise RestError(f"max_backlog_s must be at least 2 s, got {opts.max_backlog_s:g}")
     executor = ThreadPoolExecutor(max_workers=max(1, opts.max_sessions), thread_name_prefix="rest-session")
     decoder = ThreadPoolExecutor(max_workers=max(1, opts.max_decodes), thread_name_prefix="rest-decode")
     detector_lock = threading.Lock()  # one face detection at a time (the detector is shared, not thread-safe)
+    batcher = StreamBatcher(pipe).start()  # runs every live stream, batched
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
+        batcher.stop()
         executor.shutdown(wait=False, cancel_futures=True)
         decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="REST live talking heads", lifespan=lifespan)
-    app.state.pipe, app.state.options = pipe, opts
+    app.state.pipe, app.state.options, app.state.batcher = pipe, opts, batcher
     app.state.portraits = OrderedDict()  # id -> Portrait (crop only)
     app.state.active = 0
     app.state.sessions_total = 0
@@ -195,6 +204,8 @@ def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | P
             "steps": cfg.steps,
             "active_sessions": app.state.active,
             "max_sessions": opts.max_sessions,
+            "batched_steps": batcher.rounds,
+            "largest_batch": batcher.largest_batch,
         }
 
     @app.get("/api/portraits")
@@ -262,7 +273,7 @@ def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | P
             return
         app.state.active += 1
         app.state.sessions_total += 1
-        session = _Session(ws, pipe, opts, executor, chunk_frames)
+        session = _Session(ws, pipe, opts, executor, batcher, chunk_frames)
         try:
             await session.run(resolve_portrait)
         except WebSocketDisconnect:
@@ -275,25 +286,35 @@ def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | P
 
 
 class _Session:
-    """One WebSocket stream: receive loop, model calls in the executor, a sender task with a bounded outbox."""
+    """One WebSocket stream: the receive loop, its stream in the batcher, a sender task with a bounded outbox."""
 
-    def __init__(self, ws, pipe, opts: ServeOptions, executor: ThreadPoolExecutor, chunk_frames: int):
-        self.ws, self.pipe, self.opts, self.executor = ws, pipe, opts, executor
+    def __init__(
+        self, ws, pipe, opts: ServeOptions, executor: ThreadPoolExecutor, batcher: StreamBatcher, chunk_frames: int
+    ):
+        self.ws, self.pipe, self.opts, self.executor, self.batcher = ws, pipe, opts, executor, batcher
         self.chunk_frames = chunk_frames
         self.outbox: deque = deque()  # bytes (frames) and dicts (JSON messages), in order
         self.pending = asyncio.Event()  # set when the outbox has items
         self.drained = asyncio.Event()  # set when the sender has sent everything
         self.drained.set()
+        self.progress = asyncio.Event()  # set when frames arrive from the batcher
         self.dropped = 0
         self.sent = 0  # frames produced (and queued) so far: the next frame's index
+        self.samples_pushed = 0
         self.stream = None
         self.sender: asyncio.Task | None = None
-        self.lock = asyncio.Lock()  # model calls of one session run in order
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.outcome: asyncio.Future | None = None  # None once the last frames are queued; _Closed if it failed
+        self.lock = asyncio.Lock()  # this session's model calls and frame deliveries, in order
         self.last_stats: float | None = None
 
     def close(self) -> None:
         if self.sender is not None:
             self.sender.cancel()
+        if self.stream is not None:
+            self.batcher.remove(self.stream)
+        if self.outcome is not None and self.outcome.done():
+            self.outcome.exception()  # retrieved: a failure already reported to the client is not logged again
 
     def _put(self, item) -> None:
         self.outbox.append(item)
@@ -335,7 +356,7 @@ class _Session:
     async def _model(self, fn, *args):
         """Run `fn(*args)` in a worker thread, this session's calls one after another."""
         async with self.lock:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+            return await self.loop.run_in_executor(self.executor, fn, *args)
 
     async def _fail(self, code: int, message: str) -> None:
         self.close()
@@ -345,14 +366,26 @@ class _Session:
         except Exception:  # the client may be gone already
             pass
 
+    async def _receive(self) -> dict:
+        """The next WebSocket message; raises the stream's failure (from the batcher) or the idle timeout."""
+        receive = asyncio.ensure_future(self.ws.receive())
+        done, _ = await asyncio.wait(
+            {receive, self.outcome}, timeout=self.opts.idle_timeout_s, return_when="FIRST_COMPLETED"
+        )
+        if receive in done:
+            return receive.result()
+        receive.cancel()
+        if self.outcome.done():
+            self.outcome.result()  # raises the stream's _Closed
+        raise _Closed(1001, f"idle for {self.opts.idle_timeout_s:g} s: session closed")
+
     async def run(self, resolve_portrait) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.outcome = self.loop.create_future()
         self.sender = asyncio.create_task(self._send_loop())
         try:
             while True:
-                try:
-                    message = await asyncio.wait_for(self.ws.receive(), timeout=self.opts.idle_timeout_s)
-                except asyncio.TimeoutError:
-                    raise _Closed(1001, f"idle for {self.opts.idle_timeout_s:g} s: session closed") from None
+                message = await self._receive()
                 if message["type"] == "websocket.disconnect":
                     return
                 data, text = message.get("bytes"), message.get("text")
@@ -389,6 +422,7 @@ class _Session:
                 raise _Closed(1008, f"seed must be an integer from 0 to {MAX_SEED}, got {json.dumps(seed)[:40]}")
             portrait = await resolve_portrait(msg.get("portrait"))
             self.stream = await self._model(lambda: self.pipe.stream(portrait, seed=seed))
+            self.batcher.add(self.stream, self._on_frames, self._on_done, self._on_error)
             p = self.pipe
             self._put(
                 {
@@ -403,7 +437,8 @@ class _Session:
         if kind == "end":
             if self.stream is None:
                 raise _Closed(1008, "end before start")
-            self.enqueue_frames(await self._model(self._finish))
+            self.batcher.end(self.stream)
+            await self.outcome  # the last frames are queued (or the stream failed: _Closed)
             self._put({"type": "done", **self.stats()})
             try:  # a client that stopped reading gets idle_timeout_s to take its last frames
                 await asyncio.wait_for(self.drained.wait(), timeout=self.opts.idle_timeout_s)
@@ -424,21 +459,51 @@ class _Session:
         if not np.isfinite(samples).all():
             raise _Closed(1008, "audio contains NaN or infinite samples")
         samples = np.clip(samples, -1.0, 1.0)  # as read_audio clips files: full scale is 1
-        self.enqueue_frames(await self._model(self._push, samples))
-        now = time.perf_counter()
-        if self.sent and (self.last_stats is None or now - self.last_stats > 1.0):  # first frames, then 1/s
-            self.last_stats = now
-            self._put({"type": "stats", **self.stats()})
+        self.batcher.push(self.stream, samples)
+        self.samples_pushed += len(samples)
+        # Back-pressure: stop reading a client that is far ahead of its frames (its audio waits in server memory).
+        while self.samples_pushed / self.pipe.sample_rate - self.sent / self.pipe.fps > self.opts.max_backlog_s:
+            self.progress.clear()
+            waiter = asyncio.ensure_future(self.progress.wait())
+            await asyncio.wait({waiter, self.outcome}, return_when="FIRST_COMPLETED")
+            waiter.cancel()
+            if self.outcome.done():
+                self.outcome.result()  # raises the stream's failure
 
-    # Worker-thread side: model calls and JPEG encoding, so the event loop only moves bytes.
-    def _push(self, samples: np.ndarray) -> list[bytes]:
-        return _jpegs(self.stream.push_audio(samples), self.opts.jpeg_quality)
+    # Batcher-thread side: hand over to the event loop, nothing else.
+    def _on_frames(self, frames: np.ndarray) -> None:
+        asyncio.run_coroutine_threadsafe(self._deliver(frames), self.loop)
 
-    def _finish(self) -> list[bytes]:
-        """The last frames: audio padded to whole chunks, frames kept within its duration (StreamSession.finish)."""
-        if self.stream.samples_in == 0:
-            return []
-        return _jpegs(self.stream.finish(), self.opts.jpeg_quality)
+    def _on_done(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._settle(None), self.loop)
+
+    def _on_error(self, err: BaseException) -> None:
+        if isinstance(err, RestError):  # the client's input, found by the pipeline
+            closed = _Closed(1008, str(err))
+        else:
+            log.error("stream failed", exc_info=err)
+            closed = _Closed(1011, f"server error: {type(err).__name__}: {err}")
+        asyncio.run_coroutine_threadsafe(self._settle(closed), self.loop)
+
+    # Event-loop side.
+    async def _deliver(self, frames: np.ndarray) -> None:
+        """A chunk's frames: JPEG-encoded in a worker thread, queued in order, with the stats now and then."""
+        async with self.lock:
+            jpegs = await self.loop.run_in_executor(self.executor, _jpegs, frames, self.opts.jpeg_quality)
+            self.enqueue_frames(jpegs)
+            self.progress.set()
+            now = time.perf_counter()
+            if self.last_stats is None or now - self.last_stats > 1.0:  # the first frames, then once a second
+                self.last_stats = now
+                self._put({"type": "stats", **self.stats()})
+
+    async def _settle(self, closed: _Closed | None) -> None:
+        async with self.lock:  # after the frames delivered before it
+            if not self.outcome.done():
+                if closed is None:
+                    self.outcome.set_result(None)
+                else:
+                    self.outcome.set_exception(closed)
 
 
 __all__ = ["ServeOptions", "create_app"]

@@ -1,5 +1,7 @@
-"""Streaming generation: the ID-Context KV cache, the one chunk-rollout function, and the streaming session."""
+"""Streaming generation: the ID-Context KV cache, the one chunk-rollout function, the streaming session, and the
+batched step of many sessions."""
 
+from rest.streaming.batch import CacheBatch, step_sessions
 from rest.streaming.cache import IDContextCache
 from rest.streaming.rollout import (
     chunk_audio_span,
@@ -13,6 +15,7 @@ from rest.streaming.rollout import (
 from rest.streaming.session import StreamingSession
 
 __all__ = [
+    "CacheBatch",
     "IDContextCache",
     "StreamingSession",
     "chunk_audio_span",
@@ -20,6 +23,7 @@ __all__ = [
     "chunk_video_frames",
     "chunk_velocity",
     "rollout_chunk",
+    "step_sessions",
     "write_chunk",
     "write_sink",
 ]

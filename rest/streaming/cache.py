@@ -80,6 +80,9 @@ class IDContextCache:
         self.slot_chunk = [-1] * context_chunks  # absolute index of the chunk each ring slot holds; -1 = empty
         self.has_sink = False
         self.chunks_written = 0
+        # m: chunks of context the next chunk sees, min(chunks_written, context_chunks). An attribute, not computed
+        # from chunks_written, so a compiled chunk step sees the same value every chunk once the window is full.
+        self.num_context = 0
 
     @classmethod
     def for_model(
@@ -121,11 +124,7 @@ class IDContextCache:
             self.has_sink = False
         self.slot_chunk = [-1] * self.context_chunks
         self.chunks_written = 0
-
-    @property
-    def num_context(self) -> int:
-        """m: chunks of context the next chunk sees, min(chunks_written, context_chunks)."""
-        return min(self.chunks_written, self.context_chunks)
+        self.num_context = 0
 
     @property
     def visible_length(self) -> int:
@@ -163,6 +162,7 @@ class IDContextCache:
                 self.values[layer, :, :, start : start + self.chunk_tokens].copy_(kv.v.detach())
             self.slot_chunk[slot] = self.chunks_written
         self.chunks_written += 1
+        self.num_context = min(self.chunks_written, self.context_chunks)
 
     def _check(self, per_layer: Sequence[KeyValue], tokens: int, what: str) -> None:
         if len(per_layer) != self.num_layers:

@@ -22,6 +22,10 @@ End of stream, fixed at construction (`end`):
   a trailing partial chunk is dropped, as offline sampling rounds a clip down to whole latent frames (1 + t*c*k
   frames, the count the held-out study compares with the teacher's).
 
+Many streams at once: `buffer_features(encode_audio(samples))` only buffers, `end_input()` ends the audio, and
+`rest.streaming.batch.step_sessions(sessions)` runs the next chunk of every session that has one `pending()` in one
+batched rollout and decode (what `rest serve` does); each stream's frames equal its frames alone.
+
 What the studies vary is an option here, not another copy of this loop: precomputed features (`push_features`,
 e.g. the encoder's whole-clip forward, in a session without `audio_encoder`), the steps and levels (`sigmas`), the
 context's re-noise level (`context_timestep`), the cache's size (the denoiser's `context_chunks`) and the sink
@@ -32,6 +36,8 @@ the drift study's no-sink ablation). `rest bench stream` times the pieces of a c
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from rest.models.audio import AudioEncoder
@@ -41,6 +47,14 @@ from rest.streaming.cache import IDContextCache
 from rest.streaming.rollout import chunk_audio_span, rollout_chunk, write_sink
 
 ENDS = ("duration", "whole_chunks")
+
+
+class ChunkDraw(NamedTuple):
+    """A stream's inputs to its next chunk's rollout (`StreamingSession.chunk_inputs`)."""
+
+    audio: torch.Tensor  # (B, Fa, audio_dim): the chunk's audio window (shorter at the end of a stream)
+    noise: torch.Tensor  # (B, C, c, h, w) the starting point
+    context_noise: torch.Tensor | None  # (B, C, c, h, w) for the context re-noise, when context_timestep > 0
 
 
 class StreamingSession:
@@ -101,7 +115,9 @@ class StreamingSession:
         self.features = torch.zeros(b, 0, denoiser.config.audio_dim, device=device)  # (B, P, D) buffered
         self.features_start = 0  # video frame of features[:, 0]
         self.samples_in = 0  # audio samples pushed (not the silence `finish` adds)
-        self.frames_out = 0  # video frames decoded; after `finish`, the stream's length
+        self.frames_out = 0  # video frames returned; after `finish`, the stream's length
+        self.ending = False  # end_input() was called: no more audio
+        self.end_frame = 0  # end="duration": the stream's length in frames, set by end_input()
         self.finished = False
 
     @property
@@ -117,8 +133,8 @@ class StreamingSession:
         self.noise.manual_seed(self.seed)
         self.features = self.features[:, :0]
         self.features_start = 0
-        self.samples_in = self.frames_out = 0
-        self.finished = False
+        self.samples_in = self.frames_out = self.end_frame = 0
+        self.ending = self.finished = False
 
     # ---------------------------------------------------------------- stream
     @torch.no_grad()
@@ -138,28 +154,40 @@ class StreamingSession:
         returns no frames."""
         if self.finished:
             return self._no_frames()
-        before = self.frames_out
-        parts = []
+        if not self.ending:
+            self.end_input()
+        frames = self._run(final=True)
+        self.finished = True
+        return frames
+
+    @torch.no_grad()
+    def end_input(self) -> None:
+        """No more audio: buffer the silence that pads the stream to whole chunks (end="duration") and the features
+        the encoder held back for its look-ahead. The chunks left then run as the end of the stream (`final`): those
+        `pending()` reports, one `next_latents` + `decode` each (or `rest.streaming.batch.step_sessions`), then
+        `finish()` (or `finish()` at once, which runs them all). Frames past the audio's duration are cut."""
+        self._check_open()
+        if self.ending:
+            raise RuntimeError("end_input() was already called for this stream")
         if self.end == "duration":
-            target = self._frames_for(self.samples_in)
+            self.end_frame = self._frames_for(self.samples_in)
             t, c = self.vae.temporal_compression, self.denoiser.config.chunk_latent_frames
-            covered = 1 + t * c * max(0, -(-(target - 1) // (t * c)))  # frames of the whole chunks that cover it
+            chunks = max(0, -(-(self.end_frame - 1) // (t * c)))
+            covered = 1 + t * c * chunks  # frames of the whole chunks that cover the duration
             missing = covered * self.audio_encoder.samples_per_frame - self.samples_in
-            if missing > 0 and target > 0:
+            if missing > 0 and self.end_frame > 0:
                 samples_in = self.samples_in
                 silence = torch.zeros(self.features.shape[0], missing)  # the float32 zeros the encoder pads with
-                parts.append(self.push_audio(silence))
+                self.buffer_features(self.encode_audio(silence))
                 self.samples_in = samples_in  # the silence is not part of the stream's audio
         if self.audio_state is not None:  # the features whose look-ahead was waiting for more audio
             features, self.audio_state = self.audio_encoder.flush(self.audio_state)
-            parts.append(self.push_features(features))
-        parts.append(self._run(final=True))
-        self.finished = True
-        frames = torch.cat(parts, dim=2)
-        if self.end == "duration":
-            frames = frames[:, :, : max(0, target - before)]
-            self.frames_out = before + frames.shape[2]
-        return frames
+            self.buffer_features(features)
+        self.ending = True
+
+    def pending(self) -> bool:
+        """Whether a chunk can run now: its audio window is buffered (at the end of the stream, its frames)."""
+        return not self.finished and self.ready(self.ending)
 
     # ---------------------------------------------------------------- pieces
     @torch.no_grad()
@@ -191,6 +219,23 @@ class StreamingSession:
         """Generate the next chunk from the buffered features: clean latents (B, C, c, h, w), float32.
 
         final: the stream has ended, so the chunk's missing look-ahead frames are masked instead of awaited."""
+        inputs = self.chunk_inputs(final)
+        latents, self.cache = rollout_chunk(
+            self.denoiser,
+            self.cache,
+            inputs.noise,
+            inputs.audio,
+            self.sigmas,
+            context_timestep=self.context_timestep,
+            context_noise=inputs.context_noise,
+            emotion=self.emotion,
+        )
+        return latents
+
+    def chunk_inputs(self, final: bool = False) -> ChunkDraw:
+        """What the next chunk's rollout takes from this stream: its audio window and its noise (drawn from the
+        stream's generator). Drops the features no later chunk needs; the rollout must follow (`next_latents`, or
+        `rest.streaming.batch.step_sessions` for several streams at once)."""
         chunk = self.chunks_done
         start, stop = chunk_audio_span(self.denoiser, chunk)
         if not self.ready(final):
@@ -204,21 +249,11 @@ class StreamingSession:
         context_noise = None
         if self.context_timestep > 0:
             context_noise = torch.randn(b, *self.latent_shape, generator=self.noise).to(device)
-        latents, self.cache = rollout_chunk(
-            self.denoiser,
-            self.cache,
-            noise,
-            audio,
-            self.sigmas,
-            context_timestep=self.context_timestep,
-            context_noise=context_noise,
-            emotion=self.emotion,
-        )
         # Keep only what the next chunk needs (its window starts after this chunk's last covered frame).
         next_start, _ = chunk_audio_span(self.denoiser, chunk + 1)
         self.features = self.features[:, next_start - self.features_start :]
         self.features_start = next_start
-        return latents
+        return ChunkDraw(audio, noise, context_noise)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -226,8 +261,18 @@ class StreamingSession:
         dtype = next(self.vae.parameters()).dtype
         z = self.vae.denormalize_latents(latents.to(dtype))
         out, self.decode_cache = self.vae.decode_chunk(z, self.decode_cache)
-        self.frames_out += out.sample.shape[2]
-        return out.sample.float().clamp(-1, 1)
+        return self.take_frames(out.sample)
+
+    def take_frames(self, decoded: torch.Tensor) -> torch.Tensor:
+        """Count a chunk's decoded frames (B, 3, F', H, W) as output: float in [-1, 1], without the frames past the
+        audio's duration once the stream is ending (end="duration")."""
+        frames = decoded.float().clamp(-1, 1)
+        self.frames_out += frames.shape[2]
+        if self.ending and self.end == "duration" and self.frames_out > self.end_frame:
+            cut = min(frames.shape[2], self.frames_out - self.end_frame)
+            frames = frames[:, :, : frames.shape[2] - cut]
+            self.frames_out -= cut
+        return frames
 
     # ---------------------------------------------------------------- helpers
     def _run(self, final: bool) -> torch.Tensor:
@@ -251,4 +296,4 @@ class StreamingSession:
             raise RuntimeError("this stream has finished; call reset() to start a new one")
 
 
-__all__ = ["ENDS", "StreamingSession"]
+__all__ = ["ENDS", "ChunkDraw", "StreamingSession"]
