@@ -6,7 +6,9 @@ arrived during the last step joined into one), then run the next
 chunk of every stream that has one ready in one batched call (`TalkingHeadPipeline.step`: one rollout over their
 caches, one VAE decode). A stream with a backlog (a client that sent a minute of audio at once) gets one chunk per
 round like every other, so it never holds up the others' next chunk. A stream whose audio has ended and whose last
-chunk ran is finished and leaves; streams join and leave between rounds.
+chunk ran is finished and leaves; streams join and leave between rounds. The first chunks of streams that just
+started run (and are delivered) before the others' chunks, so joining a busy server costs a new stream at most one
+round of waiting before its first frames, not two.
 
 Callbacks run on this thread and must only hand the data over (e.g. `loop.call_soon_threadsafe`):
 `on_frames(uint8 (F, R, R, 3))` for each chunk's frames, `on_done()` after the last frames, `on_error(exception)`
@@ -97,8 +99,10 @@ class StreamBatcher:
                 if entry in live:
                     self._take(entry, items, live)
             ready = [e for e in live if e.stream.has_chunk]
-            if ready:
-                self._step(ready, live)
+            starting = [e for e in ready if e.stream.frames_out == 0]  # a new stream's first frames go out first
+            for group in (starting, [e for e in ready if e.stream.frames_out > 0]):
+                if group:
+                    self._step(group, live)
             for entry in [e for e in live if e.stream.audio_ended and not e.stream.has_chunk]:
                 live.discard(entry)
                 self._finish(entry)
