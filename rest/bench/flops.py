@@ -29,7 +29,6 @@ equals the count of a real CPU run (tested).
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,7 +36,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from rest.bench.common import synchronize
+from rest.bench.common import synchronize, time_call
 from rest.config import get_preset
 from rest.diffusion.flow import FlowMatchingConfig, flow_sigmas
 from rest.models.audio import AudioEncoder
@@ -111,7 +110,7 @@ class ChunkFlops:
         return {**asdict(self), "total": self.total, "total_per_video_s": self.total / self.seconds}
 
 
-def _chunk_samples(session: StreamingSession, chunk: int) -> int:
+def chunk_samples(session: StreamingSession, chunk: int) -> int:
     """Audio samples a live stream pushes for `chunk`: through its window plus the encoder's look-ahead."""
     encoder = session.audio_encoder
     return (chunk_audio_span(session.denoiser, chunk)[1] + encoder.lookahead_frames) * encoder.samples_per_frame
@@ -137,7 +136,7 @@ def warm_session(
     frames_per_chunk = denoiser.config.temporal_compression * denoiser.config.chunk_latent_frames
     # The encoder keeps `attn_window - 1` frames of keys: full once that many frames have gone through it.
     window_frames = audio_encoder.config.attn_window + frames_per_chunk
-    samples = max(_chunk_samples(session, warm_chunks), window_frames * audio_encoder.samples_per_frame)
+    samples = max(chunk_samples(session, warm_chunks), window_frames * audio_encoder.samples_per_frame)
     session.buffer_features(session.encode_audio(torch.zeros(1, samples, device=param.device)))
     for _ in range(warm_chunks):
         session.decode(session.next_latents())
@@ -159,8 +158,7 @@ def step_arguments(session: StreamingSession) -> tuple[torch.Tensor, torch.Tenso
     """(x, t, inputs) of the first Euler step of the session's next chunk: `velocity(denoiser, session.cache, x, t,
     inputs)` is the denoiser pass the rollout repeats K times (the chunk step that torch.compile captures)."""
     denoiser = session.denoiser
-    start, stop = chunk_audio_span(denoiser, session.chunks_done)
-    audio = session.features[:, start - session.features_start : stop - session.features_start]
+    audio = session.next_audio()
     c, h, w = session.latent_shape[1:]
     dtype = next(denoiser.parameters()).dtype
     inputs = prepare_chunk(denoiser, session.cache, audio.to(dtype), h, w, session.emotion)
@@ -244,15 +242,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype, size: int | None = None
     a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     with torch.no_grad():
-        a @ b
-        synchronize(device)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            a @ b
-            synchronize(device)
-            times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
+        median = time_call(lambda: a @ b, device, repeats=repeats, warmup=1)["median_s"]
     return {"matmul_n": n, "dtype": str(dtype).replace("torch.", ""), "median_s": median, "flop_s": 2 * n**3 / median}
 
 
@@ -313,6 +303,7 @@ __all__ = [
     "ChunkFlops",
     "achieved",
     "chunk_flops",
+    "chunk_samples",
     "count_flops",
     "on_meta",
     "peak_flops",

@@ -34,7 +34,15 @@ from pathlib import Path
 import torch
 
 from rest.bench.common import device_info, rss_kib, synchronize
-from rest.bench.flops import achieved, chunk_flops, peak_flops, push_chunk_audio, time_by_op_kind, warm_session
+from rest.bench.flops import (
+    achieved,
+    chunk_flops,
+    chunk_samples,
+    peak_flops,
+    push_chunk_audio,
+    time_by_op_kind,
+    warm_session,
+)
 from rest.config import get_preset
 from rest.diffusion.flow import FlowMatchingConfig, flow_sigmas
 from rest.errors import RestError
@@ -120,14 +128,13 @@ def run_stream(new_session: Callable[[], StreamingSession], num_chunks: int, dev
     session = new_session()  # writes the ID-Sink
     synchronize(device)
     setup = time.perf_counter() - t0
-    denoiser, audio_encoder = session.denoiser, session.audio_encoder
-    spf, lookahead = audio_encoder.samples_per_frame, audio_encoder.lookahead_frames
+    denoiser = session.denoiser
     times = {"audio": [], "denoise": [], "decode": []}
     sent = 0  # samples pushed so far
     mem_after_first = 0.0
     for chunk in range(num_chunks):
         # The chunk can start once the audio through its window and the encoder's look-ahead has arrived.
-        needed = (chunk_audio_span(denoiser, chunk)[1] + lookahead) * spf
+        needed = chunk_samples(session, chunk)
         samples = (0.1 * torch.randn(1, needed - sent, generator=g)).to(device)
         sent = needed
         t0 = time.perf_counter()
@@ -165,8 +172,8 @@ def compile_blocks(denoiser: DenoiserDiT, mode: str) -> None:
     Shapes are static (`dynamic=False`): a stream's blocks see the sink pass and one shape per context size m = 0
     .. context_chunks while the cache fills (a compile each), then one shape for the rest of the stream, since the
     cache is preallocated. "reduce-overhead" also replays each block from a CUDA graph (CUDA only). The whole
-    `velocity` is not compiled: the cache's `chunks_written`, a Python int that changes every chunk, would be
-    guarded on and recompile it every chunk.
+    `velocity` is not compiled here: measured before the cache kept `num_context` as an attribute, its reading of
+    `chunks_written` (a Python int that changes every chunk) recompiled it every chunk; it has not been retried.
     """
     if mode not in COMPILE_MODES:
         raise RestError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")

@@ -87,11 +87,9 @@ class StreamSession:
         """Float mono samples at the pipeline's rate (any length) -> the frames they complete."""
         if self.finished:
             raise RestError("this stream has finished; start a new one with pipe.stream(portrait)")
-        samples = np.array(samples, np.float32).reshape(-1)  # a copy: torch needs writable memory
-        if self.first_push is None:
-            self.first_push = time.perf_counter()
+        samples = self._samples(samples)
         start = time.perf_counter()
-        return self._out(self.session.push_audio(torch.from_numpy(samples)[None]), start)
+        return self._out(self.session.push_audio(samples), start)
 
     def finish(self) -> np.ndarray:
         """End of speech: the remaining frames, so that the stream has exactly round(duration * fps) frames in all.
@@ -106,11 +104,9 @@ class StreamSession:
         many streams' chunks at once (`has_chunk` says whether one is ready)."""
         if self.audio_ended:
             raise RestError("this stream's audio has ended; start a new one with pipe.stream(portrait)")
-        samples = np.array(samples, np.float32).reshape(-1)
-        if self.first_push is None:
-            self.first_push = time.perf_counter()
+        samples = self._samples(samples)
         start = time.perf_counter()
-        self.session.buffer_features(self.session.encode_audio(torch.from_numpy(samples)[None]))
+        self.session.buffer_features(self.session.encode_audio(samples))
         self.compute_s += time.perf_counter() - start
 
     def end_audio(self) -> None:
@@ -135,6 +131,13 @@ class StreamSession:
         trailing frames; it now keeps every frame.)"""
         warnings.warn("StreamSession.flush() is deprecated: call finish()", FutureWarning, stacklevel=2)
         return self.finish()
+
+    def _samples(self, samples: np.ndarray) -> torch.Tensor:
+        """Pushed samples as the session takes them, (1, n) float32; the first push starts the latency clock."""
+        samples = np.array(samples, np.float32).reshape(-1)  # a copy: torch needs writable memory
+        if self.first_push is None:
+            self.first_push = time.perf_counter()
+        return torch.from_numpy(samples)[None]
 
     def _out(self, frames: torch.Tensor, start: float) -> np.ndarray:
         out = tensor_to_frames(frames[0])

@@ -204,7 +204,7 @@ def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | P
             "steps": cfg.steps,
             "active_sessions": app.state.active,
             "max_sessions": opts.max_sessions,
-            "batched_steps": batcher.rounds,
+            "batched_steps": batcher.steps,
             "largest_batch": batcher.largest_batch,
         }
 
@@ -366,18 +366,24 @@ class _Session:
         except Exception:  # the client may be gone already
             pass
 
-    async def _receive(self) -> dict:
-        """The next WebSocket message; raises the stream's failure (from the batcher) or the idle timeout."""
-        receive = asyncio.ensure_future(self.ws.receive())
-        done, _ = await asyncio.wait(
-            {receive, self.outcome}, timeout=self.opts.idle_timeout_s, return_when="FIRST_COMPLETED"
-        )
-        if receive in done:
-            return receive.result()
-        receive.cancel()
+    async def _unless_failed(self, awaitable, timeout: float | None = None):
+        """`awaitable`'s result, unless the stream fails first (raises its _Closed, from the batcher) or `timeout`
+        seconds pass (raises asyncio.TimeoutError); the awaitable is cancelled when it loses."""
+        task = asyncio.ensure_future(awaitable)
+        done, _ = await asyncio.wait({task, self.outcome}, timeout=timeout, return_when="FIRST_COMPLETED")
+        if task in done:
+            return task.result()
+        task.cancel()
         if self.outcome.done():
             self.outcome.result()  # raises the stream's _Closed
-        raise _Closed(1001, f"idle for {self.opts.idle_timeout_s:g} s: session closed")
+        raise asyncio.TimeoutError
+
+    async def _receive(self) -> dict:
+        """The next WebSocket message; raises the stream's failure (from the batcher) or the idle timeout."""
+        try:
+            return await self._unless_failed(self.ws.receive(), self.opts.idle_timeout_s)
+        except asyncio.TimeoutError:
+            raise _Closed(1001, f"idle for {self.opts.idle_timeout_s:g} s: session closed") from None
 
     async def run(self, resolve_portrait) -> None:
         self.loop = asyncio.get_running_loop()
@@ -464,11 +470,7 @@ class _Session:
         # Back-pressure: stop reading a client that is far ahead of its frames (its audio waits in server memory).
         while self.samples_pushed / self.pipe.sample_rate - self.sent / self.pipe.fps > self.opts.max_backlog_s:
             self.progress.clear()
-            waiter = asyncio.ensure_future(self.progress.wait())
-            await asyncio.wait({waiter, self.outcome}, return_when="FIRST_COMPLETED")
-            waiter.cancel()
-            if self.outcome.done():
-                self.outcome.result()  # raises the stream's failure
+            await self._unless_failed(self.progress.wait())
 
     # Batcher-thread side: hand over to the event loop, nothing else.
     def _on_frames(self, frames: np.ndarray) -> None:

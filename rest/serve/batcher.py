@@ -47,7 +47,7 @@ class StreamBatcher:
         self._entries: dict[int, _Entry] = {}  # id(stream) -> entry; touched under the lock
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="rest-batcher", daemon=True)
-        self.rounds = 0  # batched steps run
+        self.steps = 0  # batched steps run (a round runs one, or two when streams are starting)
         self.largest_batch = 0
 
     def start(self) -> StreamBatcher:
@@ -126,7 +126,7 @@ class StreamBatcher:
             for entry in ready:
                 self._fail(entry, err, live)
             return
-        self.rounds += 1
+        self.steps += 1
         self.largest_batch = max(self.largest_batch, len(ready))
         for entry, chunk in zip(ready, frames, strict=True):
             if len(chunk):

@@ -36,7 +36,7 @@ from rest.models.dit import PORTRAIT_ROPE_FRAME
 from rest.models.layers import KeyValue
 from rest.models.vae import CausalCache
 from rest.streaming.cache import IDContextCache
-from rest.streaming.rollout import chunk_audio_span, rollout_chunk
+from rest.streaming.rollout import rollout_chunk
 from rest.streaming.session import StreamingSession
 
 
@@ -118,8 +118,6 @@ class CacheBatch:
 
 def _rollout_key(session: StreamingSession) -> tuple:
     cache = session.cache
-    span_start, span_stop = chunk_audio_span(session.denoiser, session.chunks_done)
-    available = min(span_stop, session.features_start + session.features.shape[1]) - span_start  # window length
     return (
         id(session.denoiser),
         tuple(session.sigmas.tolist()),
@@ -127,7 +125,7 @@ def _rollout_key(session: StreamingSession) -> tuple:
         session.latent_shape,
         cache.num_context,
         cache.chunks_written == 0,
-        available,
+        session.next_audio().shape[1],  # the audio window's length
         session.emotion is None,
         session.features.device,
     )

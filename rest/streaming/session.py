@@ -232,18 +232,24 @@ class StreamingSession:
         )
         return latents
 
+    def next_audio(self) -> torch.Tensor:
+        """The buffered part of the next chunk's audio window (`chunk_audio_span`), a view (B, Fa', audio_dim):
+        shorter than the window while its look-ahead has not arrived (or never will, at the end of a stream)."""
+        start, stop = chunk_audio_span(self.denoiser, self.chunks_done)
+        return self.features[:, start - self.features_start : stop - self.features_start]
+
     def chunk_inputs(self, final: bool = False) -> ChunkDraw:
         """What the next chunk's rollout takes from this stream: its audio window and its noise (drawn from the
         stream's generator). Drops the features no later chunk needs; the rollout must follow (`next_latents`, or
         `rest.streaming.batch.step_sessions` for several streams at once)."""
         chunk = self.chunks_done
-        start, stop = chunk_audio_span(self.denoiser, chunk)
         if not self.ready(final):
+            start, stop = chunk_audio_span(self.denoiser, chunk)
             raise RuntimeError(
                 f"the buffered audio features do not cover chunk {chunk}'s window yet (frames {start}..{stop - 1}); "
                 "push more features, or finish() at the end of the stream"
             )
-        audio = self.features[:, start - self.features_start : stop - self.features_start]
+        audio = self.next_audio()
         b, device = self.features.shape[0], self.features.device
         noise = torch.randn(b, *self.latent_shape, generator=self.noise).to(device)
         context_noise = None
