@@ -4,7 +4,7 @@ of the two mouth curves for one clip. The real clips are for measurement only; t
 
     python evaluation/real_speech_study.py --weights weights/rest-tiny --portraits assets/demo/portrait.png \\
         --synthtalk runs/demo/synthtalk --synthtalk-portraits 2 --audio-expert new=runs/demo/audio_expert \\
-        --output runs/real_speech.json --plot docs/real_speech_curves.png
+        --phonetic-expert 0 --output runs/real_speech.json --plot docs/real_speech_curves.png
 
 Defaults read the clips of ../shared/data/video and the Chinese and Japanese files of ../shared/data/audio, when
 that folder exists, plus 8 s of digital silence.
@@ -23,6 +23,7 @@ from rest.metrics.heldout import write_study
 from rest.metrics.landmarks import FaceLandmarks68
 from rest.metrics.realspeech import format_table, plot_curves, read_real_clips, real_speech_study
 from rest.models.audio import AudioExpert
+from rest.models.phonetic import PhoneticExpert
 from rest.pipelines import TalkingHeadPipeline
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -58,6 +59,13 @@ def main() -> int:
     )
     parser.add_argument("--silent-seconds", type=float, default=8.0, help="a silent file of this length (0: none)")
     parser.add_argument("--audio-expert", nargs="*", default=[], metavar="NAME=DIR", help="audio experts to score")
+    parser.add_argument(
+        "--phonetic-expert",
+        type=float,
+        default=None,
+        metavar="SETTLE_S",
+        help="also score the phonetic expert (pocketsphinx phones -> SynthTalk visemes), phones final after SETTLE_S",
+    )
     parser.add_argument("--vad", default="auto", choices=["auto", "silero", "energy"], help="voice activity detector")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", required=True, help="JSON file")
@@ -82,6 +90,8 @@ def main() -> int:
         if not folder:
             raise RestError(f"--audio-expert takes NAME=DIR, got {spec!r}")
         experts[name] = AudioExpert.load(folder)
+    if args.phonetic_expert is not None:
+        experts["phonetic"] = PhoneticExpert(settle_s=args.phonetic_expert)
     files = {Path(f).stem: read_audio(f) for f in args.audio_files}
     if args.silent_seconds > 0:
         files[f"silence_{args.silent_seconds:g}s"] = np.zeros(round(args.silent_seconds * 16000), np.float32)

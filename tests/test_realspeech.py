@@ -58,6 +58,13 @@ class OraclePipe:
         return _render(_loudness_mouth(audio))
 
 
+class LoudExpert:
+    """A stand-in audio expert: the openness it hears is the loudness."""
+
+    def predict(self, audio):
+        return _loudness_mouth(audio)
+
+
 @pytest.fixture(scope="module")
 def landmarks():
     from rest.metrics.landmarks import FaceLandmarks68
@@ -94,13 +101,17 @@ def test_an_oracle_follows_the_words_and_rests_in_silence(clips, landmarks, tmp_
 
     portraits = {"p": _Portrait(_render(np.zeros(1))[0])}
     files = {"silence": np.zeros(2 * SR, np.float32), "speech": _speech(3.0, [(0.5, 2.0)], 7)}
-    result = real_speech_study(OraclePipe(), portraits, clips, landmarks, files, vad="energy", progress=False)
+    experts = {"loud": LoudExpert()}
+    result = real_speech_study(OraclePipe(), portraits, clips, landmarks, files, experts, vad="energy", progress=False)
     mean = result["mean"]
+    assert mean["expert/loud"] > 0.8 and mean["expert/loud/rest_ratio"] < 0.5
     assert mean["p/own"] > 0.8 and mean["p/own"] > mean["p/shuffled"] + 0.4
     assert mean["loudness"] > 0.8  # the 'real' mouths follow the loudness too: the baseline knows it
     assert mean["p/rest_ratio"] < 0.5 and mean["real_rest_ratio"] < 0.5
     files_by_name = {f["file"]: f for f in result["files"]}
     assert files_by_name["silence"]["p/silent_ratio"] < 0.5 and files_by_name["speech"]["p/rest_ratio"] < 0.5
+    assert files_by_name["silence"]["expert/loud/silent_ratio"] < 0.1
+    assert files_by_name["speech"]["expert/loud/rest_ratio"] < 0.5
     assert [r["shuffled_from"] for r in result["clips"]] == ["clip1", "clip2", "clip0"]
     table = format_table(result)
     assert "mean" in table and "p/own" in table and "silence" in table

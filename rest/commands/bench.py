@@ -95,6 +95,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     gpu.add_argument("--output", default=None, help="JSON file (default runs/bench/gpu_<device>.json)")
     gpu.set_defaults(func=_run_gpu)
 
+    phonetic = which.add_parser(
+        "phonetic", help="the phonetic channel (pocketsphinx phones) per 40 ms piece vs the mel audio encoder"
+    )
+    phonetic.add_argument("--audio", default=None, help="speech to loop (default: assets/demo/speech.wav)")
+    phonetic.add_argument("--seconds", type=float, default=300.0, help="stream length (default 300)")
+    phonetic.add_argument("--settle", type=float, default=0.0, help="seconds before a phone is final (default 0)")
+    phonetic.add_argument("--threads", type=int, default=1, help="torch threads for the mel encoder (default 1)")
+    phonetic.add_argument(
+        "--weights", default="weights/rest-tiny", help="pipeline folder whose audio_encoder/ is the baseline"
+    )
+    phonetic.add_argument("--output", default="runs/bench/phonetic.json", help="JSON file")
+    phonetic.set_defaults(func=_run_phonetic)
+
     serve = which.add_parser("serve", help="load test of rest serve: N concurrent live sessions on loopback")
     serve.add_argument("--weights", default=None, help="pipeline folder (default: the bundled weights/rest-tiny)")
     serve.add_argument("--sessions", type=int, default=8)
@@ -112,6 +125,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--output", default="runs/bench/serve.json", help="JSON file")
     serve.set_defaults(func=_run_serve)
+
+
+def _run_phonetic(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rest.bench.phonetic import bench_phonetic
+    from rest.media import read_audio
+    from rest.models.audio import AudioEncoder
+    from rest.models.loading import load_local
+
+    audio = read_audio(args.audio or Path(__file__).resolve().parents[2] / "assets" / "demo" / "speech.wav")
+    encoder = load_local(AudioEncoder, Path(args.weights) / "audio_encoder", "audio encoder").eval()
+    result = bench_phonetic(audio, args.seconds, encoder, settle_s=args.settle, threads=args.threads)
+    write_result(result, args.output)
+    return 0
 
 
 def _run_vae(args: argparse.Namespace) -> int:

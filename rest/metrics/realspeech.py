@@ -13,8 +13,11 @@ mouth, read by landmarks from the clip's own video, is the reference. Per clip a
 
 Per clip, without a generator: `loudness`, the correlation of the audio's loudness envelope (RMS per video frame)
 with the real aperture (the baseline a model must beat: a mouth that opens with the volume), and, for every audio
-expert given (an `AudioExpert`: the streaming audio encoder with its mouth-openness head), `expert/<name>`, the same
-correlation of the expert's predicted openness: what the audio path hears, before any pixels.
+expert given (an `AudioExpert`: the streaming audio encoder with its mouth-openness head; or the `PhoneticExpert`:
+pocketsphinx's phones through SynthTalk's visemes), `expert/<name>`, the same correlation of the expert's predicted
+openness: what the audio path hears, before any pixels; and `expert/<name>/rest_ratio`, its openness in the clip's
+silent frames over that in its speech frames (for the audio files too, and `expert/<name>/silent_ratio` for a
+silent file).
 
 Audio files without video (other languages, a silent file) give only `rest_ratio` per portrait; for a silent file
 (no speech frames), `silent_ratio` compares its mean generated aperture with the same portrait's mean aperture in
@@ -119,6 +122,7 @@ def real_speech_study(
         if boxes[name] is None:
             raise RestError(f"portrait {name}: dlib finds no face in its crop, so its generated mouth cannot be read")
     rows, generated, timing = [], {}, {"generate_s": 0.0, "media_s": 0.0}
+    heard = {}  # (expert, clip) -> predicted openness
     bar = tqdm(total=len(portraits) * (len(clips) + len(audio_files or {})), desc="study", disable=not progress)
     for name in portraits:
         for clip in clips:
@@ -138,7 +142,9 @@ def real_speech_study(
             "shuffled_from": other.name,
         }
         for expert_name, expert in (experts or {}).items():
-            row[f"expert/{expert_name}"] = _sync(expert.predict(clip.audio), clip.aperture)["corr"]
+            heard[expert_name, clip.name] = expert.predict(clip.audio)
+            row[f"expert/{expert_name}"] = _sync(heard[expert_name, clip.name], clip.aperture)["corr"]
+            row[f"expert/{expert_name}/rest_ratio"] = mouth_rest_ratio(heard[expert_name, clip.name], clip.speech)
         for name in portraits:
             own = _sync(generated[name, clip.name], clip.aperture)
             row[f"{name}/own"] = own["corr"]
@@ -150,15 +156,20 @@ def real_speech_study(
     for file_name, samples in (audio_files or {}).items():
         speech = speech_frames(samples, backend=vad)
         entry = {"file": file_name, "seconds": len(samples) / 16000, "speech_share": float(speech.mean())}
+        for expert_name, expert in (experts or {}).items():
+            pred = expert.predict(samples)
+            if speech.any():
+                entry[f"expert/{expert_name}/rest_ratio"] = mouth_rest_ratio(pred, speech)
+            else:
+                talking = np.concatenate([_speaking(heard[expert_name, c.name], c.speech) for c in clips])
+                entry[f"expert/{expert_name}/silent_ratio"] = float(pred.mean() / talking.mean())
         for name in portraits:
             ap = generated_aperture(pipe, portraits[name], samples, landmarks, boxes[name], seed)
             bar.update(1)
             if speech.any():
                 entry[f"{name}/rest_ratio"] = mouth_rest_ratio(ap, speech)
             else:  # a silent file: its whole mouth against this portrait's mouth in real speech
-                talking = np.concatenate(
-                    [generated[name, c.name][c.speech[: len(generated[name, c.name])]] for c in clips]
-                )
+                talking = np.concatenate([_speaking(generated[name, c.name], c.speech) for c in clips])
                 entry[f"{name}/silent_ratio"] = float(ap.mean() / talking.mean())
         files.append(entry)
     bar.close()
@@ -181,6 +192,12 @@ def real_speech_study(
     result["mean"]["shuffled"] = float(np.mean([result["mean"][f"{p}/shuffled"] for p in portraits]))
     result["above_loudness_every_clip"] = {p: all(r[f"{p}/own"] > r["loudness"] for r in rows) for p in portraits}
     return result
+
+
+def _speaking(values: np.ndarray, speech: np.ndarray) -> np.ndarray:
+    """The values of a clip's speech frames."""
+    n = min(len(values), len(speech))
+    return values[:n][speech[:n]]
 
 
 def _means(rows: list[dict]) -> dict:
