@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rest.data.phonetic import PhoneticExpert
 from rest.errors import RestError
 from rest.media import read_audio, read_image
 from rest.metrics.heldout import write_study
 from rest.metrics.landmarks import FaceLandmarks68
 from rest.metrics.realspeech import format_table, plot_curves, read_real_clips, real_speech_study
 from rest.models.audio import AudioExpert
-from rest.models.phonetic import PhoneticExpert
 from rest.pipelines import TalkingHeadPipeline
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -1,4 +1,4 @@
-"""The phonetic channel (rest/models/phonetic.py): pocketsphinx's phones, decoded live, through SynthTalk's visemes.
+"""The phonetic channel (rest/data/phonetic.py): pocketsphinx's phones, decoded live, through SynthTalk's visemes.
 
 On speech whose phone timings are known (espeak-ng), the predicted mouth must follow the labelled one and rest in the
 pauses; silence must keep the lips together; the result must not depend on how the audio was split into pushes; a
@@ -9,9 +9,7 @@ import pytest
 
 pytest.importorskip("pocketsphinx", reason="the phonetic channel needs pocketsphinx (the metrics extra)")
 
-from rest.data.synth.speech import Phone, Prosody, Voice, espeak_available, get_espeak, resample  # noqa: E402
-from rest.data.synth.visemes import SIL, VISEME_IDS, mouth_track, phones_to_segments  # noqa: E402
-from rest.models.phonetic import (  # noqa: E402
+from rest.data.phonetic import (  # noqa: E402
     ARPABET_IPA,
     DECODER_DELAY_S,
     READ_AHEAD_S,
@@ -19,6 +17,8 @@ from rest.models.phonetic import (  # noqa: E402
     PhoneticExpert,
     phone_segments,
 )
+from rest.data.synth.speech import Phone, Prosody, Voice, espeak_available, get_espeak, resample  # noqa: E402
+from rest.data.synth.visemes import SIL, VISEME_IDS, mouth_track, phones_to_segments  # noqa: E402
 
 SR, SPF = 16000, 640
 needs_espeak = pytest.mark.skipif(
@@ -46,7 +46,7 @@ def speech():
 def test_every_phone_of_the_model_has_a_viseme():
     import os
 
-    from rest.models.phonetic import model_dir
+    from rest.data.phonetic import model_dir
 
     mdef = open(os.path.join(model_dir(), "en-us", "mdef"), "rb").read()
     assert all(p.encode() in mdef for p in ARPABET_IPA)  # the table is the model's phone set
@@ -115,8 +115,8 @@ def test_bad_input_and_settings_are_refused():
 def test_missing_pocketsphinx_says_what_to_install(monkeypatch):
     import builtins
 
+    from rest.data.phonetic import model_dir
     from rest.errors import RestError
-    from rest.models.phonetic import model_dir
 
     real_import = builtins.__import__
 

@@ -17,8 +17,8 @@ import torch
 
 from rest.bench.common import rss_kib
 from rest.bench.stream import _percentile, _tenths
+from rest.data.phonetic import PhoneticExpert
 from rest.models.audio import AudioEncoder
-from rest.models.phonetic import PhoneticExpert
 
 PIECE = 640  # 40 ms at 16 kHz
 

@@ -265,11 +265,9 @@ class PhoneticExpert:
         return track
 
     def predict(self, samples: np.ndarray) -> np.ndarray:
-        """Whole file: float32 (len(samples) // 640,)."""
+        """Whole file, as a new stream (the expert is reset first): float32 (len(samples) // 640,)."""
         self.reset()
-        out = [self.step(samples), self.flush()]
-        self.reset()
-        return np.concatenate(out)
+        return np.concatenate([self.step(samples), self.flush()])
 
 
 def _shifted(segments: list[Segment], t0: float) -> list[Segment]:
