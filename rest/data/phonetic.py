@@ -13,7 +13,7 @@ boundaries, so the phones it makes final do not depend on how the audio was spli
 
 Bounded cost: the best path grows with the utterance, so once an utterance is `max_utterance_s` long the decoder
 ends it where the final phones end (after a pause when one is final, else anywhere once it is twice that long) and
-starts a new utterance there, re-decoding the at most `settle_s` of audio after that point.
+starts a new utterance there, re-decoding the audio after that point (max(`settle_s`, `DECODER_DELAY_S`), about 50 ms).
 Memory and the cost per step do not grow with the stream.
 
 `PhoneticExpert` turns the phones into the per-frame mouth opening through SynthTalk's viseme model
