@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rest.data.synth.visemes import SIL, Segment, mouth_track, phone_visemes
+from rest.data.synth.speech import Phone
+from rest.data.synth.visemes import SIL, Segment, mouth_track, phones_to_segments
 from rest.errors import RestError
 
 SAMPLE_RATE = 16000
@@ -69,14 +70,10 @@ def model_dir() -> str:
 
 
 def phone_segments(phone: str, start: float, end: float) -> list[Segment]:
-    """One decoded phone -> its viseme segments (a diphthong glides, split 60 / 40 as SynthTalk splits them)."""
+    """One decoded phone -> its viseme segments, as SynthTalk segments its phones (a diphthong glides)."""
     if phone not in ARPABET_IPA:
         raise RestError(f"pocketsphinx returned the phone {phone!r}, which is not in its en-us phone set")
-    ids = phone_visemes(ARPABET_IPA[phone])
-    if len(ids) == 1:
-        return [Segment(ids[0], start, end)]
-    mid = start + 0.6 * (end - start)
-    return [Segment(ids[0], start, mid), Segment(ids[1], mid, end)]
+    return phones_to_segments([Phone(ARPABET_IPA[phone], start, end)])
 
 
 @dataclass
@@ -241,20 +238,18 @@ class PhoneticExpert:
         while start < len(samples):
             stop = start + STEP_SAMPLES - self.decoder.pending_samples
             self.decoder.push(samples[start:stop])
-            out.append(self._emit(self.decoder.final_s - self.reach_s))
+            # The frames whose centre lies reach_s or more before the end of the final phones.
+            out.append(self._emit(int(np.floor((self.decoder.final_s - self.reach_s) * self.fps - 0.5)) + 1))
             start = stop
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def flush(self) -> np.ndarray:
         self.decoder.flush()
-        total = self.decoder.samples_in // STEP_SAMPLES
-        return self._emit(np.inf, limit=total)
+        return self._emit(self.decoder.samples_in // STEP_SAMPLES)
 
-    def _emit(self, until: float, limit: int | None = None) -> np.ndarray:
-        """The frames whose centre is at or before `until` (s), not emitted yet."""
-        end = int(np.floor(until * self.fps - 0.5)) + 1 if np.isfinite(until) else limit
-        end = end if limit is None else min(end, limit)
-        if end is None or end <= self.frames_out:
+    def _emit(self, end: int) -> np.ndarray:
+        """Frames [frames_out, end), not emitted yet."""
+        if end <= self.frames_out:
             return np.zeros(0, np.float32)
         first = self.frames_out
         t0 = first / self.fps - 4 * COARTICULATION_S  # segments that can still reach the first frame
