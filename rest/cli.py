@@ -13,6 +13,7 @@ from rest.errors import RestError
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func` to a callable(args) -> int.
 COMMANDS = [
+    "rest.commands.animate",
     "rest.commands.avatar",
     "rest.commands.bench",
     "rest.commands.evaluate",

@@ -7,6 +7,7 @@ next stage must use::
     teacher     export/teacher.json      TeacherInfo, plus denoiser/ (bidirectional) and audio_encoder/
     student     export/student.json      StudentInfo, plus denoiser/ (block_causal) and audio_encoder/
     pipeline    pipeline.json            PipelineConfig, plus vae/, audio_encoder/ and denoiser/
+    motion      motion.json              MotionInfo, plus rig/ (MotionRig) and denoiser/ (a teacher's or a student's)
 
 The JSON files are read with the strictness of the configs (rest/config.py): an unknown key, a missing one or a
 value of the wrong type is an error naming the file and the key. Fields that older exports lack have defaults.
@@ -108,6 +109,25 @@ class StudentInfo(ExportInfo):
 
 
 @dataclass(frozen=True, kw_only=True)
+class MotionInfo(ExportInfo):
+    """motion.json: a face-motion model (rest/training/motion.py): what its audio path is, and for a streaming
+    student the settings its stream must use."""
+
+    FILE: ClassVar[str] = "motion.json"
+
+    stage: str  # "teacher" (bidirectional) or "student" (block_causal, streams)
+    audio: str  # the audio path the denoiser reads: "phonetic" (rest.data.phonetic.PhoneticAudioEncoder)
+    emotions: tuple[str, ...]  # emotion names in label order (the denoiser's null label follows them)
+    shift: float  # timestep shift
+    steps: int  # denoising steps per chunk (the student's K; the teacher's default sampling steps)
+    sigmas: tuple[float, ...]  # flow_sigmas(steps, shift)
+    context_timestep: float = 0.0  # level the cached past is re-noised to (students)
+    window_frames: int  # frames of a training window (the teacher's offline sampling window)
+    teacher: str | None = None  # the teacher export a student was distilled from
+    step: int  # training step of the exported EMA weights
+
+
+@dataclass(frozen=True, kw_only=True)
 class PipelineSource(StudentInfo):
     """pipeline.json's `training`: the student.json a pipeline was assembled from, and the audio encoder that
     replaced the student's own, if one did (`rest export-pipeline --audio-encoder`)."""
@@ -204,6 +224,7 @@ def load_pipeline(folder: str | Path) -> tuple[CausalVideoVAE, AudioEncoder, Den
 
 __all__ = [
     "ExportInfo",
+    "MotionInfo",
     "PIPELINE_FORMAT",
     "PIPELINE_HINT",
     "PIPELINE_VERSION",

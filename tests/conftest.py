@@ -56,6 +56,14 @@ def test_pipeline(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def test_motion_model(tmp_path_factory) -> Path:
+    """A tiny random-weight motion student folder (helpers.build_test_motion_model), built once per session."""
+    from helpers import build_test_motion_model
+
+    return build_test_motion_model(tmp_path_factory.mktemp("motion") / "tiny-random")
+
+
+@pytest.fixture(scope="session")
 def face_image():
     """A procedural SynthTalk face (uint8 (160, 160, 3)) that the face detector finds, mouth closed."""
     from rest.data.synth.generate import identity_face

@@ -73,3 +73,31 @@ def build_test_pipeline(output: str | Path, seed: int = 0, resolution: int = 64)
                 p.normal_(0.0, 0.05)
     config = PipelineConfig(preset="test", resolution=resolution, steps=1, shift=1.0, context_chunks=2)
     return write_pipeline(output, vae, audio_encoder, denoiser, config)
+
+
+def build_test_motion_model(output: str | Path, seed: int = 0) -> Path:
+    """A tiny random-weight motion student folder (motion.json, rig/, denoiser/), as train/motion.py exports it."""
+    from rest.data.synth.emotion import EMOTIONS
+    from rest.diffusion.flow import flow_sigmas
+    from rest.exports import MotionInfo
+    from rest.models.rig import MotionRig
+    from rest.training.motion import FIXED
+
+    output = Path(output)
+    denoiser = small_dit(
+        seed, width=32, depth=2, num_heads=2, mlp_ratio=2.0, frequency_dim=32, chunk_latent_frames=2, context_chunks=3,
+        attention_mode="block_causal", **FIXED,
+    )  # fmt: skip
+    denoiser.save_pretrained(output / "denoiser")
+    MotionRig(std=(0.2,) * FIXED["in_channels"]).save_pretrained(output / "rig")
+    MotionInfo(
+        stage="student",
+        audio="phonetic",
+        emotions=EMOTIONS,
+        shift=1.0,
+        steps=1,
+        sigmas=tuple(flow_sigmas(1, 1.0).tolist()),
+        window_frames=20,
+        step=0,
+    ).write(output)
+    return output

@@ -11,7 +11,12 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 MAX_README_LINES = 320
 TOP_LEVEL_FOLDERS = ["train", "infer", "evaluation", "configs", "weights", "tests", "docs", "assets"]
-LINKED_DOCS = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "weights" / "rest-tiny" / "README.md"]
+LINKED_DOCS = [
+    README,
+    *sorted((ROOT / "docs").glob("*.md")),
+    ROOT / "weights" / "rest-tiny" / "README.md",
+    ROOT / "weights" / "rest-motion" / "README.md",
+]
 
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")  # markdown links and images
 CODE_SPAN = re.compile(r"`([^`]+)`")

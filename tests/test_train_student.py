@@ -557,7 +557,8 @@ def test_ground_truth_target_without_a_teacher(monkeypatch):
     draw = objective.draw(latents.shape, 1, "cpu", torch.Generator().manual_seed(0))
     draw.levels = torch.tensor([[1, 0, 0], [1, 1, 0]])  # clean context first, then chunks at t = 1
     monkeypatch.setattr(objective, "_teacher_target", lambda *a, **k: pytest.fail("no teacher: no teacher target"))
-    monkeypatch.setattr("rest.training.student.chunk_velocity", lambda model, cache, x, t, audio: torch.zeros_like(x))
+    zero = lambda model, cache, x, t, audio, emotion=None: torch.zeros_like(x)  # noqa: E731
+    monkeypatch.setattr("rest.training.student.chunk_velocity", zero)
     _, logs = objective(student, None, latents, features, features, portrait, draw)
     in_loss = draw.levels < 1
     per_chunk = (draw.noise - latents).pow(2).mean(dim=(1, 3, 4))  # (B, M): one latent frame per chunk

@@ -108,6 +108,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     phonetic.add_argument("--output", default="runs/bench/phonetic.json", help="JSON file")
     phonetic.set_defaults(func=_run_phonetic)
 
+    motion = which.add_parser("motion", help="the face-motion stream per 80 ms chunk over a long stream")
+    motion.add_argument(
+        "--weights", default=None, help="motion model folder (default: the bundled weights/rest-motion)"
+    )
+    motion.add_argument("--audio", default=None, help="speech to loop (default: assets/demo/speech.wav)")
+    motion.add_argument("--seconds", type=float, default=600.0, help="stream length (default 600)")
+    motion.add_argument("--emotion", default=None, help="emotion of the stream (default: none)")
+    motion.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    motion.add_argument("--output", default="runs/bench/motion.json", help="JSON file")
+    motion.set_defaults(func=_run_motion)
+
     serve = which.add_parser("serve", help="load test of rest serve: N concurrent live sessions on loopback")
     serve.add_argument("--weights", default=None, help="pipeline folder (default: the bundled weights/rest-tiny)")
     serve.add_argument("--sessions", type=int, default=8)
@@ -139,6 +150,20 @@ def _run_phonetic(args: argparse.Namespace) -> int:
     encoder = load_local(AudioEncoder, Path(args.weights) / "audio_encoder", "audio encoder").eval()
     result = bench_phonetic(audio, args.seconds, encoder, settle_s=args.settle, threads=args.threads)
     write_result(result, args.output)
+    return 0
+
+
+def _run_motion(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rest.bench.motion import bench_motion
+    from rest.commands.animate import default_motion
+    from rest.media import read_audio
+    from rest.pipelines.motion import MotionPipeline
+
+    pipe = MotionPipeline.from_pretrained(args.weights or default_motion())
+    audio = read_audio(args.audio or Path(__file__).resolve().parents[2] / "assets" / "demo" / "speech.wav")
+    write_result(bench_motion(pipe, audio, args.seconds, args.emotion, threads=args.threads), args.output)
     return 0
 
 

@@ -22,12 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rest.config import MAX_SEED
+from rest.data.synth.emotion import EMOTIONS
 
 DEFAULT_WEIGHTS = "weights/rest-tiny"
 DEFAULT_MAX_SECONDS = 600.0
 JOB_KEYS = ("portrait", "audio", "output", "seed", "steps", "emotion", "crop_only", "portrait_is_crop")
 REQUIRED_KEYS = ("portrait", "audio", "output")
 Problem = tuple[int, str]  # (line of the jobs file, 0 for the options; the one-line message)
+
+
+def emotion_label(text: str) -> int:
+    """--emotion: a SynthTalk emotion name (its index in EMOTIONS, the label order the motion set and the video
+    pipeline share) or an integer label."""
+    if text in EMOTIONS:
+        return EMOTIONS.index(text)
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use an integer label or one of {', '.join(EMOTIONS)}") from None
 
 
 def default_weights() -> Path:
@@ -59,7 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--steps", type=int, default=None, help="denoising steps per chunk, >= 1 (default: the model's own)"
     )
     parser.add_argument("--seed", type=int, default=0, help=f"0 .. {MAX_SEED} (default 0)")
-    parser.add_argument("--emotion", type=int, default=None, help="emotion / style label (models trained with them)")
+    parser.add_argument(
+        "--emotion",
+        type=emotion_label,
+        default=None,
+        help="emotion / style label (models trained with them): an integer, or a name of SynthTalk's emotions "
+        "(neutral, happy, sad, angry, surprised: labels 0-4)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--crop-only", action="store_true", help="write the generated face crop, not the portrait")
     parser.add_argument("--portrait-is-crop", action="store_true", help="the portrait already is a face crop")
@@ -154,6 +172,8 @@ def value_problem(key: str, value) -> str | None:
         ok = value is None or (integer and value >= 1)
         return None if ok else "must be an integer >= 1 (denoising steps per chunk; leave it out for the model's own)"
     if key == "emotion":
+        if isinstance(value, str):
+            return None if value in EMOTIONS else f"must be one of {', '.join(EMOTIONS)} or an integer label"
         return None if value is None or (integer and value >= 0) else "must be an emotion label, an integer >= 0"
     if key in ("crop_only", "portrait_is_crop"):
         return None if isinstance(value, bool) else "must be true or false"
@@ -253,6 +273,8 @@ def read_jobs(path: str, args: argparse.Namespace) -> tuple[list[Job], list[Prob
         values = {**options, **fields}
         for key in REQUIRED_KEYS:
             values[key] = Path(values[key])
+        if isinstance(values["emotion"], str):
+            values["emotion"] = EMOTIONS.index(values["emotion"])
         jobs.append(Job(**values, where=where, line=n))
     return jobs, problems
 

@@ -1,4 +1,5 @@
-"""`rest serve`: the live talking-head web demo and WebSocket API (protocol in rest/serve/app.py and the README)."""
+"""`rest serve`: the live talking-head web demo and WebSocket API (protocol in rest/serve/app.py and the README),
+and with a motion model (--motion) the live face-motion page and its WebSocket."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from rest.commands.animate import DEFAULT_MOTION
     from rest.commands.generate import DEFAULT_WEIGHTS
 
     parser = sub.add_parser(
@@ -19,6 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--portraits", default=None, help="folder of portraits offered on the page (default: bundled)")
+    parser.add_argument(
+        "--motion",
+        default=None,
+        metavar="FOLDER",
+        help=f"face-motion model folder for /motion and /ws/motion: rig parameters and ARKit blendshapes per frame "
+        f"(default: the bundled {DEFAULT_MOTION} if present, else none)",
+    )
     parser.add_argument("--max-sessions", type=int, default=4, help="concurrent streams (more are refused)")
     parser.add_argument("--max-upload-mb", type=float, default=8.0, help="portrait upload limit")
     parser.add_argument("--idle-timeout", type=float, default=60.0, help="close a stream idle for this many seconds")
@@ -28,9 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from rest.commands.animate import default_motion
     from rest.commands.generate import default_weights, device_problem
     from rest.errors import RestError
     from rest.pipelines import TalkingHeadPipeline
+    from rest.pipelines.motion import MOTION_HINT, MotionPipeline
 
     try:
         import uvicorn
@@ -45,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
     problem = device_problem(args.device)
     if problem:
         raise RestError(problem)
+    if args.motion is not None and not Path(args.motion).is_dir():
+        raise RestError(f"--motion {args.motion}: no such folder ({MOTION_HINT})")
+    motion_folder = Path(args.motion) if args.motion is not None else default_motion()
     pipe = TalkingHeadPipeline.from_pretrained(Path(args.weights) if args.weights else default_weights(), args.device)
+    motion = MotionPipeline.from_pretrained(motion_folder, args.device) if motion_folder.is_dir() else None
     portraits = args.portraits
     if portraits is None:
         bundled = Path(__file__).resolve().parents[2] / "assets" / "demo"
@@ -55,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         idle_timeout_s=args.idle_timeout,
     )
-    app = create_app(pipe, options, portraits)
+    app = create_app(pipe, options, portraits, motion)
     print(f"REST live demo on http://{args.host}:{args.port}/ ({pipe.config.preset}, {args.device})")
+    if motion is not None:
+        print(f"face motion on http://{args.host}:{args.port}/motion ({motion_folder})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

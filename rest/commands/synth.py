@@ -16,8 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "synth",
         help="generate the procedural talking-face dataset (SynthTalk) as training shards",
         description="Render procedural faces that speak sentences in several languages (espeak-ng, and festival's and "
-        "flite's voices built from real speakers' recordings), with per-frame "
-        "labels (mouth opening and width, viseme, speech, head pose, blink, gaze), into the shard root --output. "
+        "flite's voices built from real speakers' recordings), with per-frame labels (mouth opening and width, "
+        "viseme, speech, head pose, blink, gaze, emotion and its intensity), into the shard root --output. "
         "Identities i with i % 10 == 9 form the test_id split; held-out voices form test_voice. Rerunning with "
         "the same options resumes; the same --seed gives the same clips. Needs espeak-ng, festival and flite "
         "(apt-get install espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts festvox-italp16k "
@@ -53,6 +53,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"also write a grid of the first (up to {CONTACT_SHEET_MAX}) identities",
     )
     parser.add_argument("--strip", default=None, metavar="PNG", help="also write identity 0 saying one sentence")
+    parser.add_argument(
+        "--emotions",
+        default=None,
+        metavar="PNG",
+        help="also write identities 0-2 in each emotion (neutral .. surprised)",
+    )
+    parser.add_argument(
+        "--motion",
+        action="store_true",
+        help="write a motion set instead of shards: per clip the labels as rig frames and the phonetic channel's "
+        "features, no frames (train/motion.py's data; needs pocketsphinx: pip install -e '.[metrics]')",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -60,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rest.config import get_preset
     from rest.data.synth.generate import SynthConfig, generate_dataset
-    from rest.data.synth.preview import contact_sheet, speech_strip
+    from rest.data.synth.preview import contact_sheet, emotion_sheet, speech_strip
     from rest.errors import RestError
 
     if args.identities < 0 or args.seconds <= 0:
@@ -81,6 +93,16 @@ def run(args: argparse.Namespace) -> int:
         engines=engines,
         seed=args.seed,
     )
+    if args.motion:
+        from rest.data.synth.motion_set import generate_motion_set
+
+        start = time.perf_counter()
+        clips, seconds = generate_motion_set(
+            args.output, args.identities, cfg, workers=args.workers, progress=not args.no_progress
+        )
+        wall = time.perf_counter() - start
+        print(f"motion set: {clips} clips, {seconds:.0f} s of speech in {wall:.1f} s wall into {args.output}")
+        return 0
     summary = generate_dataset(args.output, args.identities, cfg, workers=args.workers, progress=not args.no_progress)
     print(summary.line())
     if args.contact_sheet:
@@ -90,4 +112,6 @@ def run(args: argparse.Namespace) -> int:
     if args.strip:
         path = speech_strip(args.strip, cfg, identity=0, language=languages[0])
         print(f"strip: {path}")
+    if args.emotions:
+        print(f"emotions: {emotion_sheet(args.emotions, cfg)}")
     return 0

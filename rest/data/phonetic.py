@@ -30,6 +30,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from rest.data.synth.speech import Phone
 from rest.data.synth.visemes import SIL, Segment, mouth_track, phones_to_segments
@@ -41,6 +42,8 @@ FRAME_S = 0.01  # pocketsphinx's frame
 COARTICULATION_S = 0.08  # a viseme's dominance reaches 2 of its standard deviations (at most 0.04 s) beyond it
 READ_AHEAD_S = 0.03  # how far past a frame the phones must be final before it is computed
 DECODER_DELAY_S = 0.05  # pocketsphinx's live front end holds 5 frames (the deltas' context) before they are searched
+# A frame's channels: the mouth opening (0..1), the lip width relative to rest minus 1, and whether it is speech.
+FRAME_CHANNELS: tuple[str, ...] = ("open", "width", "speech")
 
 # pocketsphinx's en-us phone set (ARPAbet; stress is not decoded) -> IPA, read by the viseme model. AH is mostly the
 # unstressed schwa in running speech; +NSN+ (noise) and +SPN+ (spoken noise) are not speech sounds: lips at rest.
@@ -231,38 +234,120 @@ class PhoneticExpert:
         self.frames_out = 0
 
     def step(self, samples: np.ndarray) -> np.ndarray:
-        """Push samples; the frames that became final. A frame is computed from the phones final when its audio
-        step completed, whatever the pushes, so the output does not depend on how the audio was split."""
+        """Push samples; the mouth opening of the frames that became final. A frame is computed from the phones
+        final when its audio step completed, whatever the pushes, so the output does not depend on how the audio
+        was split."""
+        return self.step_frames(samples)[:, 0]
+
+    def flush(self) -> np.ndarray:
+        return self.flush_frames()[:, 0]
+
+    def step_frames(self, samples: np.ndarray) -> np.ndarray:
+        """As `step`, with every channel of a frame: (n, 3) float32, `FRAME_CHANNELS`."""
         samples = np.asarray(samples, np.float32)
-        out, start = [], 0
+        out, start = [np.zeros((0, len(FRAME_CHANNELS)), np.float32)], 0
         while start < len(samples):
             stop = start + STEP_SAMPLES - self.decoder.pending_samples
             self.decoder.push(samples[start:stop])
             # The frames whose centre lies reach_s or more before the end of the final phones.
             out.append(self._emit(int(np.floor((self.decoder.final_s - self.reach_s) * self.fps - 0.5)) + 1))
             start = stop
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
+        return np.concatenate(out)
 
-    def flush(self) -> np.ndarray:
+    def flush_frames(self) -> np.ndarray:
+        """The end of the stream: the frames left, (n, 3) float32."""
         self.decoder.flush()
         return self._emit(self.decoder.samples_in // STEP_SAMPLES)
 
     def _emit(self, end: int) -> np.ndarray:
-        """Frames [frames_out, end), not emitted yet."""
+        """Frames [frames_out, end), not emitted yet: (n, 3) float32, `FRAME_CHANNELS`."""
         if end <= self.frames_out:
-            return np.zeros(0, np.float32)
+            return np.zeros((0, len(FRAME_CHANNELS)), np.float32)
         first = self.frames_out
         t0 = first / self.fps - 4 * COARTICULATION_S  # segments that can still reach the first frame
         segments = [s for s in self.decoder.segments if s.end > t0]
-        track = mouth_track(_shifted(segments, first / self.fps), end - first, self.fps).open
+        track = mouth_track(_shifted(segments, first / self.fps), end - first, self.fps)
         self.decoder.forget_before(t0)
         self.frames_out = end
-        return track
+        return np.stack([track.open, track.width - 1.0, track.speech], axis=1).astype(np.float32)
 
     def predict(self, samples: np.ndarray) -> np.ndarray:
         """Whole file, as a new stream (the expert is reset first): float32 (len(samples) // 640,)."""
+        return self.predict_frames(samples)[:, 0]
+
+    def predict_frames(self, samples: np.ndarray) -> np.ndarray:
+        """Whole file, every channel: float32 (len(samples) // 640, 3)."""
         self.reset()
-        return np.concatenate([self.step(samples), self.flush()])
+        return np.concatenate([self.step_frames(samples), self.flush_frames()])
+
+
+#################################################################################
+#                  The phonetic channel as a streaming audio path               #
+#################################################################################
+
+
+@dataclass(frozen=True)
+class PhoneticConfig:
+    """What `StreamingSession` reads of an audio path's config."""
+
+    sample_rate: int = SAMPLE_RATE
+    fps: int = PhoneticExpert.fps
+    out_dim: int = len(FRAME_CHANNELS)
+
+
+class PhoneticState:
+    """One stream batch's decoders, and the frames an item has that the others do not have yet."""
+
+    def __init__(self, batch_size: int, settle_s: float):
+        self.experts = [PhoneticExpert(settle_s) for _ in range(batch_size)]
+        self.pending = [np.zeros((0, len(FRAME_CHANNELS)), np.float32) for _ in range(batch_size)]
+
+    def reset(self) -> None:
+        for expert in self.experts:
+            expert.reset()
+        self.pending = [p[:0] for p in self.pending]
+
+    def take(self, new: list[np.ndarray]) -> torch.Tensor:
+        """Add each item's new frames; the frames every item has, (B, k, 3)."""
+        self.pending = [np.concatenate([p, n]) for p, n in zip(self.pending, new, strict=True)]
+        k = min(len(p) for p in self.pending)
+        out = np.stack([p[:k] for p in self.pending])
+        self.pending = [p[k:] for p in self.pending]
+        return torch.from_numpy(out)
+
+
+class PhoneticAudioEncoder:
+    """The phonetic channel with an audio encoder's streaming interface (`init_state`, `step`, `flush`), so that a
+    `StreamingSession` takes it as its audio path: samples (B, n) -> per-frame features (B, k, 3), `FRAME_CHANNELS`
+    (the mouth SynthTalk's viseme model draws for the decoded phones). Look-ahead: 80 ms past a frame's centre,
+    as the mel encoder's (`PhoneticExpert.lookahead_s`). No parameters: the decoder runs on the CPU.
+    """
+
+    def __init__(self, settle_s: float = 0.0):
+        model_dir()  # fail now, with the install hint, if pocketsphinx is missing
+        self.settle_s = settle_s
+        self.config = PhoneticConfig()
+        self.samples_per_frame = self.config.sample_rate // self.config.fps
+        self.lookahead_s = PhoneticExpert(settle_s).lookahead_s
+
+    def init_state(self, batch_size: int = 1) -> PhoneticState:
+        return PhoneticState(batch_size, self.settle_s)
+
+    def step(self, samples: torch.Tensor, state: PhoneticState) -> tuple[torch.Tensor, PhoneticState]:
+        """samples (B, n) float in [-1, 1] -> the features of the frames that became final (B, k, 3)."""
+        if samples.ndim != 2 or samples.shape[0] != len(state.experts):
+            raise ValueError(f"samples must be (B={len(state.experts)}, n), got {tuple(samples.shape)}")
+        pcm = samples.detach().float().cpu().numpy()
+        out = state.take([e.step_frames(x) for e, x in zip(state.experts, pcm, strict=True)])
+        return out.to(samples.device), state
+
+    def flush(self, state: PhoneticState) -> tuple[torch.Tensor, PhoneticState]:
+        """The end of the streams: the frames left."""
+        return state.take([e.flush_frames() for e in state.experts]), state
+
+    def encode(self, samples: np.ndarray) -> np.ndarray:
+        """A whole file (n,) -> (n // 640, 3): the same frames as the stream."""
+        return PhoneticExpert(self.settle_s).predict_frames(samples)
 
 
 def _shifted(segments: list[Segment], t0: float) -> list[Segment]:
@@ -271,6 +356,9 @@ def _shifted(segments: list[Segment], t0: float) -> list[Segment]:
 
 __all__ = [
     "ARPABET_IPA",
+    "FRAME_CHANNELS",
+    "PhoneticAudioEncoder",
+    "PhoneticConfig",
     "COARTICULATION_S",
     "DECODER_DELAY_S",
     "READ_AHEAD_S",

@@ -396,6 +396,7 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         self.arch = arch
         self.spatial_compression = arch.spatial_compression
         self.temporal_compression = arch.temporal_compression
+        self.decoded_channels = in_channels  # what decode_chunk returns per pixel (StreamingSession reads it)
         self.encoder = Encoder(arch)
         self.decoder = Decoder(arch)
         # Number the stateful layers; each stream's cache has one slot per layer.

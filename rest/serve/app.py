@@ -41,6 +41,28 @@ frames catch up. A malformed message ends that session only.
 Uploaded portraits are decoded and checked (face detection and crop) in their own `max_decodes` worker threads, never
 on the event loop, so a large image (a 6300 x 6300 PNG takes seconds) does not hold up the live streams' frames;
 while `max_decodes + upload_queue` uploads are in progress, more are refused with 503.
+
+Motion (`rest serve --motion FOLDER`; without a motion model `/motion` and `/ws/motion` answer 404 saying so):
+
+    GET  /motion                the motion page: speech in, rig parameters drawn live on an SVG face
+    GET  /api/info              "motion": {"fps", "sample_rate", "chunk_frames", "emotions"}, or null
+
+    WebSocket `/ws/motion`, one stream per WebSocket, audio as on `/ws`:
+    client -> server  text   {"type": "start", "emotion": NAME or null, "seed": 0}   NAME from /api/info's emotions
+    server -> client  text   {"type": "ready", "fps", "sample_rate", "chunk_frames", "emotion", "names": [14 rig
+                             parameters, rest/models/rig.py], "arkit_names": [52 ARKit blendshapes, 9 rotations]}
+    client -> server  binary float32 little-endian mono PCM at 16 kHz (as on `/ws`)
+    server -> client  text   {"type": "motion", "start": INDEX, "frames": [[14 values], ...], "arkit": [[61 values],
+                             ...]}  the frames INDEX.. of each chunk the audio completes, rig values and ARKit values
+                             in the orders of "names" and "arkit_names", rounded to 5 decimals
+    client -> server  text   {"type": "end"}
+    server -> client  text   {"type": "done", "frames": N}, then the server closes (code 1000); N = round(seconds
+                             of audio * fps), as on `/ws`; errors as on `/ws`
+
+A motion stream needs no batcher: a chunk is 14 numbers a frame (no VAE decode, no JPEG), a small fraction of a video
+chunk's compute, so each audio message is pushed in a worker thread and its frames are sent before the next message
+is read (the back-pressure: a client ahead of the model waits in its socket). Motion streams count against
+`max_sessions` like video streams.
 """
 
 from __future__ import annotations
@@ -68,12 +90,18 @@ from PIL import Image
 
 from rest.config import MAX_SEED
 from rest.errors import RestError
+from rest.models.rig import ARKIT_BLENDSHAPES, ARKIT_ROTATIONS, RIG_PARAMS, arkit_blendshapes
 from rest.pipelines.portrait import MAX_SIDE
 from rest.serve.batcher import StreamBatcher
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+ARKIT_NAMES = ARKIT_BLENDSHAPES + ARKIT_ROTATIONS
+NO_MOTION = (
+    "no motion model on this server: start it with `rest serve --motion FOLDER` (a motion model folder such as "
+    "weights/rest-motion)"
+)
 
 
 @dataclass
@@ -131,15 +159,84 @@ class _Closed(Exception):
         self.code, self.message = code, message
 
 
-def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | Path | None = None) -> FastAPI:
+# What `/ws` and `/ws/motion` share: reading the client's messages, and ending a session on an error.
+def _read_json(text: str, opts: ServeOptions) -> dict:
+    """A text message -> its JSON object; raises _Closed for anything else."""
+    if len(text) > opts.max_message_bytes:
+        raise _Closed(1009, f"text message of {len(text)} characters; the limit is {opts.max_message_bytes}")
+    try:
+        msg = json.loads(text)
+    except json.JSONDecodeError:
+        msg = None
+    if not isinstance(msg, dict):
+        raise _Closed(1008, 'text messages must be JSON objects like {"type": "start", ...}')
+    return msg
+
+
+def _read_seed(msg: dict) -> int:
+    seed = msg.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise _Closed(1008, f"seed must be an integer from 0 to {MAX_SEED}, got {json.dumps(seed)[:40]}")
+    return seed
+
+
+def _read_audio(data: bytes, opts: ServeOptions) -> np.ndarray:
+    """A binary message -> its float32 samples, clipped to [-1, 1] as read_audio clips files (full scale is 1)."""
+    if len(data) > opts.max_message_bytes:
+        raise _Closed(1009, f"audio message of {len(data)} bytes; the limit is {opts.max_message_bytes}")
+    if len(data) % 4:
+        raise _Closed(1008, f"audio must be float32 samples (a multiple of 4 bytes), got {len(data)} bytes")
+    samples = np.frombuffer(data, "<f4")
+    if not np.isfinite(samples).all():
+        raise _Closed(1008, "audio contains NaN or infinite samples")
+    return np.clip(samples, -1.0, 1.0)
+
+
+async def _send_error(ws: WebSocket, code: int, message: str) -> None:
+    try:
+        await ws.send_text(json.dumps({"type": "error", "message": message}))
+        await ws.close(code=code)
+    except Exception:  # the client may be gone already
+        pass
+
+
+async def _guarded(ws: WebSocket, session, cleanup=lambda: None) -> None:
+    """Await a session's receive loop; a failure ends that session only, after `cleanup()`, with {"type": "error"}
+    and the close code of its cause: _Closed's own, 1008 for the client's input the pipeline refused (RestError),
+    1011 for a bug."""
+    try:
+        await session
+        return
+    except _Closed as closed:
+        code, message = closed.code, closed.message
+    except RestError as err:
+        code, message = 1008, str(err)
+    except WebSocketDisconnect:
+        raise
+    except Exception as err:  # a bug, not the client's fault: end this session, keep serving the others
+        log.exception("session failed")
+        code, message = 1011, f"server error: {type(err).__name__}: {err}"
+    cleanup()
+    await _send_error(ws, code, message)
+
+
+def create_app(
+    pipe, options: ServeOptions | None = None, portraits_dir: str | Path | None = None, motion=None
+) -> FastAPI:
     """The FastAPI app serving `pipe` (a TalkingHeadPipeline, or the path of a pipeline folder to load on the CPU).
 
     options: caps and buffer sizes (ServeOptions). portraits_dir: a folder of portraits offered on the page.
+    motion: a MotionPipeline (or the path of a motion model folder to load on the CPU) for `/ws/motion` and the
+    `/motion` page; without one they answer 404 (NO_MOTION).
     """
     if isinstance(pipe, (str, Path)):
         from rest.pipelines import TalkingHeadPipeline
 
         pipe = TalkingHeadPipeline.from_pretrained(pipe)
+    if isinstance(motion, (str, Path)):
+        from rest.pipelines.motion import MotionPipeline
+
+        motion = MotionPipeline.from_pretrained(motion)
     opts = options or ServeOptions()
     if opts.max_backlog_s < 2.0:  # a stream's frames lag its audio by a chunk and the look-ahead (~0.3 s for tiny)
         raise RestError(f"max_backlog_s must be at least 2 s, got {opts.max_backlog_s:g}")
@@ -156,7 +253,7 @@ def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | P
         decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="REST live talking heads", lifespan=lifespan)
-    app.state.pipe, app.state.options, app.state.batcher = pipe, opts, batcher
+    app.state.pipe, app.state.options, app.state.batcher, app.state.motion = pipe, opts, batcher, motion
     app.state.portraits = OrderedDict()  # id -> Portrait (crop only)
     app.state.active = 0
     app.state.sessions_total = 0
@@ -206,6 +303,7 @@ def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | P
             "max_sessions": opts.max_sessions,
             "batched_steps": batcher.steps,
             "largest_batch": batcher.largest_batch,
+            "motion": None if motion is None else _motion_info(motion),
         }
 
     @app.get("/api/portraits")
@@ -263,16 +361,21 @@ def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | P
         app.state.portraits.move_to_end(ref)
         return app.state.portraits[ref]
 
-    @app.websocket("/ws")
-    async def stream(ws: WebSocket):
+    async def admit(ws: WebSocket) -> bool:
+        """Accept `ws` and count it as a session, or refuse it (1013) while `max_sessions` streams are running."""
         await ws.accept()
         if app.state.active >= opts.max_sessions:
             message = f"server full: {opts.max_sessions} sessions are running (rest serve --max-sessions); try later"
-            await ws.send_text(json.dumps({"type": "error", "message": message}))
-            await ws.close(code=1013)
-            return
+            await _send_error(ws, 1013, message)
+            return False
         app.state.active += 1
         app.state.sessions_total += 1
+        return True
+
+    @app.websocket("/ws")
+    async def stream(ws: WebSocket):
+        if not await admit(ws):
+            return
         session = _Session(ws, pipe, opts, executor, batcher, chunk_frames)
         try:
             await session.run(resolve_portrait)
@@ -281,6 +384,26 @@ def create_app(pipe, options: ServeOptions | None = None, portraits_dir: str | P
         finally:
             app.state.active -= 1
             session.close()
+
+    @app.get("/motion")
+    def motion_page():
+        if motion is None:
+            return error(404, NO_MOTION)
+        return FileResponse(STATIC / "motion.html")
+
+    @app.websocket("/ws/motion")
+    async def motion_stream(ws: WebSocket):
+        if motion is None:  # refused at the handshake with an HTTP 404 and its message, as GET /motion
+            await ws.send_denial_response(error(404, NO_MOTION))
+            return
+        if not await admit(ws):
+            return
+        try:
+            await _guarded(ws, _MotionSession(ws, motion, opts, executor).run())
+        except WebSocketDisconnect:
+            pass
+        finally:
+            app.state.active -= 1
 
     return app
 
@@ -358,14 +481,6 @@ class _Session:
         async with self.lock:
             return await self.loop.run_in_executor(self.executor, fn, *args)
 
-    async def _fail(self, code: int, message: str) -> None:
-        self.close()
-        try:
-            await self.ws.send_text(json.dumps({"type": "error", "message": message}))
-            await self.ws.close(code=code)
-        except Exception:  # the client may be gone already
-            pass
-
     async def _unless_failed(self, awaitable, timeout: float | None = None):
         """`awaitable`'s result, unless the stream fails first (raises its _Closed, from the batcher) or `timeout`
         seconds pass (raises asyncio.TimeoutError); the awaitable is cancelled when it loses."""
@@ -389,43 +504,27 @@ class _Session:
         self.loop = asyncio.get_running_loop()
         self.outcome = self.loop.create_future()
         self.sender = asyncio.create_task(self._send_loop())
-        try:
-            while True:
-                message = await self._receive()
-                if message["type"] == "websocket.disconnect":
+        await _guarded(self.ws, self._loop(resolve_portrait), cleanup=self.close)
+
+    async def _loop(self, resolve_portrait) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data, text = message.get("bytes"), message.get("text")
+            if data is not None:
+                await self._audio(data)
+            elif text is not None:
+                if await self._control(text, resolve_portrait):
                     return
-                data, text = message.get("bytes"), message.get("text")
-                if data is not None:
-                    await self._audio(data)
-                elif text is not None:
-                    if await self._control(text, resolve_portrait):
-                        return
-        except _Closed as closed:
-            await self._fail(closed.code, closed.message)
-        except RestError as err:  # the client's input, found by the pipeline
-            await self._fail(1008, str(err))
-        except WebSocketDisconnect:
-            raise
-        except Exception as err:  # a bug, not the client's fault: end this session, keep serving the others
-            log.exception("session failed")
-            await self._fail(1011, f"server error: {type(err).__name__}: {err}")
 
     async def _control(self, text: str, resolve_portrait) -> bool:
-        if len(text) > self.opts.max_message_bytes:
-            raise _Closed(1009, f"text message of {len(text)} characters; the limit is {self.opts.max_message_bytes}")
-        try:
-            msg = json.loads(text)
-        except json.JSONDecodeError:
-            raise _Closed(1008, 'text messages must be JSON objects like {"type": "start", ...}') from None
-        if not isinstance(msg, dict):
-            raise _Closed(1008, 'text messages must be JSON objects like {"type": "start", ...}')
+        msg = _read_json(text, self.opts)
         kind = msg.get("type")
         if kind == "start":
             if self.stream is not None:
                 raise _Closed(1008, "this session has already started")
-            seed = msg.get("seed", 0)
-            if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-                raise _Closed(1008, f"seed must be an integer from 0 to {MAX_SEED}, got {json.dumps(seed)[:40]}")
+            seed = _read_seed(msg)
             portrait = await resolve_portrait(msg.get("portrait"))
             self.stream = await self._model(lambda: self.pipe.stream(portrait, seed=seed))
             self.batcher.add(self.stream, self._on_frames, self._on_done, self._on_error)
@@ -457,14 +556,7 @@ class _Session:
     async def _audio(self, data: bytes) -> None:
         if self.stream is None:
             raise _Closed(1008, 'audio before start: send {"type": "start", "portrait": ID} first')
-        if len(data) > self.opts.max_message_bytes:
-            raise _Closed(1009, f"audio message of {len(data)} bytes; the limit is {self.opts.max_message_bytes}")
-        if len(data) % 4:
-            raise _Closed(1008, f"audio must be float32 samples (a multiple of 4 bytes), got {len(data)} bytes")
-        samples = np.frombuffer(data, "<f4")
-        if not np.isfinite(samples).all():
-            raise _Closed(1008, "audio contains NaN or infinite samples")
-        samples = np.clip(samples, -1.0, 1.0)  # as read_audio clips files: full scale is 1
+        samples = _read_audio(data, self.opts)
         self.batcher.push(self.stream, samples)
         self.samples_pushed += len(samples)
         # Back-pressure: stop reading a client that is far ahead of its frames (its audio waits in server memory).
@@ -508,4 +600,94 @@ class _Session:
                     self.outcome.set_exception(closed)
 
 
-__all__ = ["ServeOptions", "create_app"]
+#################################################################################
+#                                 Motion streams                                #
+#################################################################################
+
+
+def _motion_info(motion) -> dict:
+    return {
+        "fps": motion.fps,
+        "sample_rate": motion.sample_rate,
+        "chunk_frames": motion.denoiser.config.chunk_latent_frames,  # the rig compresses no time
+        "emotions": list(motion.info.emotions),
+    }
+
+
+def _motion_message(start: int, frames: np.ndarray) -> dict:
+    """Rig frames (k, 14), the first of them frame `start` of the stream -> the "motion" message."""
+    shapes = arkit_blendshapes(frames)
+    arkit = np.stack([shapes[name] for name in ARKIT_NAMES], axis=1)  # (k, 61)
+    return {
+        "type": "motion",
+        "start": start,
+        "frames": np.round(frames.astype(np.float64), 5).tolist(),  # float64: 0.1 stays 0.1 in JSON
+        "arkit": np.round(arkit.astype(np.float64), 5).tolist(),
+    }
+
+
+class _MotionSession:
+    """One `/ws/motion` stream (module docstring): the receive loop pushes each audio message in a worker thread and
+    sends the frames it completes before reading the next message."""
+
+    def __init__(self, ws: WebSocket, motion, opts: ServeOptions, executor: ThreadPoolExecutor):
+        self.ws, self.motion, self.opts, self.executor = ws, motion, opts, executor
+        self.stream = None  # the MotionStream, from "start"
+        self.frames = 0  # frames sent: the next frame's index
+
+    async def _model(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _send_frames(self, frames: np.ndarray) -> None:
+        if len(frames):
+            await self.ws.send_text(json.dumps(_motion_message(self.frames, frames)))
+            self.frames += len(frames)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                message = await asyncio.wait_for(self.ws.receive(), self.opts.idle_timeout_s)
+            except asyncio.TimeoutError:
+                raise _Closed(1001, f"idle for {self.opts.idle_timeout_s:g} s: session closed") from None
+            if message["type"] == "websocket.disconnect":
+                return
+            data, text = message.get("bytes"), message.get("text")
+            if data is not None:
+                if self.stream is None:
+                    raise _Closed(1008, 'audio before start: send {"type": "start", "emotion": NAME or null} first')
+                await self._send_frames(await self._model(self.stream.push, _read_audio(data, self.opts)))
+            elif text is not None and await self._control(_read_json(text, self.opts)):
+                return
+
+    async def _control(self, msg: dict) -> bool:
+        """A start or end message; True when the stream has ended."""
+        kind = msg.get("type")
+        if kind == "start":
+            if self.stream is not None:
+                raise _Closed(1008, "this session has already started")
+            emotion, names = msg.get("emotion"), self.motion.info.emotions
+            if emotion is not None and emotion not in names:
+                raise _Closed(1008, f"unknown emotion {json.dumps(emotion)[:40]}: one of {', '.join(names)}, or null")
+            seed = _read_seed(msg)
+            self.stream = await self._model(self.motion.stream, emotion, seed)
+            info = _motion_info(self.motion)
+            ready = {
+                "type": "ready",
+                **{key: info[key] for key in ("fps", "sample_rate", "chunk_frames")},
+                "emotion": emotion,
+                "names": list(RIG_PARAMS),
+                "arkit_names": list(ARKIT_NAMES),
+            }
+            await self.ws.send_text(json.dumps(ready))
+            return False
+        if kind == "end":
+            if self.stream is None:
+                raise _Closed(1008, "end before start")
+            await self._send_frames(await self._model(self.stream.finish))
+            await self.ws.send_text(json.dumps({"type": "done", "frames": self.frames}))
+            await self.ws.close(code=1000)
+            return True
+        raise _Closed(1008, f"unknown message type {kind!r} (expected start, end, or binary audio)")
+
+
+__all__ = ["NO_MOTION", "ServeOptions", "create_app"]

@@ -172,8 +172,9 @@ class StreamingSession:
         if self.end == "duration":
             self.end_frame = self._frames_for(self.samples_in)
             t, c = self.vae.temporal_compression, self.denoiser.config.chunk_latent_frames
-            chunks = max(0, -(-(self.end_frame - 1) // (t * c)))
-            covered = 1 + t * c * chunks  # frames of the whole chunks that cover the duration
+            # k whole chunks decode to 1 + t*(c*k - 1) frames (chunk_video_frames): the fewest that cover the duration
+            chunks = max(1, -(-(self.end_frame - 1 + t) // (t * c)))
+            covered = 1 + t * (c * chunks - 1)
             missing = covered * self.audio_encoder.samples_per_frame - self.samples_in
             if missing > 0 and self.end_frame > 0:
                 samples_in = self.samples_in
@@ -196,7 +197,7 @@ class StreamingSession:
         self._check_open()
         if self.audio_encoder is None:
             raise ValueError("this session has no audio encoder: push features (push_features), or pass audio_encoder")
-        device = next(self.audio_encoder.parameters()).device
+        device = self.features.device  # the denoiser's: an audio path may hold no parameters (rest.data.phonetic)
         features, self.audio_state = self.audio_encoder.step(samples.to(device), self.audio_state)
         self.samples_in += samples.shape[1]
         return features
@@ -290,7 +291,7 @@ class StreamingSession:
 
     def _no_frames(self) -> torch.Tensor:
         (_, _, h, w), s = self.latent_shape, self.vae.spatial_compression
-        b, channels = self.features.shape[0], self.vae.config.in_channels
+        b, channels = self.features.shape[0], self.vae.decoded_channels
         return torch.zeros(b, channels, 0, h * s, w * s, device=self.features.device)
 
     def _frames_for(self, num_samples: int) -> int:

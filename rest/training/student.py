@@ -375,9 +375,11 @@ class AsynchronousStreamingDistillation:
         teacher_features: torch.Tensor,
         portrait: torch.Tensor,
         draw: ASDDraw,
+        emotion: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """latents: (B, C, f, h, w) clean ground truth; features / teacher_features: (B, Fa, D) per video frame from
-        the student's / the teacher's audio encoder; portrait: (B, C, 1, h, w) -> (loss, logs)."""
+        the student's / the teacher's audio encoder; portrait: (B, C, 1, h, w); emotion: (B,) labels of models with
+        an emotion embedding, else None -> (loss, logs)."""
         cfg = self.config
         b, _, f, h, w = latents.shape
         c, m, k_max = student.config.chunk_latent_frames, cfg.window_chunks, draw.steps
@@ -399,7 +401,7 @@ class AsynchronousStreamingDistillation:
         pair = cfg.distill_weight > 0 and cfg.audio_pair_weight > 0 and b > 1
         if cfg.distill_weight > 0:  # 0: teacher forcing only (the "no ASD" ablation), steps 2-5 skipped
             # 2-3. Self-rollout without gradients; the window holds each chunk's own state at its level.
-            window, generated = self._self_rollout(student, features, portrait, draw, sigmas, chunks)
+            window, generated = self._self_rollout(student, features, portrait, draw, sigmas, chunks, emotion)
             # 3. The teacher sees the clean context as the student's cache holds it (re-noised when c > 0).
             window, t_teacher = self._context_as_cached(window, t, in_loss, draw, c)
             t_next_teacher = torch.where(in_loss, t_next, t_teacher)  # no segment for context chunks
@@ -412,31 +414,32 @@ class AsynchronousStreamingDistillation:
                 else:
                     target = self._teacher_target(
                         teacher, window, per_frame(t_teacher), per_frame(t_next_teacher), teacher_features, portrait,
-                        k_max,
+                        k_max, emotion,
                     )  # fmt: skip
 
             if pair:  # 7. The teacher's response to the other clip's audio under the last chunk.
                 features_swap, teacher_swap = self._swap_last_chunk_audio(student, features, teacher_features)
                 with torch.no_grad():
                     target_swap = self._teacher_target(
-                        teacher, window, per_frame(t_teacher), per_frame(t_next_teacher), teacher_swap, portrait, k_max
-                    )
+                        teacher, window, per_frame(t_teacher), per_frame(t_next_teacher), teacher_swap, portrait,
+                        k_max, emotion,
+                    )  # fmt: skip
                 response_teacher = (target_swap - target)[:, :, chunks[-1]]
 
             # 5. Student predictions with gradients, chunk by chunk against its own past.
-            cache = write_sink(student, IDContextCache.for_model(student, b, h, w), portrait)
+            cache = write_sink(student, IDContextCache.for_model(student, b, h, w), portrait, emotion)
             errors = []  # per chunk: (B,) squared error against the teacher's target
             for i, chunk in enumerate(chunks):
                 audio = self._chunk_audio(student, features, i)
                 if in_loss[:, i].any():
-                    v = chunk_velocity(student, cache, window[:, :, chunk], t[:, i, None].expand(b, c), audio)
+                    v = chunk_velocity(student, cache, window[:, :, chunk], t[:, i, None].expand(b, c), audio, emotion)
                     errors.append((v.float() - target[:, :, chunk]).pow(2).mean(dim=(1, 2, 3, 4)))
                 else:  # pure context in every clip of the batch: no gradient pass
                     errors.append(latents.new_zeros(b, dtype=torch.float32))
                 if pair and i == m - 1:  # the last chunk is always in the loss
                     audio_swap = self._chunk_audio(student, features_swap, i)
                     level = t[:, i, None].expand(b, c)
-                    v_swap = chunk_velocity(student, cache, window[:, :, chunk], level, audio_swap)
+                    v_swap = chunk_velocity(student, cache, window[:, :, chunk], level, audio_swap, emotion)
                     response = v_swap.float() - v.float()
                     loss_pair = (response - response_teacher).pow(2).mean()
                     logs_pair = {
@@ -452,6 +455,7 @@ class AsynchronousStreamingDistillation:
                     audio,
                     context_timestep=cfg.context_timestep,
                     context_noise=context_noise,
+                    emotion=emotion,
                 )
             loss_distill = (torch.stack(errors, dim=1) * weight).sum() / count
         logs = {"loss_distill": loss_distill.item(), "K": float(k_max)}
@@ -465,7 +469,7 @@ class AsynchronousStreamingDistillation:
         if cfg.gt_loss_weight > 0 or self.mouth is not None:
             noise = draw.noise.to(latents.dtype)
             x_gt, t_gt = self._context_as_cached(interpolate(latents, noise, per_frame(t)), t, in_loss, draw, c)
-            v = student(x_gt, per_frame(t_gt), features, portrait).sample
+            v = student(x_gt, per_frame(t_gt), features, portrait, emotion=emotion).sample
             if cfg.gt_loss_weight > 0:
                 err = (v.float() - velocity_target(latents, noise).float()).pow(2).mean(dim=(1, 3, 4))  # (B, f)
                 loss_gt = (err.view(b, m, c).mean(dim=2) * weight).sum() / count
@@ -521,11 +525,12 @@ class AsynchronousStreamingDistillation:
         draw: ASDDraw,
         sigmas: torch.Tensor,
         chunks: list[slice],
+        emotion: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The student generates the window as at inference -> (the window of drawn states, the generated chunks),
         each (B, C, f, h, w) float32."""
         b, _, _, h, w = draw.noise.shape
-        cache = write_sink(student, IDContextCache.for_model(student, b, h, w), portrait)
+        cache = write_sink(student, IDContextCache.for_model(student, b, h, w), portrait, emotion)
         window = torch.zeros_like(draw.noise, dtype=torch.float32)
         generated = torch.zeros_like(window)
         batch = torch.arange(b, device=draw.noise.device)
@@ -539,6 +544,7 @@ class AsynchronousStreamingDistillation:
                 sigmas,
                 context_timestep=self.config.context_timestep,
                 context_noise=None if draw.context_noise is None else draw.context_noise[:, :, chunk],
+                emotion=emotion,
                 states=states,
             )
             window[:, :, chunk] = torch.stack(states)[draw.levels[:, i], batch]  # (B, C, c, h, w): x_i(sigma_{k_i})
@@ -554,6 +560,7 @@ class AsynchronousStreamingDistillation:
         features: torch.Tensor,
         portrait: torch.Tensor,
         steps: int,
+        emotion: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The teacher's average guided velocity over each frame's segment [t, t_next] (module docstring, 4.):
         window (B, C, f, h, w) at levels t (B, f) of a K = `steps` student -> (B, C, f, h, w) float32 (0 where
@@ -565,7 +572,7 @@ class AsynchronousStreamingDistillation:
         x = window.float()
         for s in range(substeps):
             v = guided_velocity(
-                teacher, x.to(dtype), levels[s], features.to(dtype), portrait.to(dtype), cfg.teacher_guidance
+                teacher, x.to(dtype), levels[s], features.to(dtype), portrait.to(dtype), cfg.teacher_guidance, emotion
             )
             x = euler_step(x, v, levels[s][:, None, :, None, None], levels[s + 1][:, None, :, None, None])
         dt = (t_next - t)[:, None, :, None, None]

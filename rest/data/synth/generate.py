@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rest.data.synth.emotion import EMOTIONS, ExpressionTrack, draw_emotion, expression_track
 from rest.data.synth.motion import Motion, make_motion
 from rest.data.synth.render import FaceParams, FaceRenderer, sample_face
 from rest.data.synth.speech import (
@@ -75,8 +76,9 @@ HELD_OUT_VARIANTS: tuple[str, ...] = ("m4", "f4", "Annie", "david", "steph", "rm
 TEST_ID_PERIOD = 10  # identity i is held out when i % TEST_ID_PERIOD == TEST_ID_PERIOD - 1
 TEST_VOICE_SHARE = 0.1
 
-# Purposes of the random streams (first entry after the seed in every SeedSequence).
-_FACE, _PLAN, _CLIP, _STRIP = 1, 2, 3, 4
+# Purposes of the random streams (first entry after the seed in every SeedSequence). The emotion has its own
+# stream, so a clip's speech, mouth and idle motion draws do not depend on it.
+_FACE, _PLAN, _CLIP, _STRIP, _EMOTION = 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True)
@@ -257,9 +259,17 @@ def _fit(audio: np.ndarray, n: int) -> np.ndarray:
     return audio[:n] if len(audio) >= n else np.concatenate([audio, np.zeros(n - len(audio), audio.dtype)])
 
 
-def make_clip(plan: ClipPlan, cfg: SynthConfig) -> Clip:
-    """Make one clip: speech, mouth track, motion, frames and labels (deterministic in `cfg.seed` and the plan)."""
+def make_clip(plan: ClipPlan, cfg: SynthConfig, emotion: int | None = None, render: bool = True) -> Clip:
+    """Make one clip: speech, mouth track, emotion, motion, frames and labels (deterministic in `cfg.seed` and the
+    plan).
+
+    emotion: an index into EMOTIONS, or None to draw one (rest/data/synth/emotion.py, EMOTION_SHARE) from the clip's
+    own random stream. render: False skips the frames (`Clip.frames` then has shape (F, 0, 0, 3)): the labels and
+    the audio are what a motion model trains on, and they are the same either way.
+    """
     face = identity_face(cfg.seed, plan.identity)
+    mood = _rng(cfg.seed, _EMOTION, plan.identity, plan.index)
+    emotion = draw_emotion(mood) if emotion is None else emotion
     rng = _rng(cfg.seed, _CLIP, plan.identity, plan.index)
     voice, prosody = plan.voice, _prosody(rng)
     clip_seed = int(rng.integers(2**31))
@@ -273,10 +283,18 @@ def make_clip(plan: ClipPlan, cfg: SynthConfig) -> Clip:
     noise_level = 10 ** (rng.uniform(-80, -60) / 20)  # a quiet noise floor, as a microphone has
     audio = (audio + rng.normal(0.0, noise_level, len(audio))).astype(np.float32)
     track = mouth_track(phones_to_segments(phones), num_frames, cfg.fps, articulation=face.articulation)
+    expression = expression_track(emotion, num_frames, cfg.fps, mood)
+    mean_intensity = float(expression.intensity.mean()) if num_frames else 0.0
+    sway = face.sway * (1.0 + (expression.expression.sway - 1.0) * mean_intensity)
     motion = make_motion(
-        num_frames, cfg.fps, rng, sway=face.sway, blink_interval=face.blink_interval, mouth_open=track.open
+        num_frames, cfg.fps, rng, sway=sway, blink_interval=face.blink_interval, mouth_open=track.open
     )
-    frames = render_frames(FaceRenderer(face, cfg.resolution), track, motion)
+    pitch = motion.head_pose[:, 1] + expression.intensity * expression.expression.pitch
+    motion.head_pose[:, 1] = np.clip(pitch, -10, 10)
+    if render:
+        frames = render_frames(FaceRenderer(face, cfg.resolution), track, motion, expression)
+    else:
+        frames = np.zeros((num_frames, 0, 0, 3), np.uint8)
     meta = {
         "mouth_open": track.open,
         "mouth_width": track.width,
@@ -286,6 +304,9 @@ def make_clip(plan: ClipPlan, cfg: SynthConfig) -> Clip:
         "head_shift": motion.head_shift,
         "blink": motion.blink,
         "gaze": motion.gaze,
+        "emotion": np.full(num_frames, emotion, np.int16),
+        "emotion_intensity": expression.intensity,
+        "expression": expression.controls,
     }
     extra = {
         "generator": GENERATOR,
@@ -302,16 +323,21 @@ def make_clip(plan: ClipPlan, cfg: SynthConfig) -> Clip:
         "pitch_range": prosody.pitch_range,
         "texts": texts,
         "visemes": [v.name for v in VISEMES],
+        "emotion": EMOTIONS[emotion],
     }
     return Clip(plan, frames, audio, meta, extra, phones)
 
 
-def render_frames(renderer: FaceRenderer, track: MouthTrack, motion: Motion) -> np.ndarray:
-    """Frames of a clip: uint8 (F, R, R, 3)."""
+def render_frames(
+    renderer: FaceRenderer, track: MouthTrack, motion: Motion, expression: ExpressionTrack | None = None
+) -> np.ndarray:
+    """Frames of a clip: uint8 (F, R, R, 3); `expression` None draws a neutral face."""
     R = renderer.R
     frames = np.empty((len(track.open), R, R, 3), np.uint8)
+    controls = np.zeros((len(frames), 6), np.float32) if expression is None else expression.controls  # (F, 6)
     for i in range(len(frames)):
         yaw, pitch, roll = motion.head_pose[i]
+        smile, brow_inner, brow_outer, brow_down, lid, jaw = controls[i].tolist()  # emotion.CONTROLS order
         frames[i] = renderer.render(
             mouth_open=float(track.open[i]),
             mouth_width=float(track.width[i]),
@@ -321,6 +347,12 @@ def render_frames(renderer: FaceRenderer, track: MouthTrack, motion: Motion) -> 
             roll=float(roll),
             shift=(float(motion.head_shift[i, 0]), float(motion.head_shift[i, 1])),
             gaze=(float(motion.gaze[i, 0]), float(motion.gaze[i, 1])),
+            smile=smile,
+            brow_inner=brow_inner,
+            brow_outer=brow_outer,
+            brow_down=brow_down,
+            lid=lid,
+            jaw=jaw,
         )
     return frames
 

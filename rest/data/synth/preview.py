@@ -1,4 +1,5 @@
-"""Pictures to check SynthTalk by eye: a contact sheet of identities, and a strip of one identity speaking."""
+"""Pictures to check SynthTalk by eye: a contact sheet of identities, a strip of one identity speaking, and a sheet of
+identities across the emotions."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from rest.data.synth.emotion import EXPRESSIONS
 from rest.data.synth.generate import (
     _STRIP,
     VOICES,
@@ -120,4 +122,32 @@ def speech_strip(
     return path
 
 
-__all__ = ["contact_sheet", "speech_strip"]
+def emotion_sheet(
+    path: str | Path, cfg: SynthConfig, identities: Sequence[int] = (0, 1, 2), mouth_open: float = 0.1
+) -> Path:
+    """A PNG grid of identities (rows) across the emotions (columns), each at full intensity with its head pitch,
+    lips `mouth_open` apart (plus the expression's jaw drop)."""
+    font = _font(max(10, cfg.resolution // 10))
+    tiles = []
+    for i in identities:
+        renderer = FaceRenderer(identity_face(cfg.seed, i), cfg.resolution)
+        for e in EXPRESSIONS:
+            smile, brow_inner, brow_outer, brow_down, lid, jaw = e.controls().tolist()
+            frame = renderer.render(
+                mouth_open=mouth_open,
+                pitch=e.pitch,
+                smile=smile,
+                brow_inner=brow_inner,
+                brow_outer=brow_outer,
+                brow_down=brow_down,
+                lid=lid,
+                jaw=jaw,
+            )
+            tiles.append(_label(frame, [f"id{i:04d} {e.name}"], font, font.size + 2 if hasattr(font, "size") else 12))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(_grid(tiles, len(EXPRESSIONS))).save(path, optimize=True)
+    return path
+
+
+__all__ = ["contact_sheet", "emotion_sheet", "speech_strip"]

@@ -9,8 +9,9 @@ Speed comes from doing almost everything once per identity. At construction the 
 - `shade`: a Lambert term of the head's ellipsoid under the identity's light, already applied to the layers;
 - `zj`: per-pixel depth (for yaw / pitch parallax) and jaw weight (how much a pixel follows the chin).
 
-Per frame only two small crops are redrawn (the eyes with their lids, the mouth), and the head layer is warped
-onto the base by one inverse map: roll about the neck, shift, parallax `depth * sin(angle)` for yaw and pitch,
+Per frame only two small crops are redrawn (the eyes with their lids and the brows above them, the mouth), with
+the expression controls of rest/data/synth/emotion.py (brows, lids, mouth corners, jaw), and the head layer is
+warped onto the base by one inverse map: roll about the neck, shift, parallax `depth * sin(angle)` for yaw and pitch,
 and a downward shift of the chin region proportional to the mouth opening. One bilinear gather, one composite.
 """
 
@@ -23,6 +24,18 @@ import numpy as np
 HAIR_STYLES = ("bald", "buzz", "short", "side", "fringe", "long", "bob", "curly", "bun", "ponytail")
 BACKGROUNDS = ("gradient", "radial", "stripes", "dots", "checker", "bokeh", "room")
 HATS = ("none", "beanie", "cap")
+
+# How far the expression controls (render's smile .. jaw, each at 1) move the features, in face units unless noted.
+BROW_RAISE = 0.06  # brow_inner / brow_outer: the inner / outer end of a brow up (the middle follows by half)
+BROW_DROP = 0.01  # brow_down: the whole brow down ...
+BROW_KNIT = 0.015  # ... its inner end further down (the brow tilts down towards the nose) ...
+BROW_PULL = 0.02  # ... and towards the nose
+LID_WIDE = 0.5  # lid > 0: the upper lid's rest line up, in eye_ry
+LID_WIDE_LOWER = 0.25  # lid > 0: the lower lid down, in eye_ry
+LID_SQUINT = 0.5  # lid < 0: the lower lid up, as a fraction of its rest height below the eye's centre
+LID_SQUINT_UPPER = 0.2  # lid < 0: the upper lid down, as a fraction of its rest height
+SMILE_LIFT = 0.4  # smile: the lip corners up (down for < 0), in mouth_w, bending the lips by u^2
+SMILE_WIDEN = 0.08  # smile > 0: the mouth wider by this fraction
 
 
 #################################################################################
@@ -318,7 +331,7 @@ class _Crop:
 
 
 class FaceRenderer:
-    """Renders one identity at one resolution; `render` draws a frame from pose, mouth, blink and gaze values.
+    """Renders one identity at one resolution; `render` draws a frame from pose, mouth, blink, gaze and expression.
 
     Args:
         face: the identity.
@@ -550,14 +563,7 @@ class FaceRenderer:
             cov = coverage(face, px) * smoothstep(y_top - 0.01, y_top + 0.05, Y) * coverage(-mouth_hole, px, 2.5)
             beard_col = _mix(f.hair_color, (0.08, 0.06, 0.05), 0.35)
             below.paint(hair_tex * 0.4 + beard_col * 0.5, cov * f.beard * 0.9 * grain)
-        # 3. Brows (static; they sit above the eye crops).
-        for s in (-1, 1):
-            x_in, x_out = s * (f.eye_dx - f.eye_rx * 0.95), s * (f.eye_dx + f.eye_rx * 1.15)
-            y0 = f.eye_y - f.brow_dy
-            pts = quad_curve((x_in, y0 + f.brow_tilt), (s * f.eye_dx, y0 - f.brow_arch * 2), (x_out, y0 + 0.01))
-            d, t = polyline_dist(X, Y, pts)
-            thick = f.brow_thick * (1.0 - 0.55 * t)  # thicker at the inner end
-            below.paint(f.brow_color, coverage(d - thick / 2, px) * 0.92)
+        # 3. The brows move with the expression: `_draw_brows` paints them per frame into the eye crop.
         # 4. Above the animated parts: hair front, hat, moustache, glasses, earrings.
         if cap is not None:
             above.paint(hair_tex, coverage(cap, px))
@@ -616,11 +622,29 @@ class FaceRenderer:
         self.below = np.dstack([below.rgb, below.a]).astype(np.float32)  # (R, R, 4) premultiplied
         self.above = np.dstack([above.rgb, above.a]).astype(np.float32)
         self.full = self.above + self.below * (1.0 - self.above[..., 3:])
-        # Crops in pixels: both eyes with room for the lids, the mouth at its widest and most open.
-        self.eye_crop = self._crop(
+        # Crops in pixels: both eyes with room for the lids and the brows at every control value in [-1, 1]
+        # (their points are linear in the controls, so a grid with the corners finds the extremes); the mouth at its
+        # widest and most open, the corners bent up or down (SMILE_LIFT * mouth_w, well inside the margins).
+        eyes = self._crop(
             -f.eye_dx - f.eye_rx * 1.4, f.eye_dx + f.eye_rx * 1.4, f.eye_y - f.eye_ry * 2.0, f.eye_y + f.eye_ry * 1.8
         )
-        w = f.mouth_w * 1.3
+        grid = np.linspace(-1.0, 1.0, 5)
+        margin = f.brow_thick / 2 + 2 * self.px
+        brows = []
+        for s in (-1, 1):
+            pts = np.concatenate([self._brow_points(s, a, b, c) for a in grid for b in grid for c in grid])
+            lo, hi = pts.min(0) - margin, pts.max(0) + margin
+            brows.append(self._crop(lo[0], hi[0], lo[1], hi[1]))
+        self.eye_crop = c = _Crop(
+            min(eyes.y0, *(b.y0 for b in brows)),
+            max(eyes.y1, *(b.y1 for b in brows)),
+            min(eyes.x0, *(b.x0 for b in brows)),
+            max(eyes.x1, *(b.x1 for b in brows)),
+        )
+        # Where the eyes and each brow lie inside the eye crop: only those pixels are redrawn.
+        self._eye_box = _Crop(eyes.y0 - c.y0, eyes.y1 - c.y0, eyes.x0 - c.x0, eyes.x1 - c.x0)
+        self._brow_boxes = [_Crop(b.y0 - c.y0, b.y1 - c.y0, b.x0 - c.x0, b.x1 - c.x0) for b in brows]
+        w = f.mouth_w * 1.2 * (1.0 + SMILE_WIDEN) + 2 * self.px  # widest visemes (~1.19) with a smile
         self.mouth_crop = self._crop(
             -w, w, f.mouth_y - f.lip_upper * 2 - 0.06, f.mouth_y + f.open_max + f.lip_lower * 1.5 + 0.04
         )
@@ -634,20 +658,57 @@ class FaceRenderer:
 
     # ------------------------------------------------------------------ animated parts
 
-    def _draw_eyes(self, blink: float, gaze: tuple[float, float]) -> np.ndarray:
-        """The eye crop of the head layer with lids closed by `blink` (0..1): premultiplied (4, h, w)."""
+    def _brow_points(self, s: int, inner: float, outer: float, down: float) -> np.ndarray:
+        """The centre line of the brow on side `s` (-1 = image left) under the brow controls: (9, 2) face units."""
+        f = self.face
+        x_in, x_out = s * (f.eye_dx - f.eye_rx * 0.95), s * (f.eye_dx + f.eye_rx * 1.15)
+        y0 = f.eye_y - f.brow_dy
+        drop = BROW_DROP * down
+        return quad_curve(
+            (x_in - s * BROW_PULL * down, y0 + f.brow_tilt - BROW_RAISE * inner + drop + BROW_KNIT * down),
+            (s * f.eye_dx, y0 - f.brow_arch * 2 - BROW_RAISE * 0.5 * (inner + outer) + drop),
+            (x_out, y0 + 0.01 - BROW_RAISE * outer + drop),
+        )
+
+    def _draw_brows(self, inner: float, outer: float, down: float) -> np.ndarray:
+        """The eye crop of `below` with both brows painted: premultiplied (h, w, 4), the eyes' background."""
         f, px, c = self.face, self.px, self.eye_crop
-        ys, xs = self.ys[c.y0 : c.y1, None], self.xs[None, c.x0 : c.x1]  # (h, 1), (1, w)
         layer = self.below[c.slices].copy()  # (h, w, 4)
-        rgb, a = layer[..., :3], layer[..., 3]
-        shade = self.shade[c.slices][..., None]
+        color = np.asarray(f.brow_color)
+        for s, box in zip((-1, 1), self._brow_boxes, strict=True):
+            ys = self.ys[c.y0 + box.y0 : c.y0 + box.y1, None]  # (h, 1)
+            xs = self.xs[None, c.x0 + box.x0 : c.x0 + box.x1]  # (1, w)
+            d, t = polyline_dist(xs, ys, self._brow_points(s, inner, outer, down))
+            thick = f.brow_thick * (1.0 - 0.55 * t)  # thicker at the inner end
+            cov = coverage(d - thick / 2, px) * 0.92  # (h, w)
+            part = layer[box.slices]
+            shade = self.shade[c.y0 + box.y0 : c.y0 + box.y1, c.x0 + box.x0 : c.x0 + box.x1]
+            part[..., :3] = part[..., :3] * (1.0 - cov[..., None]) + color * (shade * cov)[..., None]
+            part[..., 3] = part[..., 3] * (1.0 - cov) + cov
+        return layer
+
+    def _draw_eyes(self, brows: np.ndarray, blink: float, gaze: tuple[float, float], lid: float) -> np.ndarray:
+        """The eye crop of the head layer: the eyes over `brows` (`_draw_brows`), lids opened by `lid` (-1..1) and
+        closed by `blink` (0..1): premultiplied (4, h, w)."""
+        f, px, c = self.face, self.px, self.eye_crop
+        layer = brows.copy()  # (h, w, 4)
+        e = self._eye_box  # the eyes and lids lie in this part of the crop
+        ys = self.ys[c.y0 + e.y0 : c.y0 + e.y1, None]  # (h, 1)
+        xs = self.xs[None, c.x0 + e.x0 : c.x0 + e.x1]  # (1, w)
+        rgb, a = layer[e.slices + (slice(0, 3),)], layer[e.slices + (3,)]
+        shade = self.shade[c.y0 + e.y0 : c.y0 + e.y1, c.x0 + e.x0 : c.x0 + e.x1][..., None]
+        # The lids' rest lines: wide eyes raise the upper lid and lower the lower one; a squint raises the lower
+        # lid and lowers the upper one a little.
+        wide, squint = max(lid, 0.0), max(-lid, 0.0)
+        upper = (1.0 + LID_WIDE * wide) * (1.0 - LID_SQUINT_UPPER * squint)
+        lower = (0.8 + LID_WIDE_LOWER * wide) * (1.0 - LID_SQUINT * squint)
         for s in (-1, 1):
             ex = s * f.eye_dx
             u = (xs - ex) / f.eye_rx  # (1, w)
             prof = np.sqrt(np.clip(1.0 - u * u, 0.0, 1.0))
             tilt = f.eye_tilt * f.eye_ry * u * s  # outer corner up for tilt > 0
-            y_up = f.eye_y - f.eye_ry * prof**0.75 - tilt
-            y_lo = f.eye_y + f.eye_ry * 0.8 * prof**0.9 - tilt
+            y_up = f.eye_y - f.eye_ry * upper * prof**0.75 - tilt
+            y_lo = f.eye_y + f.eye_ry * lower * prof**0.9 - tilt
             y_lid = y_up + blink * (y_lo - y_up)
             inside_x = coverage(np.abs(u) - 1.0, px / f.eye_rx)
             vis = coverage(y_lid - ys, px) * coverage(ys - y_lo, px) * inside_x  # (h, w)
@@ -675,17 +736,22 @@ class FaceRenderer:
         above = self.above[c.slices]
         return (above + layer * (1.0 - above[..., 3:])).transpose(2, 0, 1).astype(np.float32)
 
-    def _draw_mouth(self, opening: float, width: float) -> np.ndarray:
-        """The mouth crop: lips, opening (dark), teeth and tongue for `opening` (0..1) and `width`: (4, h, w)."""
+    def _draw_mouth(self, opening: float, width: float, smile: float) -> np.ndarray:
+        """The mouth crop: lips, opening (dark), teeth and tongue for `opening` (0..1), `width` and the corners bent
+        by `smile` (-1..1): (4, h, w)."""
         f, px, c = self.face, self.px, self.mouth_crop
-        ys = self.ys[c.y0 : c.y1, None] - f.mouth_y  # (h, 1)
         xs = self.xs[None, c.x0 : c.x1]  # (1, w)
         layer = self.below[c.slices].copy()
         rgb = layer[..., :3]
         shade = self.shade[c.slices][..., None]
-        hw = f.mouth_w * width
         rounding = max(0.0, 1.0 - width)  # rounded lips look fuller
+        hw = f.mouth_w * width * (1.0 + SMILE_WIDEN * max(smile, 0.0))
         u = np.clip(xs / hw, -1.0, 1.0)
+        # A smile bends the whole mouth: each column is drawn shifted up (down for a frown) by a parabola in u that
+        # reaches SMILE_LIFT * mouth_w * smile at the corners, so the lips, the opening and the teeth follow them.
+        ys = self.ys[c.y0 : c.y1, None] - f.mouth_y  # (h, 1)
+        if smile != 0.0:
+            ys = ys + SMILE_LIFT * f.mouth_w * smile * u * u  # (h, w)
         prof = np.sqrt(1.0 - u * u)  # (1, w), 0 at the corners
         h = opening * f.open_max
         yi_u = -0.22 * h * prof**0.8  # inner edge of the upper lip
@@ -791,6 +857,12 @@ class FaceRenderer:
         roll: float = 0.0,
         shift: tuple[float, float] = (0.0, 0.0),
         gaze: tuple[float, float] = (0.0, 0.0),
+        smile: float = 0.0,
+        brow_inner: float = 0.0,
+        brow_outer: float = 0.0,
+        brow_down: float = 0.0,
+        lid: float = 0.0,
+        jaw: float = 0.0,
     ) -> np.ndarray:
         """One frame: uint8 (R, R, 3).
 
@@ -802,20 +874,44 @@ class FaceRenderer:
                 pitch > 0 raises it, roll > 0 tilts it counter-clockwise (as seen in the image).
             shift: head translation as a fraction of the image size (x right, y down).
             gaze: iris offset, -1..1 in x and y.
+            smile: the mouth corners, -1 (down, a frown) .. 1 (up and a little wider, a smile).
+            brow_inner, brow_outer: the inner / outer ends of the brows, -1 (lowered) .. 1 (raised).
+            brow_down: 0 .. 1, the brows lowered and drawn together, their inner ends lowest (a frown);
+                -1 .. 0 the opposite.
+            lid: the eyes' aperture at rest, -1 (a squint: lower lids up, upper lids a little down) .. 1 (wide open:
+                upper lids up, lower lids a little down); `blink` closes from there.
+            jaw: 0 .. 1, a jaw drop added to `mouth_open` (the drawn opening is clipped to 1).
 
-        The eye and mouth crops are drawn at values rounded to 1/64 (blink, gaze) and 1/200 (mouth), far below
-        what a pixel can show, so that they can be cached.
+        The expression controls are the ones of rest/data/synth/emotion.py (its CONTROLS, in that order). The eye and
+        mouth crops are drawn at values rounded to 1/64 (blink, gaze), 1/32 (expression) and 1/200 (mouth), far
+        below what a pixel can show, so that they can be cached.
         """
+        for name, value, low in (
+            ("smile", smile, -1.0),
+            ("brow_inner", brow_inner, -1.0),
+            ("brow_outer", brow_outer, -1.0),
+            ("brow_down", brow_down, -1.0),
+            ("lid", lid, -1.0),
+            ("jaw", jaw, 0.0),
+        ):
+            if not low <= value <= 1.0:  # the crops are sized for this range
+                raise ValueError(f"{name}={value} is outside [{low:g}, 1]; clip the expression controls to that range")
         R = self.R
         r0, r1, c0, c1 = self.roi
         if r1 <= r0:
             return self._base_u8.copy()
-        # 1. The head layer with this frame's eyes and mouth.
+        opening = min(max(float(mouth_open) + float(jaw), 0.0), 1.0)
+        # 1. The head layer with this frame's eyes, brows and mouth.
         planes = self._planes.copy()  # (4, R, R)
         b, gx_, gy_ = round(float(blink) * 64), round(float(gaze[0]) * 64), round(float(gaze[1]) * 64)
-        eyes = self._cached(("eyes", b, gx_, gy_), lambda: self._draw_eyes(b / 64, (gx_ / 64, gy_ / 64)))
-        o, w = round(float(mouth_open) * 200), round(float(mouth_width) * 200)
-        mouth = self._cached(("mouth", o, w), lambda: self._draw_mouth(o / 200, w / 200))
+        bi, bo, bd, li = (round(float(v) * 32) for v in (brow_inner, brow_outer, brow_down, lid))
+        brows = self._cached(("brows", bi, bo, bd), lambda: self._draw_brows(bi / 32, bo / 32, bd / 32))
+        eyes = self._cached(
+            ("eyes", b, gx_, gy_, li, bi, bo, bd),
+            lambda: self._draw_eyes(brows, b / 64, (gx_ / 64, gy_ / 64), li / 32),
+        )
+        o, w, sm = round(opening * 200), round(float(mouth_width) * 200), round(float(smile) * 32)
+        mouth = self._cached(("mouth", o, w, sm), lambda: self._draw_mouth(o / 200, w / 200, sm / 32))
         planes[(slice(None), *self.eye_crop.slices)] = eyes
         planes[(slice(None), *self.mouth_crop.slices)] = mouth
         planes = planes.reshape(4, R * R)
@@ -831,11 +927,11 @@ class FaceRenderer:
         iu = np.clip(u + 0.5, 0, R - 1).astype(np.int32)
         iv = np.clip(v + 0.5, 0, R - 1).astype(np.int32)
         nearest = iv * R + iu
-        depth, jaw = np.take(self.zj[0], nearest), np.take(self.zj[1], nearest)
+        depth, jaw_weight = np.take(self.zj[0], nearest), np.take(self.zj[1], nearest)
         k = self._face_px
         u -= depth * np.float32(np.sin(np.radians(yaw)) * k)
-        v += depth * np.float32(np.sin(np.radians(pitch)) * k) - jaw * np.float32(
-            0.6 * mouth_open * self.face.open_max * k
+        v += depth * np.float32(np.sin(np.radians(pitch)) * k) - jaw_weight * np.float32(
+            0.6 * opening * self.face.open_max * k
         )
         # 4. Bilinear gather of premultiplied RGBA, composite over the base.
         np.clip(u, 0, R - 1.001, out=u)

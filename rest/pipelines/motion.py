@@ -1,0 +1,199 @@
+"""Face motion from speech: the streaming motion student, its rig and the phonetic channel, as one object.
+
+    pipe = MotionPipeline.from_pretrained("weights/rest-motion")
+    frames = pipe.animate(samples, emotion="happy")          # (F, 14) rig frames, RIG_PARAMS order
+    stream = pipe.stream(emotion="happy", seed=0)            # live: audio in, frames out
+    for piece in pieces:
+        frames = stream.push(piece)                          # (k, 14), k = 0 or whole chunks
+    frames = stream.finish()
+
+A motion stream is a `StreamingSession` (rest/streaming/session.py), the one streaming loop of the project: the
+student denoiser over a cache whose ID-Sink is the rig at rest, `MotionRig` in the VAE's place, and
+`PhoneticAudioEncoder` as the audio path. `arkit_blendshapes` (rest/models/rig.py) turns frames into ARKit's names;
+`write_motion_json` and `write_livelink_csv` write them for 3D tools.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rest.data.phonetic import PhoneticAudioEncoder
+from rest.errors import RestError
+from rest.exports import MotionInfo
+from rest.models.dit import DenoiserDiT
+from rest.models.loading import load_local
+from rest.models.rig import ARKIT_BLENDSHAPES, ARKIT_ROTATIONS, RIG_PARAMS, MotionRig, arkit_blendshapes
+from rest.streaming.session import StreamingSession
+
+MOTION_HINT = (
+    "point at a motion model folder (motion.json, rig/, denoiser/): the bundled weights/rest-motion, or the export/ "
+    "of `python train/motion.py --config configs/motion/student.yaml`"
+)
+
+
+class MotionStream:
+    """One live motion stream: push audio samples (16 kHz mono float), get rig frames (k, 14) as chunks complete."""
+
+    def __init__(self, pipe: MotionPipeline, emotion: int | None, seed: int):
+        label = None if emotion is None else torch.tensor([emotion], device=pipe.device)
+        self.session = StreamingSession(
+            pipe.denoiser,
+            pipe.rig,
+            pipe.rig.rest_latent(1),
+            torch.tensor(pipe.info.sigmas),
+            audio_encoder=pipe.audio,
+            context_timestep=pipe.info.context_timestep,
+            seed=seed,
+            emotion=label,
+        )
+
+    @property
+    def frames_out(self) -> int:
+        return self.session.frames_out
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Samples (n,) -> the rig frames of the chunks they complete, (k, 14) float32."""
+        x = torch.as_tensor(np.asarray(samples, np.float32)).reshape(1, -1)
+        return _frames(self.session.push_audio(x))
+
+    def finish(self) -> np.ndarray:
+        """The end of the stream: the frames left, up to the audio's duration."""
+        return _frames(self.session.finish())
+
+
+def _frames(out: torch.Tensor) -> np.ndarray:
+    return out[0, :, :, 0, 0].T.cpu().numpy().astype(np.float32)  # (B, P, k, 1, 1) -> (k, P)
+
+
+class MotionPipeline:
+    """The streaming motion student, its rig and its audio path (module docstring)."""
+
+    def __init__(self, denoiser: DenoiserDiT, rig: MotionRig, info: MotionInfo, device: str | torch.device = "cpu"):
+        if info.stage != "student" or denoiser.attention_mode != "block_causal":
+            raise RestError(f"a motion pipeline streams a student; this is a {info.stage} ({MOTION_HINT})")
+        if info.audio != "phonetic":
+            raise RestError(f"unknown audio path {info.audio!r} in motion.json (this version reads 'phonetic')")
+        self.device = torch.device(device)
+        self.denoiser = denoiser.to(self.device).eval()
+        self.rig = rig.to(self.device).eval()
+        self.info = info
+        self.audio = PhoneticAudioEncoder()
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> MotionPipeline:
+        folder = Path(folder)
+        info = MotionInfo.read(folder, MOTION_HINT)
+        denoiser = load_local(DenoiserDiT, folder / "denoiser", "motion denoiser")
+        rig = load_local(MotionRig, folder / "rig", "motion rig")
+        return cls(denoiser, rig, info, device)
+
+    @property
+    def fps(self) -> int:
+        return self.rig.config.fps
+
+    @property
+    def sample_rate(self) -> int:
+        return self.audio.config.sample_rate
+
+    def emotion_label(self, emotion: str | None) -> int | None:
+        """An emotion name -> its label (None: no emotion asked for, the null label)."""
+        if emotion is None:
+            return None
+        if emotion not in self.info.emotions:
+            raise RestError(f"unknown emotion {emotion!r}; this model knows: {', '.join(self.info.emotions)}")
+        return self.info.emotions.index(emotion)
+
+    def stream(self, emotion: str | None = None, seed: int = 0) -> MotionStream:
+        return MotionStream(self, self.emotion_label(emotion), seed)
+
+    @torch.no_grad()
+    def animate_features(self, features: np.ndarray, emotion: str | None = None, seed: int = 0) -> np.ndarray:
+        """Precomputed phonetic features (F, 3) (`PhoneticAudioEncoder.encode`, a motion set's) -> rig frames of
+        the whole chunks they cover, as a stream of the same audio gives them (studies: no decode per run)."""
+        label = self.emotion_label(emotion)
+        session = StreamingSession(
+            self.denoiser,
+            self.rig,
+            self.rig.rest_latent(1),
+            torch.tensor(self.info.sigmas),
+            context_timestep=self.info.context_timestep,
+            seed=seed,
+            emotion=None if label is None else torch.tensor([label], device=self.device),
+            end="whole_chunks",
+        )
+        x = torch.as_tensor(np.asarray(features, np.float32))[None].to(self.device)
+        return np.concatenate([_frames(session.push_features(x)), _frames(session.finish())])
+
+    @torch.no_grad()
+    def animate(self, samples: np.ndarray, emotion: str | None = None, seed: int = 0) -> np.ndarray:
+        """A whole file's samples (n,) at `sample_rate` -> rig frames (round(n * fps / sample_rate), 14): the
+        stream's own frames, pushed at once."""
+        stream = self.stream(emotion, seed)
+        return np.concatenate([stream.push(samples), stream.finish()])
+
+
+#################################################################################
+#                                  Motion files                                 #
+#################################################################################
+
+
+def motion_document(frames: np.ndarray, fps: int, emotion: str | None = None) -> dict:
+    """The JSON motion file: rig frames and their ARKit blendshapes and rotations, per frame."""
+    shapes = arkit_blendshapes(frames)
+    names = ARKIT_BLENDSHAPES + ARKIT_ROTATIONS
+    return {
+        "format": "rest-motion",
+        "version": 1,
+        "fps": fps,
+        "emotion": emotion,
+        "rig_params": list(RIG_PARAMS),
+        "arkit_names": list(names),
+        "frames": [
+            {
+                "time": round(i / fps, 4),
+                "rig": [round(float(v), 5) for v in frames[i]],
+                "arkit": [round(float(shapes[n][i]), 5) for n in names],
+            }
+            for i in range(len(frames))
+        ],
+    }
+
+
+def write_motion_json(path: str | Path, frames: np.ndarray, fps: int, emotion: str | None = None) -> None:
+    Path(path).write_text(json.dumps(motion_document(frames, fps, emotion)) + "\n")
+
+
+def livelink_timecode(frame: int, fps: int) -> str:
+    """LiveLink Face's timecode, HH:MM:SS:FF.mmm (FF the frame within the second, mmm its fraction)."""
+    seconds, ff = divmod(frame, fps)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}:{ff:02d}.000"
+
+
+def write_livelink_csv(path: str | Path, frames: np.ndarray, fps: int) -> None:
+    """Rig frames as LiveLink Face's CSV: Timecode, BlendShapeCount (61), the 52 blendshapes in ARKit's order, then
+    head and eye rotations (radians)."""
+    shapes = arkit_blendshapes(frames)
+    names = ARKIT_BLENDSHAPES + ARKIT_ROTATIONS
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Timecode", "BlendShapeCount", *names])
+        for i in range(len(frames)):
+            writer.writerow([livelink_timecode(i, fps), len(names), *(f"{shapes[n][i]:.6f}" for n in names)])
+
+
+__all__ = [
+    "MOTION_HINT",
+    "MotionPipeline",
+    "MotionStream",
+    "livelink_timecode",
+    "motion_document",
+    "write_livelink_csv",
+    "write_motion_json",
+]
