@@ -8,6 +8,7 @@ import pytest
 
 from rest.config import VAEArch, load_config, parse_overrides
 from rest.errors import RestError
+from rest.training.motion import MotionExperiment
 from rest.training.student import StudentExperiment
 from rest.training.teacher import TeacherExperiment
 from rest.training.vae import VAEExperiment
@@ -18,6 +19,8 @@ CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name 
 
 
 def experiment_of(path: Path) -> type:
+    if path.parent.name == "motion":  # the face-motion model's stages (train/motion.py)
+        return MotionExperiment
     kind = path.stem.split("_")[0]
     if kind not in EXPERIMENTS:
         raise AssertionError(f"{path}: name it vae_*, teacher_* or student_* so its experiment is known")
