@@ -5,10 +5,15 @@ predicted jaw opening against the real speakers' landmark aperture). Prints a su
     python evaluation/motion_study.py --weights weights/rest-motion --data runs/motion/data \\
         --video-study runs/study_phonetic.json --output runs/motion_study.json
 
+--calibrate first chooses the sampling temperature (motion.json's `noise_scale`, rest/metrics/motion.py) on clips of
+the training split and writes it into --weights' motion.json: the last step of the recipe after train/motion.py's
+student export.
+
 The real clips of ../shared/data/video are for measurement only; they never train shipped weights.
 """
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,7 +23,7 @@ from rest.data.synth.motion_set import load_motion_set
 from rest.errors import RestError
 from rest.metrics.heldout import write_study
 from rest.metrics.landmarks import FaceLandmarks68
-from rest.metrics.motion import heldout_motion_study, real_motion_study
+from rest.metrics.motion import calibrate_noise_scale, heldout_motion_study, real_motion_study
 from rest.metrics.realspeech import read_real_clips
 from rest.pipelines.motion import MotionPipeline
 
@@ -35,6 +40,10 @@ def main() -> int:
     parser.add_argument("--video-study", default=None, help="a real_speech_study.py JSON: the video model's numbers")
     parser.add_argument("--vad", default="auto", choices=["auto", "silero", "energy"], help="voice activity detector")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-blinks", action="store_true", help="held-out: without the blink process (the lids' own)")
+    parser.add_argument(
+        "--calibrate", type=int, default=0, metavar="N", help="choose noise_scale on N training clips, write it"
+    )
     parser.add_argument("--output", required=True, help="JSON file")
     args = parser.parse_args()
 
@@ -46,7 +55,16 @@ def main() -> int:
     if not held_out:
         raise RestError(f"{args.data} has no clips in {args.splits}")
     result = {"weights": args.weights, "data": args.data, "seed": args.seed}
-    result["heldout"] = heldout_motion_study(pipe, train, held_out, seed=args.seed)
+    if args.calibrate:
+        picked = train[:: max(len(train) // args.calibrate, 1)][: args.calibrate]
+        result["calibration"] = calibrate_noise_scale(pipe, picked, seed=args.seed)
+        scale = result["calibration"]["noise_scale"]
+        dataclasses.replace(pipe.info, noise_scale=scale).write(args.weights)
+        pipe.noise_scale.copy_(torch.tensor(scale))
+        best = result["calibration"]["best"]
+        print(f"noise_scale {best['scale']} (head speed mismatch {best['mismatch']:.3f}), written to {args.weights}")
+    result["blink_process"] = not args.no_blinks
+    result["heldout"] = heldout_motion_study(pipe, train, held_out, seed=args.seed, blinks=not args.no_blinks)
     if args.clips:
         clips = read_real_clips([Path(p) for p in args.clips], FaceLandmarks68(), args.vad)
         result["real"] = real_motion_study(pipe, clips, seed=args.seed)

@@ -125,6 +125,9 @@ class MotionInfo(ExportInfo):
     window_frames: int  # frames of a training window (the teacher's offline sampling window)
     teacher: str | None = None  # the teacher export a student was distilled from
     step: int  # training step of the exported EMA weights
+    # the starting noise's scale per rig parameter (StreamingSession's noise_scale), chosen on training clips
+    # (evaluation/motion_study.py --calibrate); None = 1, what the student trained on
+    noise_scale: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,11 +7,12 @@ import torch
 from rest.diffusion.flow import flow_sigmas
 from rest.streaming import StreamingSession
 from rest.streaming.batch import CacheBatch, step_sessions
+from rest.streaming.rollout import KnownLatents
 
 
-def _session(tiny_models, portrait, seed, context_timestep=0.0, steps=2):
+def _session(tiny_models, portrait, seed, context_timestep=0.0, steps=2, noise_scale=1.0, known=None):
     vae, audio_encoder, _, student = tiny_models
-    return StreamingSession(
+    session = StreamingSession(
         student,
         vae,
         portrait,
@@ -19,7 +20,10 @@ def _session(tiny_models, portrait, seed, context_timestep=0.0, steps=2):
         audio_encoder=audio_encoder,
         context_timestep=context_timestep,
         seed=seed,
+        noise_scale=noise_scale,
     )
+    session.known = known
+    return session
 
 
 def _alone(tiny_models, portrait, seed, audio, **kwargs):
@@ -31,17 +35,20 @@ def _alone(tiny_models, portrait, seed, audio, **kwargs):
 def test_batched_streams_equal_each_stream_alone(tiny_models, context_timestep):
     """Four streams with their own portraits, seeds and lengths; one joins late (its ring at another phase, fewer
     context chunks at first), one ends early; audio arrives in uneven pieces. Stepping every stream with a chunk ready
-    in one batched call gives each the frames it gets alone."""
+    in one batched call gives each the frames it gets alone; so do a stream with known latents (inpainting) and one
+    with a smaller starting noise beside the others."""
     g = torch.Generator().manual_seed(0)
     portraits = [torch.randn(1, 4, 1, 4, 4, generator=g) for _ in range(2)]
     spf = tiny_models[1].samples_per_frame
-    plans = [  # (portrait, seed, frames of audio, round it joins)
-        (portraits[0], 0, 61, 0),
-        (portraits[1], 1, 45, 0),
-        (portraits[0], 2, 50, 3),
-        (portraits[1], 3, 23, 1),
+    mask = torch.tensor([True, False, False, True]).view(1, 4, 1, 1, 1)
+    known = KnownLatents(torch.full((1, 4, 1, 1, 1), 0.7), mask)
+    plans = [  # (portrait, seed, frames of audio, round it joins, session options)
+        (portraits[0], 0, 61, 0, {}),
+        (portraits[1], 1, 45, 0, {"known": known}),
+        (portraits[0], 2, 50, 3, {"noise_scale": torch.tensor([0.5, 1.0, 0.0, 2.0])}),
+        (portraits[1], 3, 23, 1, {}),
     ]
-    audio = [0.1 * torch.randn(1, frames * spf + 37, generator=g) for _, _, frames, _ in plans]
+    audio = [0.1 * torch.randn(1, frames * spf + 37, generator=g) for _, _, frames, _, _ in plans]
     piece = 5 * spf + 11  # not a whole number of frames or chunks
 
     streams = [None] * len(plans)
@@ -49,9 +56,9 @@ def test_batched_streams_equal_each_stream_alone(tiny_models, context_timestep):
     out = [[] for _ in plans]
     batch_sizes = []
     for round_index in range(200):
-        for i, (portrait, seed, _, joins) in enumerate(plans):
+        for i, (portrait, seed, _, joins, options) in enumerate(plans):
             if round_index == joins:
-                streams[i] = _session(tiny_models, portrait, seed, context_timestep)
+                streams[i] = _session(tiny_models, portrait, seed, context_timestep, **options)
             s = streams[i]
             if s is None or s.finished:
                 continue
@@ -72,8 +79,8 @@ def test_batched_streams_equal_each_stream_alone(tiny_models, context_timestep):
             break
     assert max(batch_sizes) == 4 and min(batch_sizes) == 1  # batches of all four, and a stream alone at the end
 
-    for i, (portrait, seed, _, _) in enumerate(plans):
-        expected = _alone(tiny_models, portrait, seed, audio[i], context_timestep=context_timestep)
+    for i, (portrait, seed, _, _, options) in enumerate(plans):
+        expected = _alone(tiny_models, portrait, seed, audio[i], context_timestep=context_timestep, **options)
         got = torch.cat(out[i], dim=2)
         assert got.shape == expected.shape
         assert streams[i].frames_out == expected.shape[2] == round(audio[i].shape[1] / spf)
@@ -145,3 +152,14 @@ def test_pipeline_step_runs_many_streams_as_each_alone(test_pipeline, face_image
         assert got.shape == expected.shape == (round(len(audio[i]) * 25 / 16000), 64, 64, 3)
         assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1  # uint8 rounding of 2e-5 differences
         assert s.stats()["rtf"] > 0
+
+
+def test_noise_scale_is_one_number_or_one_per_channel(tiny_models):
+    portrait = torch.zeros(1, 4, 1, 4, 4)
+    for bad, message in [([1.0, 2.0], "one per latent channel"), (-0.5, ">= 0"), ([[1.0] * 4], "one per latent")]:
+        with pytest.raises(ValueError, match=message):
+            _session(tiny_models, portrait, 0, noise_scale=torch.tensor(bad))
+    audio = 0.1 * torch.randn(1, 12 * tiny_models[1].samples_per_frame, generator=torch.Generator().manual_seed(0))
+    zero = [_alone(tiny_models, portrait, seed, audio, noise_scale=0.0) for seed in (0, 1)]
+    torch.testing.assert_close(zero[0], zero[1], atol=1e-6, rtol=0)  # no noise: nothing for the seed to draw
+    assert not torch.allclose(_alone(tiny_models, portrait, 0, audio), _alone(tiny_models, portrait, 1, audio))

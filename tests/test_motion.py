@@ -5,6 +5,7 @@ motion metrics on inputs with known answers."""
 import csv
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,14 @@ import torch
 from rest.data.synth.emotion import EMOTIONS
 from rest.data.synth.motion_set import INFO_FILE, MotionClip, labels_to_rig, load_motion_set, save_motion_clip
 from rest.data.synth.visemes import VISEME_IDS
-from rest.metrics.motion import EmotionClassifier, blink_rate, heldout_motion_study, motion_statistics
+from rest.metrics.motion import (
+    CALIBRATION_GRID,
+    EmotionClassifier,
+    blink_rate,
+    calibrate_noise_scale,
+    heldout_motion_study,
+    motion_statistics,
+)
 from rest.models.rig import ARKIT_BLENDSHAPES, ARKIT_ROTATIONS, RIG_INDEX, RIG_PARAMS, MotionRig, arkit_blendshapes
 
 P = len(RIG_PARAMS)
@@ -215,6 +223,145 @@ def test_stream_equals_whole_file_and_features(test_motion_model):
         pipe.animate(audio, emotion="joy")
 
 
+@needs_pocketsphinx
+def test_gaze_target_and_noise_scale(test_motion_model):
+    """A gaze target holds the eyes exactly where asked (the rest of the face still generated and still read from
+    the stream), from the chunk after set_gaze; a noise scale of 0 makes the output independent of the seed."""
+    from dataclasses import replace
+
+    from rest.pipelines.motion import MotionPipeline
+
+    pipe = MotionPipeline.from_pretrained(test_motion_model)
+    audio = _speechy(2.0)
+    free = pipe.animate(audio, seed=1)
+    held = pipe.animate(audio, seed=1, gaze=(0.5, -0.25))
+    gaze = [RIG_INDEX["gaze_x"], RIG_INDEX["gaze_y"]]
+    np.testing.assert_allclose(held[:, gaze], np.tile([0.5, -0.25], (len(held), 1)), atol=1e-5)
+    assert np.abs(free[:, gaze] - held[:, gaze]).max() > 0.1  # the model's own gaze is elsewhere
+    assert not np.allclose(np.delete(held, gaze, axis=1), np.delete(free, gaze, axis=1))  # the face continues from it
+    stream = pipe.stream(seed=1)
+    first = stream.push(audio[:8000])  # 0.5 s: the chunks it completes look where the model looks
+    stream.set_gaze((-1.0, 1.0))
+    rest = np.concatenate([stream.push(audio[8000:]), stream.finish()])
+    np.testing.assert_allclose(first, free[: len(first)], atol=1e-6)
+    np.testing.assert_allclose(rest[:, gaze], np.tile([-1.0, 1.0], (len(rest), 1)), atol=1e-5)
+    for bad in [(1.5, 0.0), (0.0, float("nan")), (1.0,)]:
+        with pytest.raises(Exception, match="gaze target is two numbers"):
+            pipe.stream(gaze=bad)
+
+    pipe.noise_scale[:] = 0
+    a, b = pipe.animate(audio, seed=1, blinks=False), pipe.animate(audio, seed=2, blinks=False)
+    np.testing.assert_allclose(a, b, atol=1e-6)  # no noise and no blink process: the seed has nothing to draw
+    pipe.noise_scale[:] = 1
+    assert not np.allclose(pipe.animate(audio, seed=1, blinks=False), b, atol=1e-3)
+    with pytest.raises(Exception, match="noise_scale has 3 values"):
+        MotionPipeline(pipe.denoiser, pipe.rig, replace(pipe.info, noise_scale=(1.0, 1.0, 1.0)))
+
+
+# LiveLink Face's CSV header as the app writes it and its importers read it (typed from a take's header, not from
+# rest/models/rig.py): the columns a consumer indexes by position.
+LIVELINK_HEADER = (
+    "Timecode,BlendShapeCount,EyeBlinkLeft,EyeLookDownLeft,EyeLookInLeft,EyeLookOutLeft,EyeLookUpLeft,EyeSquintLeft,"
+    "EyeWideLeft,EyeBlinkRight,EyeLookDownRight,EyeLookInRight,EyeLookOutRight,EyeLookUpRight,EyeSquintRight,"
+    "EyeWideRight,JawForward,JawRight,JawLeft,JawOpen,MouthClose,MouthFunnel,MouthPucker,MouthRight,MouthLeft,"
+    "MouthSmileLeft,MouthSmileRight,MouthFrownLeft,MouthFrownRight,MouthDimpleLeft,MouthDimpleRight,MouthStretchLeft,"
+    "MouthStretchRight,MouthRollLower,MouthRollUpper,MouthShrugLower,MouthShrugUpper,MouthPressLeft,MouthPressRight,"
+    "MouthLowerDownLeft,MouthLowerDownRight,MouthUpperUpLeft,MouthUpperUpRight,BrowDownLeft,BrowDownRight,BrowInnerUp,"
+    "BrowOuterUpLeft,BrowOuterUpRight,CheekPuff,CheekSquintLeft,CheekSquintRight,NoseSneerLeft,NoseSneerRight,"
+    "TongueOut,HeadYaw,HeadPitch,HeadRoll,LeftEyeYaw,LeftEyePitch,LeftEyeRoll,RightEyeYaw,RightEyePitch,RightEyeRoll"
+)
+
+
+def test_blink_schedule_streams_synthtalks_blinks_in_bounded_memory():
+    """The stream's blink process is SynthTalk's blink model: asked 2 frames at a time it gives blink_track's closure
+    for the same seed, at SynthTalk's rate, and it keeps only the blinks not yet over."""
+    from rest.data.synth.motion import BlinkSchedule, blink_track
+
+    schedule = BlinkSchedule(seed=7, fps=25, interval=(2.0, 6.0))
+    parts = [schedule.closure(f, 2) for f in range(0, 25 * 120, 2)]
+    assert len(schedule.pending) <= 3  # after 2 minutes: the blinks not yet over, no history
+    times = np.arange(25 * 120) / 25
+    np.testing.assert_allclose(
+        np.concatenate(parts), blink_track(times, np.random.default_rng(7), (2.0, 6.0)), atol=1e-6
+    )
+    assert 10 <= blink_rate(np.concatenate(parts), 25) <= 20  # one every 2-6 s
+    later = BlinkSchedule(seed=7, fps=25)
+    later.closure(0, 2)
+    assert len(later.pending) <= 2 and later.closure(25 * 3600, 2).shape == (2,) and len(later.pending) <= 3
+
+
+@needs_pocketsphinx
+def test_stream_blinks_from_the_blink_process_or_not_at_all(test_motion_model):
+    from rest.data.synth.motion import BlinkSchedule
+    from rest.pipelines.motion import MotionPipeline
+
+    pipe = MotionPipeline.from_pretrained(test_motion_model)
+    audio = _speechy(4.0)
+    frames = pipe.animate(audio, seed=5)
+    expected = BlinkSchedule(seed=5, fps=25).closure(0, len(frames))
+    np.testing.assert_allclose(frames[:, RIG_INDEX["blink"]], expected, atol=1e-5)
+    own = pipe.animate(audio, seed=5, blinks=False)[:, RIG_INDEX["blink"]]
+    assert np.abs(own - expected).max() > 0.05  # without the process the lids are the model's
+
+
+def test_livelink_csv_reads_as_a_positional_importer_reads_a_take(tmp_path):
+    """An importer of LiveLink Face takes: the header byte for byte, then per row the timecode, the count, and the
+    61 values by position. The subject's left (the image's right) stays left, column by column."""
+    from rest.pipelines.motion import write_livelink_csv
+
+    frames = _frames(5, smile=0.8, head_yaw=0.1)
+    frames[:, RIG_INDEX["gaze_x"]] = 0.6  # eyes to the image's right: the subject's left
+    write_livelink_csv(tmp_path / "take.csv", frames, 25)
+    lines = (tmp_path / "take.csv").read_text().splitlines()
+    assert lines[0] == LIVELINK_HEADER
+    names = LIVELINK_HEADER.split(",")[2:]
+    for line in lines[1:]:
+        timecode, count, *values = line.split(",")
+        assert re.fullmatch(r"\d\d:\d\d:\d\d:\d\d\.\d\d\d", timecode) and int(count) == len(values) == 61
+        shapes = dict(zip(names, map(float, values), strict=True))
+        assert shapes["MouthSmileLeft"] == shapes["MouthSmileRight"] > 0.5 and shapes["HeadYaw"] == pytest.approx(0.1)
+        assert shapes["EyeLookOutLeft"] > 0 and shapes["EyeLookInRight"] > 0  # both eyes towards the subject's left
+        assert shapes["EyeLookInLeft"] == shapes["EyeLookOutRight"] == 0
+        assert all(0 <= shapes[n] <= 1 for n in names[:52])
+
+
+@needs_pocketsphinx
+def test_docs_sample_is_what_rest_animate_writes_with_the_bundled_model(tmp_path):
+    """docs/motion_sample.csv (`rest animate --audio assets/demo/speech.wav --output docs/motion_sample.csv --emotion
+    happy`) reads as a LiveLink take and is what the bundled weights make today: regenerate it when they change."""
+    from rest.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    sample, weights = root / "docs" / "motion_sample.csv", root / "weights" / "rest-motion"
+    if not (weights / "denoiser" / "diffusion_pytorch_model.safetensors").exists():
+        pytest.skip("weights/rest-motion is not here")
+    lines = sample.read_text().splitlines()
+    assert lines[0] == LIVELINK_HEADER and len(lines) == 1 + 200  # 8 s at 25 fps
+    rows = [line.split(",") for line in lines[1:]]
+    assert all(int(r[1]) == len(r) - 2 == 61 for r in rows)
+    assert (
+        main(
+            [
+                "animate",
+                "--audio",
+                str(root / "assets/demo/speech.wav"),
+                "--output",
+                str(tmp_path / "m.csv"),
+                "--emotion",
+                "happy",
+            ]
+        )
+        == 0
+    )
+    again = [line.split(",") for line in (tmp_path / "m.csv").read_text().splitlines()[1:]]
+    assert [r[0] for r in again] == [r[0] for r in rows]
+    np.testing.assert_allclose(
+        np.array([r[2:] for r in again], float), np.array([r[2:] for r in rows], float), atol=2e-3
+    )
+    jaw = np.array([float(r[2 + LIVELINK_HEADER.split(",")[2:].index("JawOpen")]) for r in rows])
+    assert jaw.max() > 0.3 and jaw.min() < 0.05  # the mouth opens and closes
+
+
 def test_livelink_csv_and_json_files(tmp_path):
     from rest.pipelines.motion import livelink_timecode, write_livelink_csv, write_motion_json
 
@@ -254,11 +401,17 @@ def test_rest_animate_writes_both_formats_and_refuses_bad_input(test_motion_mode
     bad = ["animate", "--audio", str(wav), "--weights", str(test_motion_model)]
     assert main([*bad, "--output", str(tmp_path / "m.txt")]) == 2
     assert main([*bad, "--output", str(tmp_path / "x.json"), "--emotion", "joy"]) == 2
+    assert main([*bad, "--output", str(tmp_path / "g.json"), "--gaze", "0.5"]) == 2
+    assert main([*bad, "--output", str(tmp_path / "g.json"), "--gaze", "0.5,2"]) == 2
+    assert main([*bad, "--output", str(tmp_path / "g.json"), "--gaze", "0.5,-0.5"]) == 0
+    doc = json.loads((tmp_path / "g.json").read_text())
+    assert {tuple(f["rig"][RIG_INDEX["gaze_x"] : RIG_INDEX["gaze_y"] + 1]) for f in doc["frames"]} == {(0.5, -0.5)}
     assert (
         main(["animate", "--audio", str(wav), "--output", str(tmp_path / "y.json"), "--weights", str(tmp_path)]) == 2
     )
     err = capsys.readouterr().err
     assert "use .json or .csv" in err and "unknown emotion 'joy'" in err and "motion.json not found" in err
+    assert "--gaze 0.5: two numbers" in err and "in -1 .. 1" in err
 
 
 #################################################################################
@@ -289,7 +442,7 @@ def test_emotion_classifier_and_heldout_study_separate_right_from_wrong():
     class Oracle:  # the jaw follows the features exactly; the expression follows the emotion asked for
         fps = 25
 
-        def animate_features(self, features, emotion, seed):
+        def animate_features(self, features, emotion, seed, blinks=True):
             out = _frames(len(features) // 2 * 2)
             out[:, RIG_INDEX["jaw_open"]] = features[: len(out), 0]
             out[:, RIG_INDEX["smile"]] = (EMOTIONS.index(emotion) - 2) * 0.3
@@ -302,3 +455,30 @@ def test_emotion_classifier_and_heldout_study_separate_right_from_wrong():
     assert abs(mean["mouth_shuffled/corr"]) < 0.3  # another clip's features do not follow this clip's mouth
     assert result["emotion_accuracy"] == 1.0 and result["emotion_accuracy_labels"] == 1.0
     assert mean["label/blink_per_min"] == pytest.approx(30.0) and mean["out/blink_per_min"] == 0.0  # 4 in 8 s
+
+
+def test_noise_scale_calibration_finds_the_scale_that_matches_the_labels():
+    """A fake model whose head jitter grows with the noise scale and matches the labels' head speed at 0.5: the
+    calibration finds 0.5, scores every scale of the grid, and leaves the model's scale as it was."""
+    clips = [_synthetic_clip(i, "train", frames=250) for i in range(4)]
+    for c in clips:  # the labels' head moves as the fake's does at 0.5
+        c.rig[:, RIG_INDEX["head_pitch"]] = c.rig[:, RIG_INDEX["head_roll"]] = c.rig[:, RIG_INDEX["head_yaw"]] * 0.5
+
+    class Fake:
+        fps = 25
+        noise_scale = torch.ones(P)
+
+        def animate_features(self, features, emotion, seed):
+            clip = next(c for c in clips if np.shares_memory(c.features, features))
+            out = clip.rig[: len(features)].copy()
+            step = np.abs(np.diff(out[:, RIG_INDEX["head_yaw"]])).mean() * float(self.noise_scale[0]) / 0.5
+            walk = np.cumsum(np.random.default_rng(seed).choice([-1.0, 1.0], len(out)) * step)
+            out[:, RIG_INDEX["head_yaw"]] = walk
+            out[:, RIG_INDEX["head_pitch"]] = out[:, RIG_INDEX["head_roll"]] = walk * 0.5
+            return out
+
+    fake = Fake()
+    result = calibrate_noise_scale(fake, clips, seconds=10.0, progress=False)
+    assert result["noise_scale"] == (0.5,) * P
+    assert [r["scale"] for r in result["settings"]] == list(CALIBRATION_GRID) and result["best"]["mismatch"] < 0.25
+    assert torch.equal(fake.noise_scale, torch.ones(P))

@@ -54,7 +54,7 @@ def motion(test_motion_model):
 
 @pytest.fixture
 def client(pipe, motion):
-    with TestClient(create_app(pipe, ServeOptions(max_sessions=2, idle_timeout_s=2.0), motion=motion)) as c:
+    with TestClient(create_app(pipe, ServeOptions(max_sessions=2, idle_timeout_s=30.0), motion=motion)) as c:
         yield c
 
 
@@ -113,6 +113,23 @@ def test_stream_sends_the_frames_animate_makes(client, motion):
     np.testing.assert_allclose(arkit, np.stack([shapes[n] for n in ready["arkit_names"]], axis=1), atol=1e-4)
 
 
+def test_gaze_target_from_start_and_mid_stream(client, motion):
+    audio = speech_like(1.6)
+    gx, gy = RIG_PARAMS.index("gaze_x"), RIG_PARAMS.index("gaze_y")
+    with client.websocket_connect("/ws/motion") as ws:
+        ws.send_text(json.dumps({"type": "start", "seed": 2, "gaze": [0.25, 0.5]}))
+        assert json.loads(ws.receive_text())["type"] == "ready"
+        ws.send_bytes(audio[:8000].tobytes())  # 0.5 s: 10 frames (the rest wait for the look-ahead)
+        first = json.loads(ws.receive_text())["frames"]
+        ws.send_text(json.dumps({"type": "gaze", "gaze": None}))  # back to the model's gaze
+        messages, done = stream(ws, audio[8000:])
+    assert {(f[gx], f[gy]) for f in first} == {(0.25, 0.5)}
+    later = np.array([f for m in messages for f in m["frames"]])
+    assert len(first) + len(later) == done["frames"] == 40
+    np.testing.assert_allclose(motion.animate(audio, seed=2, gaze=(0.25, 0.5))[: len(first)], first, atol=1e-4)
+    assert np.abs(later[:, [gx, gy]] - [0.25, 0.5]).max() > 0.01  # released
+
+
 @pytest.mark.parametrize("seconds, frames", [(0.72, 18), (0.3, 8), (0.0, 0)])
 def test_frame_count_is_the_audio_duration(client, seconds, frames):
     with client.websocket_connect("/ws/motion") as ws:
@@ -133,6 +150,10 @@ def test_frame_count_is_the_audio_duration(client, seconds, frames):
         (["START", b"\x00\x00\x00"], 1008, "multiple of 4 bytes"),
         (["START", {"type": "start"}], 1008, "already started"),
         (["START", {"type": "pause"}], 1008, "unknown message type 'pause'"),
+        ([{"type": "start", "gaze": [0.5]}], 1008, "gaze must be [x, y]"),
+        ([{"type": "start", "gaze": [0.5, True]}], 1008, "gaze must be [x, y]"),
+        (["START", {"type": "gaze", "gaze": [2, 0]}], 1008, "gaze target is two numbers x, y in -1 .. 1"),
+        ([{"type": "gaze", "gaze": None}], 1008, "gaze before start"),
     ],
 )
 def test_bad_messages_close_that_session(client, messages, code, message):
@@ -156,7 +177,9 @@ def test_bad_messages_close_that_session(client, messages, code, message):
 
 def test_motion_and_video_streams_share_the_session_cap(client):
     with client.websocket_connect("/ws/motion") as a, client.websocket_connect("/ws/motion") as b:
-        assert start(a)["type"] == start(b)["type"] == "ready"
+        for ws in (a, b):  # both started before either reply is read: neither waits idle on the other's start
+            ws.send_text(json.dumps({"type": "start"}))
+        assert json.loads(a.receive_text())["type"] == json.loads(b.receive_text())["type"] == "ready"
         with client.websocket_connect("/ws") as c:
             assert "server full" in json.loads(c.receive_text())["message"]
 
@@ -216,6 +239,9 @@ def test_motion_page_draws_the_stream_on_the_face(server, speech):
         page.goto(server)
         page.wait_for_function("document.getElementById('status').textContent.startsWith('ready')")
         rest_mouth = page.get_attribute("#mouth", "d")
+        page.click("#face", position={"x": 204, "y": 165})  # about (30, -12) in the face's units: eyes right
+        gaze = [float(v) for v in page.text_content("#gaze").removeprefix("held at ").split(",")]
+        assert 0.3 < gaze[0] < 0.8 and abs(gaze[1]) < 0.25 and not page.is_disabled("#gaze-free")
         page.select_option("#emotion", "happy")
         page.set_input_files("#audio-file", str(speech))
         page.click("#start-file")
@@ -231,5 +257,9 @@ def test_motion_page_draws_the_stream_on_the_face(server, speech):
         assert 0 < int(page.text_content("#latency")) < 10000 and int(page.text_content("#fps")) >= 0
         assert page.get_attribute("#head", "transform") != "translate(0.00 0.00) rotate(0.00)"  # the head moved
         assert len(page.query_selector_all("#values tr")) == 14
+        iris = f"(-28 + 8 * {gaze[0]}).toFixed(2)"  # the irises drawn where the click asked, from the server's frames
+        page.wait_for_function(f"document.getElementById('iris-left').getAttribute('cx') === {iris}", timeout=10000)
+        page.click("#gaze-free")
+        assert page.text_content("#gaze") == "the model's" and page.is_disabled("#gaze-free")
         assert not errors, errors
         browser.close()

@@ -33,10 +33,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--audio", required=True, help="speech: any audio file or a video's audio track")
     parser.add_argument("--output", required=True, help="motion file to write: .json or .csv")
     parser.add_argument("--emotion", default=None, help="neutral | happy | sad | angry | surprised (default: none)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated idle motion (blinks, gaze, head)")
+    parser.add_argument(
+        "--gaze",
+        default=None,
+        metavar="X,Y",
+        help="hold the eyes on a target: x, y in -1 .. 1 (x to the image's right, y down; default: the model's gaze)",
+    )
+    parser.add_argument(
+        "--no-blinks", action="store_true", help="no blink process: the eyelids only as the model moves them"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the blinks (and of the idle motion where motion.json's noise_scale > 0)",
+    )
     parser.add_argument("--weights", default=None, help=f"motion model folder (default: the bundled {DEFAULT_MOTION})")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer audio (default %(default)s)")
     parser.set_defaults(func=run)
+
+
+def parse_gaze(text: str | None) -> tuple[float, float] | None:
+    """--gaze "X,Y" -> (x, y); None -> None."""
+    from rest.errors import RestError
+
+    if text is None:
+        return None
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise RestError(f"--gaze {text}: two numbers X,Y in -1 .. 1, e.g. --gaze 0.5,-0.2") from None
+    return x, y
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         raise RestError(f"--audio {args.audio}: no such file")
     if not 0 <= args.seed < 2**31:
         raise RestError(f"--seed {args.seed}: must be an integer from 0 to {2**31 - 1}")
+    gaze = parse_gaze(args.gaze)
 
     import torch
 
@@ -65,12 +93,13 @@ def run(args: argparse.Namespace) -> int:
     weights = Path(args.weights) if args.weights else default_motion()
     pipe = MotionPipeline.from_pretrained(weights)
     pipe.emotion_label(args.emotion)  # an unknown name fails before the audio is read
+    pipe.check_gaze(gaze)  # so does a target out of range
     samples = read_audio(args.audio, pipe.sample_rate)
     seconds = len(samples) / pipe.sample_rate
     if seconds > args.max_seconds:
         raise RestError(f"--audio {args.audio}: {seconds:.0f} s is longer than --max-seconds {args.max_seconds:g}")
     start = time.perf_counter()
-    frames = pipe.animate(samples, emotion=args.emotion, seed=args.seed)
+    frames = pipe.animate(samples, emotion=args.emotion, seed=args.seed, gaze=gaze, blinks=not args.no_blinks)
     wall = time.perf_counter() - start
     if output.suffix.lower() == ".csv":
         write_livelink_csv(output, frames, pipe.fps)

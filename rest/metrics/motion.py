@@ -11,6 +11,10 @@ Held-out SynthTalk (clips of a motion set's `test_id` / `test_voice` splits: ide
   parameters and the head pitch over 2 s windows, standardised) labels each output window; accuracy against the
   emotion asked for. Its accuracy on the held-out labels themselves is the ceiling.
 
+Sampling temperature (`calibrate_noise_scale`): the starting noise's scale (motion.json's `noise_scale`), chosen
+from a grid on training clips (never the held-out ones) to match the labels' head motion: the median frame-to-frame
+speed of the head's three angles, as log ratios.
+
 Real speech: the predicted `jaw_open` against the real speaker's inner-lip aperture (dlib landmarks,
 rest/metrics/landmarks.py), best correlation within +-2 frames, as the video model's real-speech study scores it.
 """
@@ -101,9 +105,12 @@ def real_mouth_scores(jaw: np.ndarray, aperture: np.ndarray) -> dict:
     return lipsync_landmarks(jaw[:n], aperture[:n])
 
 
-def heldout_motion_study(pipe, train_clips: list, test_clips: list, seed: int = 0, progress: bool = True) -> dict:
+def heldout_motion_study(
+    pipe, train_clips: list, test_clips: list, seed: int = 0, progress: bool = True, blinks: bool = True
+) -> dict:
     """Generate every held-out clip from its own features and emotion (and from the next clip's features, the
-    shuffled control) and score it against its labels (module docstring). Clips are `MotionClip`s of a motion set."""
+    shuffled control) and score it against its labels (module docstring). Clips are `MotionClip`s of a motion set;
+    blinks: the stream's blink process on (as shipped) or off (the network's own lids)."""
     from tqdm import tqdm
 
     from rest.data.synth.emotion import EMOTIONS
@@ -116,8 +123,8 @@ def heldout_motion_study(pipe, train_clips: list, test_clips: list, seed: int = 
         other = test_clips[(i + 1) % len(test_clips)]
         n = min(len(clip.features), len(other.features))
         emotion = EMOTIONS[clip.emotion]
-        own = pipe.animate_features(clip.features, emotion, seed)
-        shuffled = pipe.animate_features(other.features[:n], emotion, seed)
+        own = pipe.animate_features(clip.features, emotion, seed, blinks=blinks)
+        shuffled = pipe.animate_features(other.features[:n], emotion, seed, blinks=blinks)
         outputs.append(own)
         row = {"clip": clip.clip_id, "split": clip.split, "emotion": emotion}
         row.update({f"mouth/{k}": v for k, v in mouth_scores(own[:, jaw], clip.rig[:, jaw]).items()})
@@ -134,9 +141,58 @@ def heldout_motion_study(pipe, train_clips: list, test_clips: list, seed: int = 
     }
 
 
+CALIBRATION_GRID = (0.0, 0.1, 0.25, 0.5, 1.0)  # noise scales tried
+CALIBRATION_KEYS = ("head_yaw/speed_p50", "head_pitch/speed_p50", "head_roll/speed_p50")
+
+
+def motion_mismatch(out: dict[str, float], label: dict[str, float]) -> float:
+    """How far generated head motion is from the labels': the mean |log ratio| of the median frame-to-frame speeds
+    of yaw, pitch and roll (floored at 1e-3 rad/s, so a frozen head stays finite)."""
+    return float(np.mean([abs(np.log((out[k] + 1e-3) / (label[k] + 1e-3))) for k in CALIBRATION_KEYS]))
+
+
+def calibrate_noise_scale(
+    pipe,
+    clips: list,
+    grid: tuple[float, ...] = CALIBRATION_GRID,
+    seconds: float = 8.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Choose the pipeline's noise scale (module docstring) on the first `seconds` of `clips` (MotionClips of the
+    training split): each scale of the grid, for every rig parameter, is scored by `motion_mismatch` of the clips'
+    pooled statistics, the stream's blink process on. Returns the chosen `noise_scale` tuple (RIG_PARAMS order) and
+    every scale's statistics; `pipe.noise_scale` is left as found."""
+    from tqdm import tqdm
+
+    from rest.data.synth.emotion import EMOTIONS
+
+    fps, n = pipe.fps, int(seconds * pipe.fps)
+    label = _pooled([motion_statistics(c.rig[:n], fps) for c in clips], [len(c.rig[:n]) for c in clips])
+    before = pipe.noise_scale.clone()
+    rows = []
+    try:
+        for scale in tqdm(grid, desc="noise scale", unit="setting", disable=not progress):
+            pipe.noise_scale.fill_(scale)
+            outs = [pipe.animate_features(c.features[:n], EMOTIONS[c.emotion], seed + i) for i, c in enumerate(clips)]
+            out = _pooled([motion_statistics(x, fps) for x in outs], [len(x) for x in outs])
+            rows.append({"scale": scale, "mismatch": motion_mismatch(out, label), **out})
+    finally:
+        pipe.noise_scale.copy_(before)
+    best = min(rows, key=lambda r: r["mismatch"])
+    return {"noise_scale": (best["scale"],) * len(RIG_INDEX), "label": label, "settings": rows, "best": best}
+
+
+def _pooled(stats: list[dict[str, float]], lengths: list[int]) -> dict[str, float]:
+    """Per-clip statistics -> one set, weighted by the clips' lengths."""
+    w = np.asarray(lengths, np.float64) / max(sum(lengths), 1)
+    return {k: float(sum(wi * s[k] for wi, s in zip(w, stats, strict=True))) for k in stats[0]}
+
+
 def real_motion_study(pipe, clips: list, seed: int = 0, progress: bool = True) -> dict:
     """The predicted jaw opening for each real clip's audio (and the next clip's: shuffled) against the real speaker's
-    aperture; clips are `rest.metrics.realspeech.RealClip`s."""
+    aperture, and its rest ratio (pauses over speech, `mouth_rest_ratio`); clips are `RealClip`s
+    (rest.metrics.realspeech)."""
     from tqdm import tqdm
 
     from rest.metrics.realspeech import loudness_envelope
@@ -155,7 +211,8 @@ def real_motion_study(pipe, clips: list, seed: int = 0, progress: bool = True) -
                 "own": real_mouth_scores(own, clip.aperture)["corr"],
                 "shuffled": real_mouth_scores(shuffled[:n], clip.aperture[:n])["corr"],
                 "loudness": real_mouth_scores(loudness_envelope(clip.audio), clip.aperture)["corr"],
-                "rest_ratio": mouth_rest_ratio(own[: len(clip.speech)], clip.speech[: len(own)]),
+                # on the opening a rig receives (ARKit JawOpen, clipped to 0 .. 1): the rig value dips below 0
+                "rest_ratio": mouth_rest_ratio(np.clip(own[: len(clip.speech)], 0, 1), clip.speech[: len(own)]),
             }
         )
     return {"clips": rows, "mean": mean_of(rows)}
@@ -167,12 +224,15 @@ def mean_of(rows: list[dict]) -> dict[str, float]:
 
 
 __all__ = [
+    "CALIBRATION_GRID",
     "EXPRESSION_PARAMS",
     "EmotionClassifier",
     "HEAD_PARAMS",
     "blink_rate",
+    "calibrate_noise_scale",
     "heldout_motion_study",
     "mean_of",
+    "motion_mismatch",
     "motion_statistics",
     "mouth_scores",
     "real_mouth_scores",

@@ -56,12 +56,13 @@ RIG_PARAMS: tuple[str, ...] = (
 )
 RIG_INDEX: dict[str, int] = {name: i for i, name in enumerate(RIG_PARAMS)}
 
-# ARKit's 52 blendshape names, in the order of LiveLink Face's CSV export (Unreal's EARFaceBlendShape).
+# ARKit's 52 blendshape names, in the column order of LiveLink Face's CSV export: note JawRight before JawLeft and
+# MouthRight before MouthLeft, as the app writes them (importers that read the columns by position expect that).
 ARKIT_BLENDSHAPES: tuple[str, ...] = (
     "EyeBlinkLeft", "EyeLookDownLeft", "EyeLookInLeft", "EyeLookOutLeft", "EyeLookUpLeft", "EyeSquintLeft",
     "EyeWideLeft", "EyeBlinkRight", "EyeLookDownRight", "EyeLookInRight", "EyeLookOutRight", "EyeLookUpRight",
-    "EyeSquintRight", "EyeWideRight", "JawForward", "JawLeft", "JawRight", "JawOpen", "MouthClose", "MouthFunnel",
-    "MouthPucker", "MouthLeft", "MouthRight", "MouthSmileLeft", "MouthSmileRight", "MouthFrownLeft",
+    "EyeSquintRight", "EyeWideRight", "JawForward", "JawRight", "JawLeft", "JawOpen", "MouthClose", "MouthFunnel",
+    "MouthPucker", "MouthRight", "MouthLeft", "MouthSmileLeft", "MouthSmileRight", "MouthFrownLeft",
     "MouthFrownRight", "MouthDimpleLeft", "MouthDimpleRight", "MouthStretchLeft", "MouthStretchRight",
     "MouthRollLower", "MouthRollUpper", "MouthShrugLower", "MouthShrugUpper", "MouthPressLeft", "MouthPressRight",
     "MouthLowerDownLeft", "MouthLowerDownRight", "MouthUpperUpLeft", "MouthUpperUpRight", "BrowDownLeft",

@@ -5,11 +5,17 @@
     stream = pipe.stream(emotion="happy", seed=0)            # live: audio in, frames out
     for piece in pieces:
         frames = stream.push(piece)                          # (k, 14), k = 0 or whole chunks
+        stream.set_gaze((0.4, -0.2))                         # optional: where the eyes look, None = the model's
     frames = stream.finish()
 
 A motion stream is a `StreamingSession` (rest/streaming/session.py), the one streaming loop of the project: the
 student denoiser over a cache whose ID-Sink is the rig at rest, `MotionRig` in the VAE's place, and
-`PhoneticAudioEncoder` as the audio path. `arkit_blendshapes` (rest/models/rig.py) turns frames into ARKit's names;
+`PhoneticAudioEncoder` as the audio path. Each chunk starts from noise scaled per rig parameter by motion.json's
+`noise_scale` (the sampling temperature, chosen on training clips: the one-step student's samples jitter at full
+scale). `MotionControls` imposes a gaze target and a blink process's blinks on their channels as known latents
+(`KnownLatents`, inpainting): the chunk is generated around them and cached with them, so the face that follows
+continues from those eyes; the model itself is not conditioned on gaze, and at the calibrated scale it does not blink
+by itself. `arkit_blendshapes` (rest/models/rig.py) turns frames into ARKit's names;
 `write_motion_json` and `write_livelink_csv` write them for 3D tools.
 """
 
@@ -23,11 +29,13 @@ import numpy as np
 import torch
 
 from rest.data.phonetic import PhoneticAudioEncoder
+from rest.data.synth.motion import BlinkSchedule
 from rest.errors import RestError
 from rest.exports import MotionInfo
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
-from rest.models.rig import ARKIT_BLENDSHAPES, ARKIT_ROTATIONS, RIG_PARAMS, MotionRig, arkit_blendshapes
+from rest.models.rig import ARKIT_BLENDSHAPES, ARKIT_ROTATIONS, RIG_INDEX, RIG_PARAMS, MotionRig, arkit_blendshapes
+from rest.streaming.rollout import KnownLatents
 from rest.streaming.session import StreamingSession
 
 MOTION_HINT = (
@@ -39,18 +47,15 @@ MOTION_HINT = (
 class MotionStream:
     """One live motion stream: push audio samples (16 kHz mono float), get rig frames (k, 14) as chunks complete."""
 
-    def __init__(self, pipe: MotionPipeline, emotion: int | None, seed: int):
-        label = None if emotion is None else torch.tensor([emotion], device=pipe.device)
-        self.session = StreamingSession(
-            pipe.denoiser,
-            pipe.rig,
-            pipe.rig.rest_latent(1),
-            torch.tensor(pipe.info.sigmas),
-            audio_encoder=pipe.audio,
-            context_timestep=pipe.info.context_timestep,
-            seed=seed,
-            emotion=label,
-        )
+    def __init__(self, pipe: MotionPipeline, emotion: int | None, seed: int, gaze=None, blinks: bool = True):
+        self.session = pipe.session(emotion, seed, audio=True)
+        self.controls = MotionControls(pipe, seed, gaze, blinks)
+        self.session.known = self.controls
+
+    def set_gaze(self, gaze: tuple[float, float] | None) -> None:
+        """Where the eyes look from the next chunk on: (x, y) in the rig's units (-1 .. 1, x to the image's right,
+        y down), or None for the model's own gaze."""
+        self.controls.gaze = self.controls.pipe.check_gaze(gaze)
 
     @property
     def frames_out(self) -> int:
@@ -64,6 +69,22 @@ class MotionStream:
     def finish(self) -> np.ndarray:
         """The end of the stream: the frames left, up to the audio's duration."""
         return _frames(self.session.finish())
+
+
+class MotionControls:
+    """What a motion stream imposes on its chunks (`StreamingSession.known`, called with each chunk's index): the gaze
+    target, and the blinks of a blink process (`BlinkSchedule`, SynthTalk's blink model: one every 2-6 s, 150-250
+    ms long) when `blinks`. The one-step student does not blink by itself at the noise scale that keeps it smooth."""
+
+    def __init__(self, pipe: MotionPipeline, seed: int, gaze=None, blinks: bool = True):
+        self.pipe = pipe
+        self.gaze = pipe.check_gaze(gaze)
+        self.blinks = BlinkSchedule(seed, pipe.fps) if blinks else None
+
+    def __call__(self, chunk: int) -> KnownLatents | None:
+        count = self.pipe.denoiser.config.chunk_latent_frames
+        blink = None if self.blinks is None else self.blinks.closure(chunk * count, count)
+        return self.pipe.known_latents(count, self.gaze, blink)
 
 
 def _frames(out: torch.Tensor) -> np.ndarray:
@@ -83,6 +104,10 @@ class MotionPipeline:
         self.rig = rig.to(self.device).eval()
         self.info = info
         self.audio = PhoneticAudioEncoder()
+        scale = info.noise_scale
+        if scale is not None and len(scale) != rig.num_params:
+            raise RestError(f"motion.json's noise_scale has {len(scale)} values for {rig.num_params} rig parameters")
+        self.noise_scale = torch.ones(rig.num_params) if scale is None else torch.tensor(scale, dtype=torch.float32)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> MotionPipeline:
@@ -108,32 +133,85 @@ class MotionPipeline:
             raise RestError(f"unknown emotion {emotion!r}; this model knows: {', '.join(self.info.emotions)}")
         return self.info.emotions.index(emotion)
 
-    def stream(self, emotion: str | None = None, seed: int = 0) -> MotionStream:
-        return MotionStream(self, self.emotion_label(emotion), seed)
+    def check_gaze(self, gaze) -> tuple[float, float] | None:
+        """A gaze target: None, or (x, y) in the rig's units, -1 .. 1 (x to the image's right, y down)."""
+        if gaze is None:
+            return None
+        values = np.asarray(gaze, dtype=np.float64).reshape(-1)
+        if values.shape != (2,) or not np.isfinite(values).all() or np.abs(values).max() > 1:
+            raise RestError(
+                f"a gaze target is two numbers x, y in -1 .. 1 (x to the image's right, y down); got {gaze}"
+            )
+        return float(values[0]), float(values[1])
 
-    @torch.no_grad()
-    def animate_features(self, features: np.ndarray, emotion: str | None = None, seed: int = 0) -> np.ndarray:
-        """Precomputed phonetic features (F, 3) (`PhoneticAudioEncoder.encode`, a motion set's) -> rig frames of
-        the whole chunks they cover, as a stream of the same audio gives them (studies: no decode per run)."""
-        label = self.emotion_label(emotion)
-        session = StreamingSession(
+    def known_latents(
+        self, frames: int, gaze: tuple[float, float] | None = None, blink: np.ndarray | None = None
+    ) -> KnownLatents | None:
+        """Rig values a chunk of `frames` frames must take -> its known latents: a gaze target on every frame, the
+        blink closure per frame (frames,); None when neither is given."""
+        if gaze is None and blink is None:
+            return None
+        values = torch.zeros(1, self.rig.num_params, frames, 1, 1, device=self.device)
+        mask = torch.zeros(1, self.rig.num_params, 1, 1, 1, dtype=torch.bool, device=self.device)
+        if gaze is not None:
+            for name, value in zip(("gaze_x", "gaze_y"), gaze, strict=True):
+                values[0, RIG_INDEX[name]] = value
+                mask[0, RIG_INDEX[name]] = True
+        if blink is not None:
+            values[0, RIG_INDEX["blink"], :, 0, 0] = torch.as_tensor(blink, dtype=torch.float32)
+            mask[0, RIG_INDEX["blink"]] = True
+        return KnownLatents(self.rig.normalize_latents(values), mask)
+
+    def session(self, emotion: int | None, seed: int, audio: bool) -> StreamingSession:
+        """The stream's StreamingSession: fed audio (`audio`) or precomputed features (then it ends with whole
+        chunks, as the studies compare them)."""
+        return StreamingSession(
             self.denoiser,
             self.rig,
             self.rig.rest_latent(1),
             torch.tensor(self.info.sigmas),
+            audio_encoder=self.audio if audio else None,
             context_timestep=self.info.context_timestep,
             seed=seed,
-            emotion=None if label is None else torch.tensor([label], device=self.device),
-            end="whole_chunks",
+            emotion=None if emotion is None else torch.tensor([emotion], device=self.device),
+            end="duration" if audio else "whole_chunks",
+            noise_scale=self.noise_scale,
         )
+
+    def stream(
+        self, emotion: str | None = None, seed: int = 0, gaze: tuple[float, float] | None = None, blinks: bool = True
+    ) -> MotionStream:
+        """A live stream; gaze: a target for the eyes (`MotionStream.set_gaze`); blinks: a blink process's blinks."""
+        return MotionStream(self, self.emotion_label(emotion), seed, gaze, blinks)
+
+    @torch.no_grad()
+    def animate_features(
+        self,
+        features: np.ndarray,
+        emotion: str | None = None,
+        seed: int = 0,
+        gaze: tuple[float, float] | None = None,
+        blinks: bool = True,
+    ) -> np.ndarray:
+        """Precomputed phonetic features (F, 3) (`PhoneticAudioEncoder.encode`, a motion set's) -> rig frames of
+        the whole chunks they cover, as a stream of the same audio gives them (studies: no decode per run)."""
+        session = self.session(self.emotion_label(emotion), seed, audio=False)
+        session.known = MotionControls(self, seed, gaze, blinks)
         x = torch.as_tensor(np.asarray(features, np.float32))[None].to(self.device)
         return np.concatenate([_frames(session.push_features(x)), _frames(session.finish())])
 
     @torch.no_grad()
-    def animate(self, samples: np.ndarray, emotion: str | None = None, seed: int = 0) -> np.ndarray:
+    def animate(
+        self,
+        samples: np.ndarray,
+        emotion: str | None = None,
+        seed: int = 0,
+        gaze: tuple[float, float] | None = None,
+        blinks: bool = True,
+    ) -> np.ndarray:
         """A whole file's samples (n,) at `sample_rate` -> rig frames (round(n * fps / sample_rate), 14): the
-        stream's own frames, pushed at once."""
-        stream = self.stream(emotion, seed)
+        stream's own frames, pushed at once (`stream` for gaze and blinks)."""
+        stream = self.stream(emotion, seed, gaze, blinks)
         return np.concatenate([stream.push(samples), stream.finish()])
 
 
@@ -190,6 +268,7 @@ def write_livelink_csv(path: str | Path, frames: np.ndarray, fps: int) -> None:
 
 __all__ = [
     "MOTION_HINT",
+    "MotionControls",
     "MotionPipeline",
     "MotionStream",
     "livelink_timecode",

@@ -48,13 +48,16 @@ Motion (`rest serve --motion FOLDER`; without a motion model `/motion` and `/ws/
     GET  /api/info              "motion": {"fps", "sample_rate", "chunk_frames", "emotions"}, or null
 
     WebSocket `/ws/motion`, one stream per WebSocket, audio as on `/ws`:
-    client -> server  text   {"type": "start", "emotion": NAME or null, "seed": 0}   NAME from /api/info's emotions
+    client -> server  text   {"type": "start", "emotion": NAME or null, "seed": 0, "gaze": [X, Y] or null}   NAME
+                             from /api/info's emotions; gaze: a target for the eyes, x and y in -1 .. 1 (x to the
+                             image's right, y down), null = the model's own gaze
     server -> client  text   {"type": "ready", "fps", "sample_rate", "chunk_frames", "emotion", "names": [14 rig
                              parameters, rest/models/rig.py], "arkit_names": [52 ARKit blendshapes, 9 rotations]}
     client -> server  binary float32 little-endian mono PCM at 16 kHz (as on `/ws`)
     server -> client  text   {"type": "motion", "start": INDEX, "frames": [[14 values], ...], "arkit": [[61 values],
                              ...]}  the frames INDEX.. of each chunk the audio completes, rig values and ARKit values
                              in the orders of "names" and "arkit_names", rounded to 5 decimals
+    client -> server  text   {"type": "gaze", "gaze": [X, Y] or null}   a new target from the next chunk on
     client -> server  text   {"type": "end"}
     server -> client  text   {"type": "done", "frames": N}, then the server closes (code 1000); N = round(seconds
                              of audio * fps), as on `/ws`; errors as on `/ws`
@@ -668,8 +671,8 @@ class _MotionSession:
             emotion, names = msg.get("emotion"), self.motion.info.emotions
             if emotion is not None and emotion not in names:
                 raise _Closed(1008, f"unknown emotion {json.dumps(emotion)[:40]}: one of {', '.join(names)}, or null")
-            seed = _read_seed(msg)
-            self.stream = await self._model(self.motion.stream, emotion, seed)
+            seed, gaze = _read_seed(msg), self._gaze(msg)
+            self.stream = await self._model(self.motion.stream, emotion, seed, gaze)
             info = _motion_info(self.motion)
             ready = {
                 "type": "ready",
@@ -680,6 +683,11 @@ class _MotionSession:
             }
             await self.ws.send_text(json.dumps(ready))
             return False
+        if kind == "gaze":
+            if self.stream is None:
+                raise _Closed(1008, "gaze before start")
+            self.stream.set_gaze(self._gaze(msg))
+            return False
         if kind == "end":
             if self.stream is None:
                 raise _Closed(1008, "end before start")
@@ -687,7 +695,23 @@ class _MotionSession:
             await self.ws.send_text(json.dumps({"type": "done", "frames": self.frames}))
             await self.ws.close(code=1000)
             return True
-        raise _Closed(1008, f"unknown message type {kind!r} (expected start, end, or binary audio)")
+        raise _Closed(1008, f"unknown message type {kind!r} (expected start, gaze, end, or binary audio)")
+
+    def _gaze(self, msg: dict) -> tuple[float, float] | None:
+        """The message's "gaze": null, or [x, y] with x, y in -1 .. 1."""
+        gaze = msg.get("gaze")
+        if gaze is None:
+            return None
+        if (
+            not isinstance(gaze, list)
+            or len(gaze) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in gaze)
+        ):
+            raise _Closed(1008, 'gaze must be [x, y] (numbers in -1 .. 1) or null, e.g. {"gaze": [0.5, -0.2]}')
+        try:
+            return self.motion.check_gaze(gaze)
+        except RestError as err:
+            raise _Closed(1008, str(err)) from None
 
 
 __all__ = ["NO_MOTION", "ServeOptions", "create_app"]

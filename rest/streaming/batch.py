@@ -36,7 +36,7 @@ from rest.models.dit import PORTRAIT_ROPE_FRAME
 from rest.models.layers import KeyValue
 from rest.models.vae import CausalCache
 from rest.streaming.cache import IDContextCache
-from rest.streaming.rollout import rollout_chunk
+from rest.streaming.rollout import KnownLatents, rollout_chunk
 from rest.streaming.session import StreamingSession
 
 
@@ -173,6 +173,7 @@ def step_sessions(sessions: Sequence[StreamingSession]) -> list[torch.Tensor]:
             context_timestep=lead.context_timestep,
             context_noise=context_noise,
             emotion=emotion,
+            known=KnownLatents.stack([d.known for d in draws], [tuple(d.noise.shape) for d in draws]),
         )
         for i, part in zip(group, out.split([s.cache.batch_size for s in members]), strict=True):
             latents[i] = part

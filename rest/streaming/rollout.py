@@ -249,6 +249,41 @@ def write_chunk(
 #################################################################################
 
 
+@dataclass
+class KnownLatents:
+    """Latent values a generated chunk must take where `mask` is True, the rest generated around them (inpainting).
+
+    After each Euler step to level s the masked entries are replaced by the known values at that level, on the
+    chunk's own starting noise: (1 - s) * values + s * noise, so the last step (s = 0) leaves the values exactly and
+    the denoiser's later passes see them at the level it expects (the replacement sampler of inpainting, as in
+    RePaint, Lugmayr et al. 2022, without its resampling). The motion stream's gaze target is one
+    (rest/pipelines/motion.py).
+    """
+
+    values: torch.Tensor  # clean latents, broadcastable to the chunk's (B, C, c, h, w)
+    mask: torch.Tensor  # bool, broadcastable to the chunk's shape
+
+    def impose(self, x: torch.Tensor, noise: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """The state x (B, C, c, h, w) at `level` with the known entries replaced."""
+        values = self.values.to(x).expand_as(x)
+        return torch.where(self.mask.to(x.device).expand_as(x), (1 - level) * values + level * noise, x)
+
+    @staticmethod
+    def stack(parts: list[KnownLatents | None], shapes: list[tuple[int, ...]]) -> KnownLatents | None:
+        """Several streams' known latents (None: a stream without) for their chunks of `shapes`, as one batch."""
+        if all(p is None for p in parts):
+            return None
+        values, masks = [], []
+        for part, shape in zip(parts, shapes, strict=True):
+            if part is None:
+                values.append(torch.zeros(shape))
+                masks.append(torch.zeros(shape, dtype=torch.bool))
+            else:
+                values.append(part.values.float().cpu().expand(shape))
+                masks.append(part.mask.cpu().expand(shape))
+        return KnownLatents(torch.cat(values), torch.cat(masks))
+
+
 @torch.no_grad()
 def rollout_chunk(
     denoiser: DenoiserDiT,
@@ -261,6 +296,7 @@ def rollout_chunk(
     context_noise: torch.Tensor | None = None,
     emotion: torch.Tensor | None = None,
     states: list[torch.Tensor] | None = None,
+    known: KnownLatents | None = None,
 ) -> tuple[torch.Tensor, IDContextCache]:
     """Generate the cache's next chunk and write it into the cache.
 
@@ -275,6 +311,8 @@ def rollout_chunk(
         emotion: (B,) labels or None.
         states: if a list is given, the Euler states x at sigmas[0], ..., sigmas[K] (float32, each (B, C, c, h, w))
             are appended to it (the ASD trainer trains the student on its own intermediate states).
+        known: latents the chunk must take where `known.mask` is True (inpainting: `KnownLatents`); the chunk is
+            generated around them and written to the cache with them, so later chunks continue from them.
 
     Returns:
         the chunk's clean latents (B, C, c, h, w) float32, and the cache (advanced by one chunk).
@@ -292,6 +330,8 @@ def rollout_chunk(
     for i in range(sigmas.numel() - 1):
         v = velocity(denoiser, cache, x.to(dtype), sigmas[i].expand(b, c), inputs)
         x = euler_step(x, v, sigmas[i], sigmas[i + 1])
+        if known is not None:
+            x = known.impose(x, noise.float(), sigmas[i + 1])
         if states is not None:
             states.append(x)
     _write_context(denoiser, cache, x.to(dtype), inputs, context_timestep, context_noise)
@@ -327,6 +367,7 @@ def _check_chunk(denoiser: DenoiserDiT, cache: IDContextCache, x: torch.Tensor) 
 
 __all__ = [
     "ChunkInputs",
+    "KnownLatents",
     "chunk_audio_span",
     "chunk_latent_index",
     "chunk_velocity",

@@ -28,14 +28,16 @@ batched rollout and decode (what `rest serve` does); each stream's frames equal 
 
 What the studies vary is an option here, not another copy of this loop: precomputed features (`push_features`,
 e.g. the encoder's whole-clip forward, in a session without `audio_encoder`), the steps and levels (`sigmas`), the
-context's re-noise level (`context_timestep`), the cache's size (the denoiser's `context_chunks`) and the sink
-(`session.cache` is the stream's IDContextCache: `write_sink(..., replace=True)` swaps the portrait's keys/values,
-the drift study's no-sink ablation). `rest bench stream` times the pieces of a chunk: `encode_audio`,
-`buffer_features`, `next_latents`, `decode`.
+context's re-noise level (`context_timestep`), the starting noise's scale (`noise_scale`), latents the chunks must
+take (`known`, inpainting: `rest.streaming.rollout.KnownLatents`), the cache's size (the denoiser's
+`context_chunks`) and the sink (`session.cache` is the stream's IDContextCache: `write_sink(..., replace=True)` swaps
+the portrait's keys/values, the drift study's no-sink ablation). `rest bench stream` times the pieces of a chunk:
+`encode_audio`, `buffer_features`, `next_latents`, `decode`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -44,7 +46,7 @@ from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.vae import CausalVideoVAE
 from rest.streaming.cache import IDContextCache
-from rest.streaming.rollout import chunk_audio_span, rollout_chunk, write_sink
+from rest.streaming.rollout import KnownLatents, chunk_audio_span, rollout_chunk, write_sink
 
 ENDS = ("duration", "whole_chunks")
 
@@ -55,6 +57,7 @@ class ChunkDraw(NamedTuple):
     audio: torch.Tensor  # (B, Fa, audio_dim): the chunk's audio window (shorter at the end of a stream)
     noise: torch.Tensor  # (B, C, c, h, w) the starting point
     context_noise: torch.Tensor | None  # (B, C, c, h, w) for the context re-noise, when context_timestep > 0
+    known: KnownLatents | None = None  # what the chunk must take (`StreamingSession.known`)
 
 
 class StreamingSession:
@@ -68,6 +71,9 @@ class StreamingSession:
         audio_encoder: turns pushed samples into features; None for a session fed features (`push_features`).
         context_timestep: level at which chunks are written to the cache (as the student was trained).
         seed: draws each chunk's starting noise (on the CPU, so a seed means the same on any device).
+        noise_scale: the starting noise's scale, a number or one per latent channel (C,): the sampling temperature.
+            1 is what the student was trained on; below 1 draws closer to its average (the motion model's export
+            sets it per rig parameter, rest/pipelines/motion.py).
         emotion: (B,) labels for the whole stream, or None.
         end: "duration" or "whole_chunks", what `finish` returns (module docstring).
     """
@@ -84,6 +90,7 @@ class StreamingSession:
         seed: int = 0,
         emotion: torch.Tensor | None = None,
         end: str = "duration",
+        noise_scale: float | torch.Tensor = 1.0,
     ):
         if vae.temporal_compression != denoiser.config.temporal_compression:
             raise ValueError(
@@ -103,6 +110,15 @@ class StreamingSession:
         self.seed = seed
         self.emotion = emotion
         self.end = end
+        self.noise_scale = torch.as_tensor(noise_scale, dtype=torch.float32).cpu().clone()  # the noise is on the CPU
+        if self.noise_scale.ndim > 1 or self.noise_scale.numel() not in (1, portrait.shape[1]):
+            raise ValueError(f"noise_scale is a number or one per latent channel ({portrait.shape[1]})")
+        if bool((self.noise_scale < 0).any()):
+            raise ValueError("noise_scale must be >= 0")
+        self.noise_scale = self.noise_scale.view(1, -1, 1, 1, 1)
+        # Latents the chunks must take (inpainting): one KnownLatents for every later chunk, or a function of the chunk
+        # index giving each chunk's (or None); None: none.
+        self.known: KnownLatents | Callable[[int], KnownLatents | None] | None = None
 
         b, c, _, h, w = portrait.shape
         device = next(denoiser.parameters()).device
@@ -230,6 +246,7 @@ class StreamingSession:
             context_timestep=self.context_timestep,
             context_noise=inputs.context_noise,
             emotion=self.emotion,
+            known=inputs.known,
         )
         return latents
 
@@ -252,7 +269,7 @@ class StreamingSession:
             )
         audio = self.next_audio()
         b, device = self.features.shape[0], self.features.device
-        noise = torch.randn(b, *self.latent_shape, generator=self.noise).to(device)
+        noise = (torch.randn(b, *self.latent_shape, generator=self.noise) * self.noise_scale).to(device)
         context_noise = None
         if self.context_timestep > 0:
             context_noise = torch.randn(b, *self.latent_shape, generator=self.noise).to(device)
@@ -260,7 +277,8 @@ class StreamingSession:
         next_start, _ = chunk_audio_span(self.denoiser, chunk + 1)
         self.features = self.features[:, next_start - self.features_start :]
         self.features_start = next_start
-        return ChunkDraw(audio, noise, context_noise)
+        known = self.known(chunk) if callable(self.known) else self.known
+        return ChunkDraw(audio, noise, context_noise, known)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -72,6 +72,7 @@ class MotionTrainConfig(TrainConfig):
     eval_every: int = 1000
     eval_windows: int = 64  # windows in the evaluation set
     emotion_dropout: float = 0.1  # share of windows trained with the null emotion label
+    emotion_lr_scale: float = 1.0  # the emotion embedding's rate, times lr (it starts at std 0.02: see the config)
 
 
 @dataclass
@@ -275,7 +276,14 @@ class MotionTrainer(Trainer):
             for k, v in MotionWindows(held_out, self.rig, frames).fixed(tc.eval_windows, tc.seed).items()
         }
         trainable = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
+        if tc.emotion_lr_scale <= 0:
+            raise ConfigError(f"train.emotion_lr_scale must be > 0, got {tc.emotion_lr_scale}")
+        emotion = {id(p) for p in denoiser.emotion_embed.parameters()}
+        groups = [
+            {"params": [p for p in trainable if id(p) not in emotion]},
+            {"params": [p for p in trainable if id(p) in emotion], "lr_scale": tc.emotion_lr_scale},
+        ]
+        opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
         self.model, self.optimizer = accelerator.prepare(model, opt)
         self.unwrapped = accelerator.unwrap_model(self.model)
         self.denoiser, self.frames = denoiser, frames

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,14 @@ def smooth_noise(times: np.ndarray, rng: np.random.Generator, band: tuple[float,
     return signal / np.sqrt((amps**2).sum() / 2)
 
 
+def blink_shape(times: np.ndarray, onset: float, close: float, hold: float, open_: float) -> np.ndarray:
+    """One blink's eyelid closure at `times`: it closes in `close` s from `onset`, stays shut `hold` s, opens in
+    `open_` s."""
+    rise = np.clip((times - onset) / close, 0, 1)
+    fall = np.clip((times - onset - close - hold) / open_, 0, 1)
+    return np.where(times < onset + close + hold, rise, 1.0 - fall) * (times >= onset)
+
+
 def blink_track(times: np.ndarray, rng: np.random.Generator, interval: tuple[float, float]) -> np.ndarray:
     """Eyelid closure at `times`: blinks every `interval` seconds (uniform), each ~150-250 ms long.
 
@@ -40,11 +49,41 @@ def blink_track(times: np.ndarray, rng: np.random.Generator, interval: tuple[flo
     t = rng.uniform(0.2, interval[1])
     while t < end + 1.0:
         close, hold, open_ = rng.uniform(0.05, 0.08), rng.uniform(0.03, 0.06), rng.uniform(0.07, 0.11)
-        rise = np.clip((times - t) / close, 0, 1)
-        fall = np.clip((times - t - close - hold) / open_, 0, 1)
-        closure = np.maximum(closure, np.where(times < t + close + hold, rise, 1.0 - fall) * (times >= t))
+        closure = np.maximum(closure, blink_shape(times, t, close, hold, open_))
         t += close + hold + open_ + rng.uniform(*interval)
     return np.clip(closure, 0.0, 1.0)
+
+
+def blink_events(
+    rng: np.random.Generator, interval: tuple[float, float]
+) -> Iterator[tuple[float, float, float, float]]:
+    """`blink_track`'s blinks without end, (onset, close, hold, open) in seconds, for a stream."""
+    t = rng.uniform(0.2, interval[1])
+    while True:
+        close, hold, open_ = rng.uniform(0.05, 0.08), rng.uniform(0.03, 0.06), rng.uniform(0.07, 0.11)
+        yield t, close, hold, open_
+        t += close + hold + open_ + rng.uniform(*interval)
+
+
+class BlinkSchedule:
+    """`blink_events` for a stream: the closure of any later frames on demand, in bounded memory."""
+
+    def __init__(self, seed: int, fps: int, interval: tuple[float, float] = (2.0, 6.0)):
+        self.fps = fps
+        self.events = blink_events(np.random.default_rng(seed), interval)
+        self.pending: list[tuple[float, ...]] = []  # drawn events not yet over
+
+    def closure(self, first_frame: int, count: int) -> np.ndarray:
+        """The closure of frames first_frame .. first_frame + count - 1, (count,) float32; ask in frame order."""
+        times = (first_frame + np.arange(count)) / self.fps
+        start, end = first_frame / self.fps, (first_frame + count) / self.fps
+        while not self.pending or self.pending[-1][0] < end:
+            self.pending.append(next(self.events))
+        self.pending = [e for e in self.pending if e[0] + e[1] + e[2] + e[3] >= start]  # over: forgotten
+        closure = np.zeros(count)
+        for event in self.pending:
+            closure = np.maximum(closure, blink_shape(times, *event))
+        return np.clip(closure, 0.0, 1.0).astype(np.float32)
 
 
 def gaze_track(times: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -104,4 +143,14 @@ def make_motion(
     )
 
 
-__all__ = ["Motion", "blink_track", "ema", "gaze_track", "make_motion", "smooth_noise"]
+__all__ = [
+    "BlinkSchedule",
+    "Motion",
+    "blink_events",
+    "blink_shape",
+    "blink_track",
+    "ema",
+    "gaze_track",
+    "make_motion",
+    "smooth_noise",
+]

@@ -179,11 +179,7 @@ async function startFile() {
     status("cannot decode this audio file in the browser", true);
     return;
   }
-  const mono = new Float32Array(buffer.length);
-  for (let c = 0; c < buffer.numberOfChannels; c++) {
-    const data = buffer.getChannelData(c);
-    for (let i = 0; i < data.length; i++) mono[i] += data[i] / buffer.numberOfChannels;
-  }
+  const mono = monoOf(buffer);
   openStream(() => {
     status("streaming the file");
     const source = ctx.createBufferSource();
@@ -195,22 +191,7 @@ async function startFile() {
       source.start(playStart);
       $("delay").textContent = Math.round((playStart - sendStart) * 1000);
     };
-    const t0 = performance.now();
-    const piece = Math.round(PIECE_S * info.sample_rate);
-    let sent = 0;
-    const timer = setInterval(() => {
-      // send what real time has reached, as a microphone would (catch up after a slow tick), then "end"
-      const due = Math.min(mono.length, Math.round(((performance.now() - t0) / 1000) * info.sample_rate));
-      while (sent < due) {
-        send(mono.subarray(sent, Math.min(due, sent + piece)));
-        sent = Math.min(due, sent + piece);
-      }
-      if (sent >= mono.length) {
-        clearInterval(timer);
-        finish();
-      }
-    }, PIECE_S * 1000);
-    stopSending = () => clearInterval(timer);
+    stopSending = sendInRealTime(mono, info.sample_rate, PIECE_S, send, finish); // then "end"
     stopPlayback = () => {
       try { source.stop(); } catch (e) { /* not started */ }
     };
@@ -229,16 +210,7 @@ async function startMic() {
   mode = "mic";
   openStream(() => {
     status("streaming the microphone");
-    const source = ctx.createMediaStreamSource(stream);
-    const processor = ctx.createScriptProcessor(1024, 1, 1);
-    processor.onaudioprocess = (event) => send(event.inputBuffer.getChannelData(0));
-    source.connect(processor);
-    processor.connect(ctx.destination);
-    stopSending = () => {
-      processor.disconnect();
-      source.disconnect();
-      stream.getTracks().forEach((t) => t.stop());
-    };
+    stopSending = sendMicrophone(ctx, stream, send);
   });
 }
 

@@ -25,6 +25,7 @@ let shown = -1;
 let mode = null; // "file" or "mic"
 let playStart = null; // file mode: AudioContext time at which the sound (and frame 0) starts
 let startPlayback = () => {};
+let gaze = null; // the eyes' target [x, y] in the rig's units (click the face), or null: the model's own gaze
 let stopSending = () => {};
 let stopPlayback = () => {};
 let sendLog = []; // [samples sent so far, performance.now()] per audio message, for the latency
@@ -47,6 +48,8 @@ async function init() {
     option.value = option.textContent = name;
     $("emotion").appendChild(option);
   }
+  $("face").onclick = (event) => setGaze(gazeAt(event));
+  $("gaze-free").onclick = () => setGaze(null);
   $("start-file").onclick = startFile;
   $("start-mic").onclick = startMic;
   $("stop").onclick = () => {
@@ -73,7 +76,7 @@ function openStream(onReady) {
   const socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/motion`);
   ws = socket;
   const emotion = $("emotion").value || null;
-  ws.onopen = () => ws.send(JSON.stringify({ type: "start", emotion, seed: 0 }));
+  ws.onopen = () => ws.send(JSON.stringify({ type: "start", emotion, seed: 0, gaze }));
   ws.onmessage = (event) => {
     if (socket !== ws) return; // a stream the user replaced
     const msg = JSON.parse(event.data);
@@ -100,6 +103,20 @@ function openStream(onReady) {
     $("stop").disabled = true;
   };
   $("stop").disabled = false;
+}
+
+// A click on the face -> the gaze target it points at: x, y in -1 .. 1 from the eyes' centre (the irises' range).
+function gazeAt(event) {
+  const point = new DOMPoint(event.clientX, event.clientY).matrixTransform($("face").getScreenCTM().inverse());
+  const clamp = (x) => Math.max(-1, Math.min(1, x));
+  return [clamp(point.x / 60), clamp((point.y + 12) / 40)].map((x) => Math.round(x * 100) / 100);
+}
+
+function setGaze(target) {
+  gaze = target;
+  $("gaze").textContent = gaze ? `held at ${gaze[0].toFixed(2)}, ${gaze[1].toFixed(2)}` : "the model's";
+  $("gaze-free").disabled = !gaze;
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "gaze", gaze }));
 }
 
 function receive(msg) {
@@ -153,11 +170,7 @@ async function startFile() {
     status("cannot decode this audio file in the browser", true);
     return;
   }
-  const mono = new Float32Array(buffer.length);
-  for (let c = 0; c < buffer.numberOfChannels; c++) {
-    const data = buffer.getChannelData(c);
-    for (let i = 0; i < data.length; i++) mono[i] += data[i] / buffer.numberOfChannels;
-  }
+  const mono = monoOf(buffer);
   openStream(() => {
     status("streaming the file");
     const source = ctx.createBufferSource();
@@ -167,22 +180,7 @@ async function startFile() {
       playStart = ctx.currentTime + chunkFrames / info.fps + SYNC_MARGIN_S;
       source.start(playStart);
     };
-    const t0 = performance.now();
-    const piece = Math.round(PIECE_S * info.sample_rate);
-    let sent = 0;
-    const timer = setInterval(() => {
-      // send what real time has reached, as a microphone would (catch up after a slow tick), then "end"
-      const due = Math.min(mono.length, Math.round(((performance.now() - t0) / 1000) * info.sample_rate));
-      while (sent < due) {
-        send(mono.subarray(sent, Math.min(due, sent + piece)));
-        sent = Math.min(due, sent + piece);
-      }
-      if (sent >= mono.length) {
-        clearInterval(timer);
-        finish();
-      }
-    }, PIECE_S * 1000);
-    stopSending = () => clearInterval(timer);
+    stopSending = sendInRealTime(mono, info.sample_rate, PIECE_S, send, finish); // then "end"
     stopPlayback = () => {
       try { source.stop(); } catch (e) { /* not started */ }
     };
@@ -201,16 +199,7 @@ async function startMic() {
   mode = "mic";
   openStream(() => {
     status("streaming the microphone");
-    const source = ctx.createMediaStreamSource(stream);
-    const processor = ctx.createScriptProcessor(1024, 1, 1);
-    processor.onaudioprocess = (event) => send(event.inputBuffer.getChannelData(0));
-    source.connect(processor);
-    processor.connect(ctx.destination);
-    stopSending = () => {
-      processor.disconnect();
-      source.disconnect();
-      stream.getTracks().forEach((t) => t.stop());
-    };
+    stopSending = sendMicrophone(ctx, stream, send);
   });
 }
 
