@@ -41,6 +41,7 @@ def main() -> int:
     parser.add_argument("--vad", default="auto", choices=["auto", "silero", "energy"], help="voice activity detector")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-blinks", action="store_true", help="held-out: without the blink process (the lids' own)")
+    parser.add_argument("--saccades", action="store_true", help="held-out: with the gaze process (off as shipped)")
     parser.add_argument(
         "--calibrate", type=int, default=0, metavar="N", help="choose noise_scale on N training clips, write it"
     )
@@ -63,8 +64,10 @@ def main() -> int:
         pipe.noise_scale.copy_(torch.tensor(scale))
         best = result["calibration"]["best"]
         print(f"noise_scale {best['scale']} (head speed mismatch {best['mismatch']:.3f}), written to {args.weights}")
-    result["blink_process"] = not args.no_blinks
-    result["heldout"] = heldout_motion_study(pipe, train, held_out, seed=args.seed, blinks=not args.no_blinks)
+    result["processes"] = {"blinks": not args.no_blinks, "saccades": args.saccades}
+    result["heldout"] = heldout_motion_study(
+        pipe, train, held_out, seed=args.seed, blinks=not args.no_blinks, saccades=args.saccades
+    )
     if args.clips:
         clips = read_real_clips([Path(p) for p in args.clips], FaceLandmarks68(), args.vad)
         result["real"] = real_motion_study(pipe, clips, seed=args.seed)

@@ -250,10 +250,11 @@ def test_gaze_target_and_noise_scale(test_motion_model):
             pipe.stream(gaze=bad)
 
     pipe.noise_scale[:] = 0
-    a, b = pipe.animate(audio, seed=1, blinks=False), pipe.animate(audio, seed=2, blinks=False)
-    np.testing.assert_allclose(a, b, atol=1e-6)  # no noise and no blink process: the seed has nothing to draw
+    quiet = {"blinks": False, "saccades": False}
+    a, b = pipe.animate(audio, seed=1, **quiet), pipe.animate(audio, seed=2, **quiet)
+    np.testing.assert_allclose(a, b, atol=1e-6)  # no noise and no idle processes: the seed has nothing to draw
     pipe.noise_scale[:] = 1
-    assert not np.allclose(pipe.animate(audio, seed=1, blinks=False), b, atol=1e-3)
+    assert not np.allclose(pipe.animate(audio, seed=1, **quiet), b, atol=1e-3)
     with pytest.raises(Exception, match="noise_scale has 3 values"):
         MotionPipeline(pipe.denoiser, pipe.rig, replace(pipe.info, noise_scale=(1.0, 1.0, 1.0)))
 
@@ -302,6 +303,36 @@ def test_stream_blinks_from_the_blink_process_or_not_at_all(test_motion_model):
     np.testing.assert_allclose(frames[:, RIG_INDEX["blink"]], expected, atol=1e-5)
     own = pipe.animate(audio, seed=5, blinks=False)[:, RIG_INDEX["blink"]]
     assert np.abs(own - expected).max() > 0.05  # without the process the lids are the model's
+
+
+def test_gaze_schedule_streams_synthtalks_fixations_in_bounded_memory():
+    """The stream's gaze process is SynthTalk's gaze model: asked 2 frames at a time it gives gaze_track's fixations
+    and saccades for the same seed, and it keeps only the fixations not yet over."""
+    from rest.data.synth.motion import GazeSchedule, gaze_track
+
+    schedule = GazeSchedule(seed=7, fps=25)
+    parts = np.concatenate([schedule.gaze(f, 2) for f in range(0, 25 * 120, 2)])
+    assert len(schedule.pending) <= 2  # after 2 minutes: the fixation under way, no history
+    np.testing.assert_allclose(parts, gaze_track(np.arange(25 * 120) / 25, np.random.default_rng(7)), atol=1e-6)
+    jumps = np.abs(np.diff(parts, axis=0)).max(axis=1) > 0
+    assert 20 <= jumps.sum() <= 120 and np.abs(parts).max() <= 0.8  # a fixation every 0.4-3 s, inside the eye
+    assert GazeSchedule(seed=7, fps=25).gaze(25 * 3600, 2).shape == (2, 2)
+
+
+@needs_pocketsphinx
+def test_stream_gaze_from_the_gaze_process_when_asked_unless_a_target(test_motion_model):
+    from rest.data.synth.motion import GazeSchedule
+    from rest.pipelines.motion import MotionPipeline
+
+    pipe = MotionPipeline.from_pretrained(test_motion_model)
+    audio = _speechy(4.0)
+    gaze = [RIG_INDEX["gaze_x"], RIG_INDEX["gaze_y"]]
+    frames = pipe.animate(audio, seed=5, saccades=True)
+    np.testing.assert_allclose(frames[:, gaze], GazeSchedule([5, 1], 25).gaze(0, len(frames)), atol=1e-5)
+    own = pipe.animate(audio, seed=5)[:, gaze]  # off by default (it costs lip-sync, docs/experiments.md)
+    assert np.abs(own - frames[:, gaze]).max() > 0.05  # without the process the eyes are the model's
+    held = pipe.animate(audio, seed=5, gaze=(0.3, 0.1), saccades=True)[:, gaze]
+    np.testing.assert_allclose(held, np.tile([0.3, 0.1], (len(held), 1)), atol=1e-5)  # a target wins
 
 
 def test_livelink_csv_reads_as_a_positional_importer_reads_a_take(tmp_path):
@@ -389,6 +420,7 @@ def test_livelink_csv_and_json_files(tmp_path):
 @needs_pocketsphinx
 def test_rest_animate_writes_both_formats_and_refuses_bad_input(test_motion_model, tmp_path, capsys):
     from rest.cli import main
+    from rest.data.synth.motion import GazeSchedule
     from rest.media.encode import write_audio
 
     wav = tmp_path / "speech.wav"
@@ -406,6 +438,11 @@ def test_rest_animate_writes_both_formats_and_refuses_bad_input(test_motion_mode
     assert main([*bad, "--output", str(tmp_path / "g.json"), "--gaze", "0.5,-0.5"]) == 0
     doc = json.loads((tmp_path / "g.json").read_text())
     assert {tuple(f["rig"][RIG_INDEX["gaze_x"] : RIG_INDEX["gaze_y"] + 1]) for f in doc["frames"]} == {(0.5, -0.5)}
+    assert main([*bad, "--output", str(tmp_path / "s.json"), "--saccades", "--no-blinks", "--seed", "3"]) == 0
+    rig = np.array([f["rig"] for f in json.loads((tmp_path / "s.json").read_text())["frames"]])
+    np.testing.assert_allclose(
+        rig[:, [RIG_INDEX["gaze_x"], RIG_INDEX["gaze_y"]]], GazeSchedule([3, 1], 25).gaze(0, 50), atol=1e-4
+    )
     assert (
         main(["animate", "--audio", str(wav), "--output", str(tmp_path / "y.json"), "--weights", str(tmp_path)]) == 2
     )
@@ -442,7 +479,7 @@ def test_emotion_classifier_and_heldout_study_separate_right_from_wrong():
     class Oracle:  # the jaw follows the features exactly; the expression follows the emotion asked for
         fps = 25
 
-        def animate_features(self, features, emotion, seed, blinks=True):
+        def animate_features(self, features, emotion, seed, blinks=True, saccades=True):
             out = _frames(len(features) // 2 * 2)
             out[:, RIG_INDEX["jaw_open"]] = features[: len(out), 0]
             out[:, RIG_INDEX["smile"]] = (EMOTIONS.index(emotion) - 2) * 0.3

@@ -43,10 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-blinks", action="store_true", help="no blink process: the eyelids only as the model moves them"
     )
     parser.add_argument(
+        "--saccades",
+        action="store_true",
+        help="eyes from a gaze process, fixations and saccades (costs some lip-sync)",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=0,
-        help="seed of the blinks (and of the idle motion where motion.json's noise_scale > 0)",
+        help="seed of the blinks (and saccades; and of the idle motion where motion.json's noise_scale > 0)",
     )
     parser.add_argument("--weights", default=None, help=f"motion model folder (default: the bundled {DEFAULT_MOTION})")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer audio (default %(default)s)")
@@ -99,7 +104,14 @@ def run(args: argparse.Namespace) -> int:
     if seconds > args.max_seconds:
         raise RestError(f"--audio {args.audio}: {seconds:.0f} s is longer than --max-seconds {args.max_seconds:g}")
     start = time.perf_counter()
-    frames = pipe.animate(samples, emotion=args.emotion, seed=args.seed, gaze=gaze, blinks=not args.no_blinks)
+    frames = pipe.animate(
+        samples,
+        emotion=args.emotion,
+        seed=args.seed,
+        gaze=gaze,
+        blinks=not args.no_blinks,
+        saccades=args.saccades,
+    )
     wall = time.perf_counter() - start
     if output.suffix.lower() == ".csv":
         write_livelink_csv(output, frames, pipe.fps)

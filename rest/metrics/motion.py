@@ -106,11 +106,17 @@ def real_mouth_scores(jaw: np.ndarray, aperture: np.ndarray) -> dict:
 
 
 def heldout_motion_study(
-    pipe, train_clips: list, test_clips: list, seed: int = 0, progress: bool = True, blinks: bool = True
+    pipe,
+    train_clips: list,
+    test_clips: list,
+    seed: int = 0,
+    progress: bool = True,
+    blinks: bool = True,
+    saccades: bool = False,
 ) -> dict:
     """Generate every held-out clip from its own features and emotion (and from the next clip's features, the
     shuffled control) and score it against its labels (module docstring). Clips are `MotionClip`s of a motion set;
-    blinks: the stream's blink process on (as shipped) or off (the network's own lids)."""
+    blinks, saccades: the stream's blink and gaze processes (`MotionPipeline.stream`; the defaults as shipped)."""
     from tqdm import tqdm
 
     from rest.data.synth.emotion import EMOTIONS
@@ -123,8 +129,8 @@ def heldout_motion_study(
         other = test_clips[(i + 1) % len(test_clips)]
         n = min(len(clip.features), len(other.features))
         emotion = EMOTIONS[clip.emotion]
-        own = pipe.animate_features(clip.features, emotion, seed, blinks=blinks)
-        shuffled = pipe.animate_features(other.features[:n], emotion, seed, blinks=blinks)
+        own = pipe.animate_features(clip.features, emotion, seed, blinks=blinks, saccades=saccades)
+        shuffled = pipe.animate_features(other.features[:n], emotion, seed, blinks=blinks, saccades=saccades)
         outputs.append(own)
         row = {"clip": clip.clip_id, "split": clip.split, "emotion": emotion}
         row.update({f"mouth/{k}": v for k, v in mouth_scores(own[:, jaw], clip.rig[:, jaw]).items()})

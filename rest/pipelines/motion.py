@@ -5,18 +5,19 @@
     stream = pipe.stream(emotion="happy", seed=0)            # live: audio in, frames out
     for piece in pieces:
         frames = stream.push(piece)                          # (k, 14), k = 0 or whole chunks
-        stream.set_gaze((0.4, -0.2))                         # optional: where the eyes look, None = the model's
+        stream.set_gaze((0.4, -0.2))                         # optional: where the eyes look, None = idle gaze
     frames = stream.finish()
 
 A motion stream is a `StreamingSession` (rest/streaming/session.py), the one streaming loop of the project: the
 student denoiser over a cache whose ID-Sink is the rig at rest, `MotionRig` in the VAE's place, and
 `PhoneticAudioEncoder` as the audio path. Each chunk starts from noise scaled per rig parameter by motion.json's
 `noise_scale` (the sampling temperature, chosen on training clips: the one-step student's samples jitter at full
-scale). `MotionControls` imposes a gaze target and a blink process's blinks on their channels as known latents
-(`KnownLatents`, inpainting): the chunk is generated around them and cached with them, so the face that follows
-continues from those eyes; the model itself is not conditioned on gaze, and at the calibrated scale it does not blink
-by itself. `arkit_blendshapes` (rest/models/rig.py) turns frames into ARKit's names;
-`write_motion_json` and `write_livelink_csv` write them for 3D tools.
+scale). `MotionControls` imposes on their channels, as known latents (`KnownLatents`, inpainting), a gaze target (or,
+when asked, a gaze process's fixations and saccades) and the blinks of a blink process (SynthTalk's own laws): the
+chunk is generated around them and cached with them, so the face that follows continues from those eyes. The model
+is not conditioned on gaze, and at the calibrated scale it neither blinks nor shifts its gaze by itself.
+`arkit_blendshapes` (rest/models/rig.py) turns frames into ARKit's names; `write_motion_json` and
+`write_livelink_csv` write them for 3D tools.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from rest.data.phonetic import PhoneticAudioEncoder
-from rest.data.synth.motion import BlinkSchedule
+from rest.data.synth.motion import BlinkSchedule, GazeSchedule
 from rest.errors import RestError
 from rest.exports import MotionInfo
 from rest.models.dit import DenoiserDiT
@@ -47,14 +48,16 @@ MOTION_HINT = (
 class MotionStream:
     """One live motion stream: push audio samples (16 kHz mono float), get rig frames (k, 14) as chunks complete."""
 
-    def __init__(self, pipe: MotionPipeline, emotion: int | None, seed: int, gaze=None, blinks: bool = True):
+    def __init__(
+        self, pipe: MotionPipeline, emotion: int | None, seed: int, gaze=None, blinks: bool = True, saccades=False
+    ):
         self.session = pipe.session(emotion, seed, audio=True)
-        self.controls = MotionControls(pipe, seed, gaze, blinks)
+        self.controls = MotionControls(pipe, seed, gaze, blinks, saccades)
         self.session.known = self.controls
 
     def set_gaze(self, gaze: tuple[float, float] | None) -> None:
         """Where the eyes look from the next chunk on: (x, y) in the rig's units (-1 .. 1, x to the image's right,
-        y down), or None for the model's own gaze."""
+        y down), or None: the model's own (or the gaze process's, when the stream has one)."""
         self.controls.gaze = self.controls.pipe.check_gaze(gaze)
 
     @property
@@ -73,18 +76,24 @@ class MotionStream:
 
 class MotionControls:
     """What a motion stream imposes on its chunks (`StreamingSession.known`, called with each chunk's index): the gaze
-    target, and the blinks of a blink process (`BlinkSchedule`, SynthTalk's blink model: one every 2-6 s, 150-250
-    ms long) when `blinks`. The one-step student does not blink by itself at the noise scale that keeps it smooth."""
+    target, or else when `saccades` a gaze process's fixations and saccades (`GazeSchedule`, SynthTalk's gaze model:
+    fixations of 0.4-3 s, 60 % of them off the camera; off by default: gaze the model does not expect costs the
+    mouth some accuracy, docs/experiments.md); and when `blinks` a blink process's blinks (`BlinkSchedule`: one
+    every 2-6 s, 150-250 ms long). At the noise scale that keeps it smooth the one-step student neither blinks nor
+    shifts its gaze by itself: it drifts around the average gaze."""
 
-    def __init__(self, pipe: MotionPipeline, seed: int, gaze=None, blinks: bool = True):
+    def __init__(self, pipe: MotionPipeline, seed: int, gaze=None, blinks: bool = True, saccades: bool = False):
         self.pipe = pipe
         self.gaze = pipe.check_gaze(gaze)
         self.blinks = BlinkSchedule(seed, pipe.fps) if blinks else None
+        self.saccades = GazeSchedule([seed, 1], pipe.fps) if saccades else None  # a stream apart from the blinks'
 
     def __call__(self, chunk: int) -> KnownLatents | None:
         count = self.pipe.denoiser.config.chunk_latent_frames
-        blink = None if self.blinks is None else self.blinks.closure(chunk * count, count)
-        return self.pipe.known_latents(count, self.gaze, blink)
+        first = chunk * count
+        blink = None if self.blinks is None else self.blinks.closure(first, count)
+        idle = None if self.saccades is None else self.saccades.gaze(first, count)  # drawn even under a target
+        return self.pipe.known_latents(count, self.gaze if self.gaze is not None else idle, blink)
 
 
 def _frames(out: torch.Tensor) -> np.ndarray:
@@ -144,18 +153,17 @@ class MotionPipeline:
             )
         return float(values[0]), float(values[1])
 
-    def known_latents(
-        self, frames: int, gaze: tuple[float, float] | None = None, blink: np.ndarray | None = None
-    ) -> KnownLatents | None:
-        """Rig values a chunk of `frames` frames must take -> its known latents: a gaze target on every frame, the
-        blink closure per frame (frames,); None when neither is given."""
+    def known_latents(self, frames: int, gaze=None, blink: np.ndarray | None = None) -> KnownLatents | None:
+        """Rig values a chunk of `frames` frames must take -> its known latents: the gaze, (x, y) for every frame or
+        (frames, 2); the blink closure per frame (frames,); None when neither is given."""
         if gaze is None and blink is None:
             return None
         values = torch.zeros(1, self.rig.num_params, frames, 1, 1, device=self.device)
         mask = torch.zeros(1, self.rig.num_params, 1, 1, 1, dtype=torch.bool, device=self.device)
         if gaze is not None:
-            for name, value in zip(("gaze_x", "gaze_y"), gaze, strict=True):
-                values[0, RIG_INDEX[name]] = value
+            gaze = torch.as_tensor(np.broadcast_to(np.asarray(gaze, np.float32), (frames, 2)).copy())
+            for i, name in enumerate(("gaze_x", "gaze_y")):
+                values[0, RIG_INDEX[name], :, 0, 0] = gaze[:, i]
                 mask[0, RIG_INDEX[name]] = True
         if blink is not None:
             values[0, RIG_INDEX["blink"], :, 0, 0] = torch.as_tensor(blink, dtype=torch.float32)
@@ -179,10 +187,16 @@ class MotionPipeline:
         )
 
     def stream(
-        self, emotion: str | None = None, seed: int = 0, gaze: tuple[float, float] | None = None, blinks: bool = True
+        self,
+        emotion: str | None = None,
+        seed: int = 0,
+        gaze: tuple[float, float] | None = None,
+        blinks: bool = True,
+        saccades: bool = False,
     ) -> MotionStream:
-        """A live stream; gaze: a target for the eyes (`MotionStream.set_gaze`); blinks: a blink process's blinks."""
-        return MotionStream(self, self.emotion_label(emotion), seed, gaze, blinks)
+        """A live stream; gaze: a target for the eyes (`MotionStream.set_gaze`); blinks / saccades: the blink and gaze
+        processes (`MotionControls`), off: the lids / eyes as the model moves them."""
+        return MotionStream(self, self.emotion_label(emotion), seed, gaze, blinks, saccades)
 
     @torch.no_grad()
     def animate_features(
@@ -192,11 +206,12 @@ class MotionPipeline:
         seed: int = 0,
         gaze: tuple[float, float] | None = None,
         blinks: bool = True,
+        saccades: bool = False,
     ) -> np.ndarray:
         """Precomputed phonetic features (F, 3) (`PhoneticAudioEncoder.encode`, a motion set's) -> rig frames of
         the whole chunks they cover, as a stream of the same audio gives them (studies: no decode per run)."""
         session = self.session(self.emotion_label(emotion), seed, audio=False)
-        session.known = MotionControls(self, seed, gaze, blinks)
+        session.known = MotionControls(self, seed, gaze, blinks, saccades)
         x = torch.as_tensor(np.asarray(features, np.float32))[None].to(self.device)
         return np.concatenate([_frames(session.push_features(x)), _frames(session.finish())])
 
@@ -208,10 +223,11 @@ class MotionPipeline:
         seed: int = 0,
         gaze: tuple[float, float] | None = None,
         blinks: bool = True,
+        saccades: bool = False,
     ) -> np.ndarray:
         """A whole file's samples (n,) at `sample_rate` -> rig frames (round(n * fps / sample_rate), 14): the
-        stream's own frames, pushed at once (`stream` for gaze and blinks)."""
-        stream = self.stream(emotion, seed, gaze, blinks)
+        stream's own frames, pushed at once (`stream` for gaze, blinks and saccades)."""
+        stream = self.stream(emotion, seed, gaze, blinks, saccades)
         return np.concatenate([stream.push(samples), stream.finish()])
 
 

@@ -100,6 +100,37 @@ def gaze_track(times: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return gaze
 
 
+def gaze_events(rng: np.random.Generator) -> Iterator[tuple[float, float, np.ndarray]]:
+    """`gaze_track`'s fixations without end, (start, hold, target) in seconds and -1..1, for a stream."""
+    t, target = 0.0, np.zeros(2)
+    while True:
+        hold = rng.uniform(0.4, 3.0)
+        yield t, hold, target
+        t += hold
+        target = np.clip(rng.normal(0, [0.35, 0.2]), -0.8, 0.8) if rng.random() < 0.6 else np.zeros(2)
+
+
+class GazeSchedule:
+    """`gaze_events` for a stream: the gaze of any later frames on demand, in bounded memory."""
+
+    def __init__(self, seed: int | list[int], fps: int):
+        self.fps = fps
+        self.events = gaze_events(np.random.default_rng(seed))
+        self.pending: list[tuple[float, float, np.ndarray]] = []  # drawn fixations not yet over
+
+    def gaze(self, first_frame: int, count: int) -> np.ndarray:
+        """The gaze (x, y) of frames first_frame .. first_frame + count - 1, (count, 2) float32; ask in frame order."""
+        times = (first_frame + np.arange(count)) / self.fps
+        last = times[-1] if count else first_frame / self.fps
+        while not self.pending or self.pending[-1][0] + self.pending[-1][1] <= last:
+            self.pending.append(next(self.events))
+        self.pending = [e for e in self.pending if e[0] + e[1] > first_frame / self.fps]  # over: forgotten
+        gaze = np.zeros((count, 2))
+        for start, hold, target in self.pending:
+            gaze[(times >= start) & (times < start + hold)] = target
+        return gaze.astype(np.float32)
+
+
 def ema(x: np.ndarray, fps: float, tau: float) -> np.ndarray:
     """Causal exponential moving average with time constant `tau` seconds."""
     alpha = 1.0 - np.exp(-1.0 / (fps * tau))
@@ -145,11 +176,13 @@ def make_motion(
 
 __all__ = [
     "BlinkSchedule",
+    "GazeSchedule",
     "Motion",
     "blink_events",
     "blink_shape",
     "blink_track",
     "ema",
+    "gaze_events",
     "gaze_track",
     "make_motion",
     "smooth_noise",
