@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import ClassVar, TypeVar
 
 from rest.config import ConfigError, from_dict, to_dict
+from rest.data.phonetic import PhoneticAudioEncoder
 from rest.diffusion.flow import Guidance
 from rest.errors import RestError
 from rest.models.audio import AudioEncoder
@@ -31,6 +32,10 @@ from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
 
 InfoT = TypeVar("InfoT", bound="ExportInfo")
+
+# The audio paths a denoiser can read: "mel", the learned AudioEncoder (an audio_encoder/ folder beside the
+# denoiser); "phonetic", the phonetic channel (rest.data.phonetic.PhoneticAudioEncoder: no weights, no folder).
+AUDIO_PATHS = ("mel", "phonetic")
 
 PIPELINE_FORMAT, PIPELINE_VERSION = "rest-pipeline", 1
 TEACHER_HINT = "point at the export/ folder of a train/teacher.py run"
@@ -85,6 +90,7 @@ class TeacherInfo(ExportInfo):
     num_train_timesteps: int = 1000  # the denoiser's timestep embedding reads t * this
     step: int  # training step of the exported EMA weights
     train_latent_frames: int | None = None  # latent frames of a training clip: the window offline sampling uses
+    audio: str = "mel"  # the audio path the denoiser reads (AUDIO_PATHS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,6 +112,7 @@ class StudentInfo(ExportInfo):
     teacher: str  # the teacher export distilled from
     vae: str  # the VAE folder of the teacher
     step: int  # training step of the exported EMA weights
+    audio: str = "mel"  # the audio path the denoiser reads (AUDIO_PATHS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,6 +166,7 @@ class PipelineConfig(ExportInfo):
     chunk_latent_frames: int = 1
     context_chunks: int = 3
     num_emotions: int = 0  # emotion / style labels 0 .. n-1 (label n, or none given, is the null label)
+    audio: str = "mel"  # the audio path the denoiser reads (AUDIO_PATHS): "mel" loads audio_encoder/
     format: str = PIPELINE_FORMAT
     version: int = PIPELINE_VERSION
     training: PipelineSource | None = None  # provenance: the student export's student.json (None: not trained)
@@ -187,9 +195,18 @@ def load_vae(folder: str | Path, what: str = "VAE") -> CausalVideoVAE:
     return load_local(CausalVideoVAE, folder, what)
 
 
-def _load_networks(folder: Path, role: str) -> tuple[DenoiserDiT, AudioEncoder]:
+def load_audio_path(audio: str, folder: Path, what: str) -> AudioEncoder | PhoneticAudioEncoder:
+    """The audio path `audio` (AUDIO_PATHS) of an export: the AudioEncoder in `folder`, or the phonetic channel."""
+    if audio == "phonetic":
+        return PhoneticAudioEncoder()
+    if audio != "mel":
+        raise RestError(f"unknown audio path {audio!r} ({what}); this version reads {', '.join(AUDIO_PATHS)}")
+    return load_local(AudioEncoder, folder, what)
+
+
+def _load_networks(folder: Path, role: str, audio: str) -> tuple[DenoiserDiT, AudioEncoder | PhoneticAudioEncoder]:
     denoiser = load_local(DenoiserDiT, folder / "denoiser", f"{role} denoiser")
-    audio_encoder = load_local(AudioEncoder, folder / "audio_encoder", f"{role} audio encoder")
+    audio_encoder = load_audio_path(audio, folder / "audio_encoder", f"{role} audio encoder")
     return denoiser, audio_encoder
 
 
@@ -197,7 +214,7 @@ def load_teacher(folder: str | Path) -> tuple[DenoiserDiT, AudioEncoder, Teacher
     """The teacher export: denoiser (bidirectional), audio encoder and teacher.json."""
     folder = Path(folder)
     info = TeacherInfo.read(folder, TEACHER_HINT)
-    denoiser, audio_encoder = _load_networks(folder, "teacher")
+    denoiser, audio_encoder = _load_networks(folder, "teacher", info.audio)
     if denoiser.attention_mode != "bidirectional":
         raise RestError(f"{folder / 'denoiser'} is {denoiser.attention_mode!r}; the ASD teacher is bidirectional")
     return denoiser, audio_encoder, info
@@ -207,7 +224,7 @@ def load_student(folder: str | Path) -> tuple[DenoiserDiT, AudioEncoder, Student
     """The student export: denoiser (block_causal), audio encoder and student.json."""
     folder = Path(folder)
     info = StudentInfo.read(folder, STUDENT_HINT)
-    denoiser, audio_encoder = _load_networks(folder, "student")
+    denoiser, audio_encoder = _load_networks(folder, "student", info.audio)
     return denoiser, audio_encoder, info
 
 
@@ -219,13 +236,14 @@ def load_pipeline(folder: str | Path) -> tuple[CausalVideoVAE, AudioEncoder, Den
     config = PipelineConfig.read(folder)
     return (
         load_vae(folder / "vae", "pipeline VAE"),
-        load_local(AudioEncoder, folder / "audio_encoder", "pipeline audio encoder"),
+        load_audio_path(config.audio, folder / "audio_encoder", "pipeline audio encoder"),
         load_local(DenoiserDiT, folder / "denoiser", "pipeline denoiser"),
         config,
     )
 
 
 __all__ = [
+    "AUDIO_PATHS",
     "ExportInfo",
     "MotionInfo",
     "PIPELINE_FORMAT",
@@ -235,6 +253,7 @@ __all__ = [
     "PipelineSource",
     "StudentInfo",
     "TeacherInfo",
+    "load_audio_path",
     "load_pipeline",
     "load_student",
     "load_teacher",

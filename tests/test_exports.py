@@ -26,6 +26,7 @@ STUDENT = {  # a student.json as train/student.py writes it
     "teacher": "runs/demo/teacher_audio/export",
     "vae": "runs/demo/vae/export",
     "step": 150,
+    "audio": "phonetic",
 }
 
 
@@ -41,10 +42,12 @@ def test_the_bundled_pipeline_reads_and_round_trips(tmp_path):
     assert (config.preset, config.steps, config.shift, config.context_timestep) == ("tiny", 1, 2.0, 0.2)
     assert config.training.teacher_guidance == Guidance(audio=7.0, portrait=2.0)
     assert config.training.audio_encoder is None
+    assert config.audio == config.training.audio == "mel"  # written before the audio path was recorded
     original = json.loads((BUNDLED / "pipeline.json").read_text())
     written = json.loads(config.write(tmp_path).read_text())
-    assert written == {**original, "training": {**original["training"], "audio_encoder": None}}
-    assert list(written) == list(original)  # the same keys in the same order
+    added = {"audio": "mel"}  # fields newer than the file, at their defaults
+    assert written == {**original, **added, "training": {**original["training"], **added, "audio_encoder": None}}
+    assert [k for k in written if k not in added] == list(original)  # the same keys in the same order
 
 
 def test_student_info_round_trip_and_old_files(tmp_path):
@@ -52,8 +55,10 @@ def test_student_info_round_trip_and_old_files(tmp_path):
     assert info.sigmas == (1.0, 0.0) and info.teacher_guidance.audio == 7.0 and info.teacher_substeps == 4
     assert json.loads(info.write(tmp_path / "again").read_text()) == STUDENT
     # Exports written before `teacher_substeps` was recorded distilled from one teacher step per student step.
-    old = {k: v for k, v in STUDENT.items() if k != "teacher_substeps"}
-    assert StudentInfo.read(_write(tmp_path / "old", "student.json", old)).teacher_substeps == 1
+    old = {k: v for k, v in STUDENT.items() if k not in ("teacher_substeps", "audio")}
+    old_info = StudentInfo.read(_write(tmp_path / "old", "student.json", old))
+    assert old_info.teacher_substeps == 1
+    assert old_info.audio == "mel"  # ... and before the audio path was recorded, read the mel encoder
     # The provenance of a pipeline whose audio encoder replaced the student's own (export-pipeline --audio-encoder).
     source = PipelineSource.of(info, "runs/demo/audio_robust")
     assert to_dict(source) == {**STUDENT, "audio_encoder": "runs/demo/audio_robust"}
@@ -63,10 +68,11 @@ def test_teacher_info_round_trip(tmp_path):
     TeacherInfo(vae="runs/vae/export", shift=1.5, step=7, train_latent_frames=9).write(tmp_path)
     data = json.loads((tmp_path / "teacher.json").read_text())
     expected = {"vae": "runs/vae/export", "shift": 1.5, "num_train_timesteps": 1000, "step": 7}
-    expected["train_latent_frames"] = 9
+    expected.update(train_latent_frames=9, audio="mel")
     assert data == expected
-    old = {k: v for k, v in data.items() if k != "train_latent_frames"}
-    assert TeacherInfo.read(_write(tmp_path / "old", "teacher.json", old)).train_latent_frames is None
+    old = {k: v for k, v in data.items() if k not in ("train_latent_frames", "audio")}
+    old_info = TeacherInfo.read(_write(tmp_path / "old", "teacher.json", old))
+    assert old_info.train_latent_frames is None and old_info.audio == "mel"
 
 
 def test_reads_are_strict(tmp_path):

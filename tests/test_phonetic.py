@@ -88,6 +88,27 @@ def test_pushes_of_any_size_give_the_same_mouth(speech):
     assert out == int(np.floor((2.0 - expert.lookahead_s) * 25 - 0.5 + 1e-9)) + 1
 
 
+def test_the_audio_paths_lookahead_in_frames_is_what_a_stream_must_push(speech):
+    """`PhoneticAudioEncoder.lookahead_frames`: frame f's features exist once the audio through frame
+    f + lookahead_frames has been pushed, not before (what the stream bench and training windows count on)."""
+    import torch
+
+    from rest.data.phonetic import PhoneticAudioEncoder
+
+    encoder = PhoneticAudioEncoder()
+    assert encoder.lookahead_frames == 2 and PhoneticAudioEncoder(settle_s=0.1).lookahead_frames == 3
+    samples = torch.from_numpy(speech[0][None, : 60 * SPF])
+    for frames in (10, 37):
+        state = encoder.init_state(1)
+        enough, _ = encoder.step(samples[:, : (frames + encoder.lookahead_frames) * SPF], state)
+        state = encoder.init_state(1)
+        short, _ = encoder.step(samples[:, : (frames + encoder.lookahead_frames) * SPF - 1], state)
+        assert enough.shape == (1, frames, 3) and short.shape[1] == frames - 1
+    whole = encoder(samples)  # the module's forward on samples: the whole file, as the stream gives it
+    np.testing.assert_array_equal(whole[0].numpy(), encoder.encode(speech[0][: 60 * SPF]))
+    assert encoder(whole) is whole  # features already decoded (training windows) pass through
+
+
 @needs_espeak
 def test_a_long_stream_stays_bounded(speech):
     """60 s of speech in 40 ms pieces: the decoder restarts its utterance, and keeps few segments."""

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from rest.config import VAEArch
-from rest.data.preprocess import PreprocessOptions, SkipClip, preprocess_video
+from rest.data.preprocess import PreprocessOptions, SkipClip, cache_phonetic, preprocess_video
 from rest.data.shards import ShardWriter
 from rest.errors import RestError
 from rest.exports import PipelineConfig, load_vae
@@ -134,6 +134,9 @@ def prepare(opts: AvatarOptions, config: PipelineConfig) -> dict:
         "heldout", frames[train_frames:], audio[train_frames * spf :], split="heldout", source=str(opts.video)
     )
     Image.fromarray(frames[typical_frame(frames[:train_frames])]).save(data / PORTRAIT_FILE)
+    if config.audio == "phonetic":  # a base on the phonetic channel trains on its features of the person's speech
+        cache_phonetic(data, progress=False)
+        cache_phonetic(heldout, progress=False)
     split = {
         "video": str(opts.video),
         "frames": total,
@@ -228,7 +231,7 @@ def fine_tune_student(opts: AvatarOptions, config: PipelineConfig, vae: str, min
             eval_every=0,
             eval_clips=BATCH_SIZE,
             checkpoint_every=100,
-            train_audio_encoder=True,  # the person's own speech
+            train_audio_encoder=True,  # the person's own speech (the phonetic channel has no weights to train)
         ),
     )
     return _stage(opts.work_dir / "student", lambda resume: train_student(experiment, resume))

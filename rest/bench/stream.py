@@ -46,7 +46,7 @@ from rest.bench.flops import (
 from rest.config import get_preset
 from rest.diffusion.flow import FlowMatchingConfig, flow_sigmas
 from rest.errors import RestError
-from rest.exports import PipelineConfig, StudentInfo, TeacherInfo, load_vae
+from rest.exports import PipelineConfig, StudentInfo, TeacherInfo, load_audio_path, load_vae
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
@@ -88,7 +88,7 @@ def load_stream_models(
         )
     models = {
         "denoiser": denoiser,
-        "audio_encoder": load_local(AudioEncoder, folder / "audio_encoder", "audio encoder"),
+        "audio_encoder": load_audio_path(getattr(info, "audio", "mel"), folder / "audio_encoder", "audio encoder"),
         "vae": load_vae(vae_dir),
     }
     return models, info

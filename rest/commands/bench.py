@@ -103,7 +103,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     phonetic.add_argument("--settle", type=float, default=0.0, help="seconds before a phone is final (default 0)")
     phonetic.add_argument("--threads", type=int, default=1, help="torch threads for the mel encoder (default 1)")
     phonetic.add_argument(
-        "--weights", default="weights/rest-tiny", help="pipeline folder whose audio_encoder/ is the baseline"
+        "--weights",
+        default=None,
+        help="a folder whose audio_encoder/ is the mel baseline (default: the mel encoder's default architecture, "
+        "random weights: the same cost)",
     )
     phonetic.add_argument("--output", default="runs/bench/phonetic.json", help="JSON file")
     phonetic.set_defaults(func=_run_phonetic)
@@ -141,13 +144,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run_phonetic(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import torch
+
     from rest.bench.phonetic import bench_phonetic
     from rest.media import read_audio
     from rest.models.audio import AudioEncoder
     from rest.models.loading import load_local
 
     audio = read_audio(args.audio or Path(__file__).resolve().parents[2] / "assets" / "demo" / "speech.wav")
-    encoder = load_local(AudioEncoder, Path(args.weights) / "audio_encoder", "audio encoder").eval()
+    if args.weights is None:
+        torch.manual_seed(0)
+        encoder = AudioEncoder().eval()
+    else:
+        encoder = load_local(AudioEncoder, Path(args.weights) / "audio_encoder", "audio encoder").eval()
     result = bench_phonetic(audio, args.seconds, encoder, settle_s=args.settle, threads=args.threads)
     write_result(result, args.output)
     return 0

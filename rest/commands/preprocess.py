@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Decode every video under --input at 25 fps with 16 kHz mono audio, crop a temporally "
         "smoothed square around the face, resize to the preset's resolution and write clips into --output. "
         "Bad inputs are skipped with their reason in OUTPUT/report.jsonl; rerunning resumes. Without --input, "
-        "--vae caches the latents of the clips already in --output (e.g. a SynthTalk root).",
+        "--vae caches the latents of the clips already in --output (e.g. a SynthTalk root), and --phonetic their "
+        "phonetic features (the audio path of models trained with audio_path: phonetic).",
     )
     parser.add_argument("--input", default=None, help="folder of videos (.mp4 .mov .mkv .avi .webm, recursive)")
     parser.add_argument("--output", required=True, help="shard root (created, or resumed)")
@@ -24,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--vae", default=None, metavar="FOLDER", help="also cache latents of this CausalVideoVAE (teacher training)"
+    )
+    parser.add_argument(
+        "--phonetic",
+        action="store_true",
+        help="also cache each clip's phonetic features (pocketsphinx phones -> visemes, rest/data/phonetic.py)",
     )
     parser.add_argument(
         "--detector", default="auto", choices=["auto", "scrfd", "dlib-hog"], help="face detector (rest/data/face.py)"
@@ -40,38 +46,44 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from rest.config import get_preset
-    from rest.data.preprocess import CropOptions, PreprocessOptions, cache_latents, preprocess_folder
+    from rest.data.preprocess import CropOptions, PreprocessOptions, cache_latents, cache_phonetic, preprocess_folder
     from rest.errors import RestError
 
-    if args.input is None:
-        if args.vae is None:
-            raise RestError("give --input VIDEOS to preprocess, or --vae FOLDER to cache latents of --output's clips")
+    if args.input is None and args.vae is None and not args.phonetic:
+        raise RestError(
+            "give --input VIDEOS to preprocess, or --vae FOLDER / --phonetic to cache the latents / phonetic features "
+            "of --output's clips"
+        )
+    if args.input is None and args.vae is not None:
         start = time.perf_counter()
         encoded, kept = cache_latents(args.output, args.vae, progress=not args.no_progress)
         print(f"latents: {encoded} clips encoded, {kept} already cached; {time.perf_counter() - start:.1f} s")
-        return 0
-
-    preset = get_preset(args.preset)
-    options = PreprocessOptions(
-        resolution=preset.resolution,
-        fps=preset.fps,
-        min_seconds=args.min_seconds,
-        max_seconds=args.max_seconds,
-        crop=CropOptions(detect_every=args.detect_every),
-        crf=args.crf,
-        split=args.split,
-        detector=args.detector,
-    )
-    summary = preprocess_folder(
-        args.input,
-        args.output,
-        options,
-        workers=args.workers,
-        vae_folder=args.vae,
-        retry_skipped=args.retry_skipped,
-        progress=not args.no_progress,
-    )
-    for source, reason in sorted(summary.reasons.items()):
-        print(f"skipped {source}: {reason}")
-    print(summary.line())
+    if args.input is not None:
+        preset = get_preset(args.preset)
+        options = PreprocessOptions(
+            resolution=preset.resolution,
+            fps=preset.fps,
+            min_seconds=args.min_seconds,
+            max_seconds=args.max_seconds,
+            crop=CropOptions(detect_every=args.detect_every),
+            crf=args.crf,
+            split=args.split,
+            detector=args.detector,
+        )
+        summary = preprocess_folder(
+            args.input,
+            args.output,
+            options,
+            workers=args.workers,
+            vae_folder=args.vae,
+            retry_skipped=args.retry_skipped,
+            progress=not args.no_progress,
+        )
+        for source, reason in sorted(summary.reasons.items()):
+            print(f"skipped {source}: {reason}")
+        print(summary.line())
+    if args.phonetic:
+        start = time.perf_counter()
+        decoded, kept = cache_phonetic(args.output, args.workers, progress=not args.no_progress)
+        print(f"phonetic: {decoded} clips decoded, {kept} already cached; {time.perf_counter() - start:.1f} s")
     return 0

@@ -57,13 +57,15 @@ class TalkingClipDataset(Dataset):
         random_windows: True: one item per clip per epoch, at a random start (training). False: every
             non-overlapping window of every clip, clips taken in turn, so that the first n windows come from
             n different clips when the split has that many (evaluation sets).
+        phonetic: return the clip's phonetic features (`rest preprocess --phonetic`) as "audio" instead of samples.
         augment_audio: pass each window's audio through `rest.data.augment.SpeechAugment` with this config
             (drawn from the item's own random stream; every transform but speed keeps the timing, and speed is not
             used here), so that a model learns to hear speech through rooms, microphones and codecs.
 
     Items are dicts:
         video: float32 (3, N, R, R) in [-1, 1]
-        audio: float32 ((N + audio_lookahead_frames) * spf,), frame n of the window <-> samples [n*spf, (n+1)*spf)
+        audio: float32 ((N + audio_lookahead_frames) * spf,), frame n of the window <-> samples [n*spf, (n+1)*spf);
+            with `phonetic`, the clip's cached phonetic features of those frames, (N + audio_lookahead_frames, 3)
         audio_features: whatever `audio_features` returns (only when it is given)
         ref: float32 (3, 1, R, R) in [-1, 1]
         ref_index: int, frame index of the reference in the clip
@@ -84,8 +86,14 @@ class TalkingClipDataset(Dataset):
         ref_min_gap: int | None = None,
         random_windows: bool = True,
         augment_audio: AugmentConfig | None = None,
+        phonetic: bool = False,
     ):
         t = temporal_compression
+        if phonetic and (augment_audio is not None or audio_features is not None):
+            raise RestError(
+                "phonetic features are decoded once per clip: audio augmentation and audio_features "
+                "do not apply to them"
+            )
         if t < 1 or num_frames < 1 or (num_frames - 1) % t:
             lower = 1 + t * max(0, (num_frames - 1) // t)
             raise RestError(
@@ -111,9 +119,12 @@ class TalkingClipDataset(Dataset):
         self.ref_min_gap = num_frames if ref_min_gap is None else ref_min_gap
         self.random_windows = random_windows
         self.augment = SpeechAugment(augment_audio, sr) if augment_audio is not None else None
+        self.phonetic = phonetic
 
         in_split = [r for r in self.reader.records if split is None or r.split == split]
         self.clips: list[ClipRecord] = [r for r in in_split if r.num_frames >= num_frames]
+        if phonetic:
+            _check_phonetic(self.reader, self.clips, split, root)
         self.too_short = len(in_split) - len(self.clips)  # clips left out, for the caller's log
         if not self.clips:
             raise RestError(
@@ -144,9 +155,14 @@ class TalkingClipDataset(Dataset):
         frames = self.reader.frames_at(record.clip_id, [*range(start, start + N), ref_index])  # (N + 1, R, R, 3)
         video = frames_to_tensor(frames)  # (3, N + 1, R, R)
 
-        wanted = (N + self.audio_lookahead_frames) * spf
-        audio = np.zeros(wanted, np.float32)
-        piece = self.reader.audio(record.clip_id)[start * spf : start * spf + wanted]
+        if self.phonetic:
+            features = self.reader.phonetic(record.clip_id)
+            audio = np.zeros((N + self.audio_lookahead_frames, features.shape[1]), np.float32)
+            piece = features[start : start + len(audio)]
+        else:
+            wanted = (N + self.audio_lookahead_frames) * spf
+            audio = np.zeros(wanted, np.float32)
+            piece = self.reader.audio(record.clip_id)[start * spf : start * spf + wanted]
         audio[: len(piece)] = piece
         if self.augment is not None:
             audio = self.augment(audio, rng)
@@ -181,7 +197,8 @@ class TalkingLatentDataset(Dataset):
     Items are dicts:
         mean, logvar: float32 (C, L, h, w), the cached posterior of the window
         audio: float32 samples of the video frames the window covers (1 + t*(L-1) frames at a stream start,
-            t*L after it) plus `audio_lookahead_frames` frames (zeros past the end of the clip)
+            t*L after it) plus `audio_lookahead_frames` frames (zeros past the end of the clip); with `phonetic`,
+            the cached phonetic features of those frames instead, (frames, 3) (`rest preprocess --phonetic`)
         ref: float32 (3, 1, R, R) reference frame in [-1, 1], at least `ref_min_gap` frames from the window
         first_latent_frame: 0 for a stream start, 1 for a continuation (the denoiser's audio alignment)
         clip_id: str; start: int, the window's first latent frame in the clip; start_frame: its first video frame
@@ -200,9 +217,13 @@ class TalkingLatentDataset(Dataset):
         random_windows: bool = True,
         vae_fingerprint: str | None = None,
         augment_audio: AugmentConfig | None = None,
+        phonetic: bool = False,
     ):
         if num_latent_frames < 1 or temporal_compression < 1 or audio_lookahead_frames < 0:
             raise RestError("num_latent_frames and temporal_compression must be >= 1, the look-ahead >= 0")
+        if phonetic and augment_audio is not None:
+            raise RestError("phonetic features are decoded once per clip: audio augmentation does not apply to them")
+        self.phonetic = phonetic
         self.reader = ShardReader(root)
         fps, sr = self.reader.fps, self.reader.sample_rate
         if sr % fps:
@@ -238,6 +259,8 @@ class TalkingLatentDataset(Dataset):
             if f > L:  # at least one continuation window
                 self.clips.append(record)
                 self.latent_frames.append(f)
+        if phonetic:
+            _check_phonetic(self.reader, self.clips, split, root)
         self.too_short = len(in_split) - len(self.clips)
         if not self.clips:
             raise RestError(f"no clip of split {split!r} in {root} has more than {L} latent frames")
@@ -268,9 +291,15 @@ class TalkingLatentDataset(Dataset):
         ref_index = reference_index(record.num_frames, first_frame, covered, self.ref_min_gap, rng)
 
         latents = self.reader.latents(record.clip_id)
-        wanted = (covered + self.audio_lookahead_frames) * spf
-        audio = np.zeros(wanted, np.float32)
-        piece = self.reader.audio(record.clip_id)[first_frame * spf : first_frame * spf + wanted]
+        if self.phonetic:
+            wanted = covered + self.audio_lookahead_frames
+            features = self.reader.phonetic(record.clip_id)
+            audio = np.zeros((wanted, features.shape[1]), np.float32)
+            piece = features[first_frame : first_frame + wanted]
+        else:
+            wanted = (covered + self.audio_lookahead_frames) * spf
+            audio = np.zeros(wanted, np.float32)
+            piece = self.reader.audio(record.clip_id)[first_frame * spf : first_frame * spf + wanted]
         audio[: len(piece)] = piece
         if self.augment is not None:
             audio = self.augment(audio, rng)
@@ -323,6 +352,17 @@ def reference_index(num_frames: int, start: int, length: int, min_gap: int, rng:
     if start > 0 or end < num_frames:  # too short for the gap: the farthest frame outside the window
         return 0 if start >= num_frames - end else num_frames - 1
     return int(rng.integers(start, end))
+
+
+def _check_phonetic(reader: ShardReader, clips: list[ClipRecord], split: str | None, root: str | Path) -> None:
+    from rest.data.shards import PHONETIC_FILE
+
+    missing = [r.clip_id for r in clips if not (reader.clip_dir(r.clip_id) / PHONETIC_FILE).is_file()]
+    if missing:
+        raise RestError(
+            f"{len(missing)} of {len(clips)} clips of split {split!r} in {root} have no phonetic features (e.g. "
+            f"{missing[0]}); run `rest preprocess --output {root} --phonetic` first"
+        )
 
 
 def _to_tensor(value: np.ndarray) -> torch.Tensor | np.ndarray:

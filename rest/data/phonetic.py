@@ -26,6 +26,7 @@ faces are drawn from. Frame f is made final once the phones are final up to its 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -316,19 +317,46 @@ class PhoneticState:
         return torch.from_numpy(out)
 
 
-class PhoneticAudioEncoder:
+class PhoneticAudioEncoder(torch.nn.Module):
     """The phonetic channel with an audio encoder's streaming interface (`init_state`, `step`, `flush`), so that a
     `StreamingSession` takes it as its audio path: samples (B, n) -> per-frame features (B, k, 3), `FRAME_CHANNELS`
     (the mouth SynthTalk's viseme model draws for the decoded phones). Look-ahead: 80 ms past a frame's centre,
     as the mel encoder's (`PhoneticExpert.lookahead_s`). No parameters: the decoder runs on the CPU.
+
+    As a module (the `audio_encoder` of a teacher or student, rest/training): `forward` takes samples (B, N) and
+    decodes each row as a whole file, or features (B, F, 3) already decoded (`cache_phonetic`'s, what training
+    windows carry, since decoding is not differentiable and costs 3 ms per 40 ms) and returns them as they are.
+    `lookahead_frames` (2) is the look-ahead in whole frames of audio after a frame's own: what a stream must have
+    pushed before the frame's features exist, as `AudioEncoder.lookahead_frames`.
     """
 
     def __init__(self, settle_s: float = 0.0):
+        super().__init__()
         model_dir()  # fail now, with the install hint, if pocketsphinx is missing
         self.settle_s = settle_s
         self.config = PhoneticConfig()
         self.samples_per_frame = self.config.sample_rate // self.config.fps
         self.lookahead_s = PhoneticExpert(settle_s).lookahead_s
+        # Past the frame's end (half a frame after its centre), rounded up to the decoder's 640-sample steps.
+        self.lookahead_frames = math.ceil(round((self.lookahead_s - 0.5 / self.config.fps) * self.config.fps, 6))
+
+    @property
+    def latency_s(self) -> float:
+        """Audio a frame waits for beyond its own: the look-ahead (as `AudioEncoder.latency_s`)."""
+        return self.lookahead_s
+
+    def num_frames(self, num_samples: int) -> int:
+        return num_samples // self.samples_per_frame
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        """samples (B, N) -> (B, N // 640, 3), each row decoded as one stream; or features (B, F, 3) -> the same."""
+        if audio.ndim == 3 and audio.shape[-1] == self.config.out_dim:
+            return audio
+        if audio.ndim != 2:
+            d = self.config.out_dim
+            raise ValueError(f"expected samples (B, N) or features (B, F, {d}), got {tuple(audio.shape)}")
+        rows = [self.encode(x) for x in audio.detach().float().cpu().numpy()]
+        return torch.from_numpy(np.stack(rows)).to(audio.device)
 
     def init_state(self, batch_size: int = 1) -> PhoneticState:
         return PhoneticState(batch_size, self.settle_s)

@@ -480,6 +480,42 @@ def cache_latents(root: str | Path, vae_folder: str | Path, progress: bool = Tru
     return len(todo), len(reader.records) - len(todo)
 
 
+def _phonetic_clip(root: str, clip_id: str) -> str:
+    """Decode one clip's audio with the phonetic channel into its phonetic.npy (written, then renamed into place)."""
+    from rest.data.phonetic import PhoneticAudioEncoder
+    from rest.data.shards import PHONETIC_FILE, ShardReader
+
+    reader = ShardReader(root)
+    features = PhoneticAudioEncoder().encode(np.array(reader.audio(clip_id)))
+    final = reader.clip_dir(clip_id) / PHONETIC_FILE
+    tmp = final.with_name(f".{final.stem}.{os.getpid()}.npy")
+    np.save(tmp, features.astype(np.float32))
+    os.replace(tmp, final)
+    return clip_id
+
+
+def cache_phonetic(root: str | Path, workers: int = 0, progress: bool = True) -> tuple[int, int]:
+    """Decode every clip of a shard root with the phonetic channel (rest/data/phonetic.py: pocketsphinx phones ->
+    SynthTalk's visemes, the stream's frames) into its phonetic.npy, the features a teacher or student with
+    `audio_path: phonetic` trains on. Clips that have the file are kept; each file is renamed into place, so a
+    killed run leaves no partial file. `workers` processes (0: this one). Returns (decoded, already cached)."""
+    from rest.data.shards import PHONETIC_FILE, ShardReader
+
+    reader = ShardReader(root)
+    todo = [r.clip_id for r in reader.records if not (reader.clip_dir(r.clip_id) / PHONETIC_FILE).is_file()]
+    bar = tqdm(total=len(todo), desc="phonetic", unit="clip", disable=not progress)
+    if workers <= 1:
+        for clip_id in todo:
+            _phonetic_clip(str(root), clip_id)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for _ in pool.map(_phonetic_clip, [str(root)] * len(todo), todo):
+                bar.update()
+    bar.close()
+    return len(todo), len(reader.records) - len(todo)
+
+
 def _to_pixels(frames: np.ndarray):
     """uint8 (F, H, W, 3) -> float (1, 3, F, H, W) in [-1, 1]."""
     import torch
@@ -644,6 +680,7 @@ __all__ = [
     "SkipClip",
     "VIDEO_SUFFIXES",
     "cache_latents",
+    "cache_phonetic",
     "clip_ids_for",
     "crop_face_track",
     "crop_frames",

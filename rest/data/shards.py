@@ -56,6 +56,7 @@ FRAMES_FILE = "frames.mp4"
 AUDIO_FILE = "audio.npy"
 META_FILE = "meta.npz"
 LATENTS_FILE = "latents.safetensors"
+PHONETIC_FILE = "phonetic.npy"  # the phonetic channel's features (F, 3) of the audio (`rest preprocess --phonetic`)
 TMP_PREFIX = ".tmp-"
 
 _CLIP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -456,6 +457,17 @@ class ShardReader:
         if not self.record(clip_id).has_latents:
             raise ShardError(f"clip {clip_id} has no cached latents; run `rest preprocess --vae FOLDER`")
         return load_file(str(self.clip_dir(clip_id) / LATENTS_FILE))
+
+    def phonetic(self, clip_id: str) -> np.ndarray:
+        """The phonetic channel's features of the clip's audio: float32 (F, 3) (rest.data.phonetic), cached by
+        `rest preprocess --output ROOT --phonetic`."""
+        path = self.clip_dir(clip_id) / PHONETIC_FILE
+        if not path.is_file():
+            raise ShardError(
+                f"clip {clip_id} has no phonetic features ({path}); run `rest preprocess --output {self.root} "
+                "--phonetic` first"
+            )
+        return np.load(path)
 
     def latents_metadata(self, clip_id: str) -> dict[str, str]:
         """The safetensors header metadata of the clip's latents."""

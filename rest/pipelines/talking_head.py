@@ -6,7 +6,8 @@ A pipeline folder holds everything generation needs::
                               resolution, fps, sample_rate, steps, shift, context_timestep, chunk_latent_frames,
                               context_chunks, ...}
     folder/vae/              CausalVideoVAE (save_pretrained)
-    folder/audio_encoder/    AudioEncoder
+    folder/audio_encoder/    AudioEncoder (absent when pipeline.json's "audio" is "phonetic": the phonetic channel,
+                              rest/data/phonetic.py, has no weights)
     folder/denoiser/         DenoiserDiT, block_causal (the distilled streaming student)
 
 `export_pipeline` assembles one from a `train/student.py` export. There is one generation path: a streaming
@@ -301,6 +302,8 @@ def export_pipeline(
     replaced_by = None
     if audio_encoder is None:
         audio_encoder = own_encoder
+    elif info.audio != "mel":
+        raise RestError(f"--audio-encoder replaces a mel audio encoder; {student_export} reads the {info.audio} path")
     else:
         folder = Path(audio_encoder)
         audio_encoder = load_local(AudioEncoder, folder, "audio encoder")
@@ -339,6 +342,7 @@ def export_pipeline(
         chunk_latent_frames=denoiser.config.chunk_latent_frames,
         context_chunks=denoiser.config.context_chunks,
         num_emotions=int(denoiser.config.num_emotions),
+        audio=info.audio,
         training=PipelineSource.of(info, replaced_by),
     )
     write_pipeline(output, vae_model, audio_encoder, denoiser, config)
@@ -360,7 +364,8 @@ def write_pipeline(
     tmp = output.with_name(f".{output.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        for name, model in (("vae", vae), ("audio_encoder", audio_encoder), ("denoiser", denoiser)):
+        networks = [("vae", vae), ("audio_encoder", audio_encoder), ("denoiser", denoiser)]
+        for name, model in networks if config.audio == "mel" else [networks[0], networks[2]]:
             # torch's Module.to, as in TalkingHeadPipeline: diffusers' override warns about a cast that is safe here
             model = torch.nn.Module.to(copy.deepcopy(model), torch.float16) if half else model
             model.save_pretrained(tmp / name)

@@ -124,6 +124,7 @@ from accelerate import Accelerator
 
 from rest.config import ConfigError, to_dict
 from rest.data.dataset import TalkingClipDataset
+from rest.data.phonetic import PhoneticAudioEncoder
 from rest.diffusion.flow import (
     Guidance,
     euler_step,
@@ -133,7 +134,7 @@ from rest.diffusion.flow import (
     shift_timesteps,
     velocity_target,
 )
-from rest.exports import PipelineConfig, StudentInfo, load_student, load_teacher, load_vae
+from rest.exports import PipelineConfig, StudentInfo, load_audio_path, load_student, load_teacher, load_vae
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
@@ -251,9 +252,21 @@ class StudentExperiment:
 #################################################################################
 
 
+def _fresh_audio(audio_encoder: AudioEncoder | PhoneticAudioEncoder) -> AudioEncoder | PhoneticAudioEncoder:
+    """A new audio path of the same architecture (the phonetic channel has no weights: a new one)."""
+    if isinstance(audio_encoder, PhoneticAudioEncoder):
+        return PhoneticAudioEncoder(audio_encoder.settle_s)
+    return AudioEncoder.from_config(audio_encoder.config)
+
+
+def audio_path_of(audio_encoder: AudioEncoder | PhoneticAudioEncoder) -> str:
+    """The export name of an audio path (rest.exports.AUDIO_PATHS)."""
+    return "phonetic" if isinstance(audio_encoder, PhoneticAudioEncoder) else "mel"
+
+
 def build_student(
-    teacher: DenoiserDiT, teacher_audio: AudioEncoder, overrides: dict
-) -> tuple[DenoiserDiT, AudioEncoder]:
+    teacher: DenoiserDiT, teacher_audio: AudioEncoder | PhoneticAudioEncoder, overrides: dict
+) -> tuple[DenoiserDiT, AudioEncoder | PhoneticAudioEncoder]:
     """Stage 2: copies of the teacher's networks, the denoiser switched to block_causal with `overrides`."""
     unknown = sorted(set(overrides) - set(STREAMING_KEYS))
     if unknown:
@@ -263,7 +276,7 @@ def build_student(
         )
     student = DenoiserDiT.from_config(teacher.config, attention_mode="block_causal", **overrides)
     student.load_state_dict(teacher.state_dict(), strict=True)
-    audio_encoder = AudioEncoder.from_config(teacher_audio.config)
+    audio_encoder = _fresh_audio(teacher_audio)
     audio_encoder.load_state_dict(teacher_audio.state_dict(), strict=True)
     # CFG-only parameters: never used without condition dropout.
     student.null_portrait.requires_grad_(False)
@@ -679,7 +692,8 @@ class StudentTrainer(Trainer):
             self.guidance, self.teacher_name = start.teacher_guidance, start.teacher
         if cfg.init is not None:  # continue from a student export (its streaming settings must match `student:`)
             start_from(denoiser, Path(cfg.init) / "denoiser", "init", "student")
-            start_from(audio_encoder, Path(cfg.init) / "audio_encoder", "init", "teacher (its audio encoder)")
+            if isinstance(audio_encoder, AudioEncoder):
+                start_from(audio_encoder, Path(cfg.init) / "audio_encoder", "init", "teacher (its audio encoder)")
         vae = load_vae(self.vae_path).to(device).eval().requires_grad_(False)
         if tc.gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()
@@ -756,9 +770,11 @@ class StudentTrainer(Trainer):
                 teacher=self.teacher_name,
                 vae=str(self.vae_path),
                 step=step,
+                audio=audio_path_of(self.unwrapped.audio_encoder),
             )
             export_student(self.unwrapped, state, folder, info)
-            print(f"exported EMA weights to {folder} (denoiser/, audio_encoder/, student.json)")
+            parts = "denoiser/, audio_encoder/" if info.audio == "mel" else "denoiser/"
+            print(f"exported EMA weights to {folder} ({parts}, student.json)")
 
 
 def _student_networks(folder: str, overrides: dict) -> tuple[DenoiserDiT, AudioEncoder, StudentInfo]:
@@ -770,7 +786,7 @@ def _student_networks(folder: str, overrides: dict) -> tuple[DenoiserDiT, AudioE
     else:
         config = PipelineConfig.read(folder, "init must be a student export (student.json) or a pipeline folder")
         denoiser = load_local(DenoiserDiT, folder / "denoiser", "init denoiser")
-        audio_encoder = load_local(AudioEncoder, folder / "audio_encoder", "init audio encoder")
+        audio_encoder = load_audio_path(config.audio, folder / "audio_encoder", "init audio encoder")
         if config.training is not None:
             own = {f.name: getattr(config.training, f.name) for f in dataclasses.fields(StudentInfo)}
         else:  # a pipeline assembled without training records: its streaming settings are all there is
@@ -786,14 +802,14 @@ def _student_networks(folder: str, overrides: dict) -> tuple[DenoiserDiT, AudioE
                 teacher="",
                 step=0,
             )
-        info = StudentInfo(**{**own, "vae": str(folder / "vae")})
+        info = StudentInfo(**{**own, "vae": str(folder / "vae"), "audio": config.audio})
     unknown = sorted(set(overrides) - set(STREAMING_KEYS))
     if unknown:
         raise ConfigError(f"student: {unknown[0]!r} cannot change; valid keys: {', '.join(STREAMING_KEYS)}")
     student = DenoiserDiT.from_config(denoiser.config, attention_mode="block_causal", **overrides)
     student.null_portrait.requires_grad_(False)
     student.null_audio.requires_grad_(False)
-    return student, AudioEncoder.from_config(audio_encoder.config), info
+    return student, _fresh_audio(audio_encoder), info
 
 
 def window_frames(denoiser: DenoiserDiT, window_chunks: int) -> int:
@@ -811,7 +827,10 @@ def _dataset(
 ) -> TalkingClipDataset:
     lookahead = audio_encoder.lookahead_frames + denoiser.config.audio_lookahead
     temporal_compression = denoiser.config.temporal_compression
-    return clip_dataset(cfg.data, cfg.train.seed, split, num_frames, temporal_compression, lookahead, random_windows)
+    phonetic = isinstance(audio_encoder, PhoneticAudioEncoder)
+    return clip_dataset(
+        cfg.data, cfg.train.seed, split, num_frames, temporal_compression, lookahead, random_windows, phonetic
+    )
 
 
 @dataclass
@@ -883,8 +902,10 @@ def _format_eval(step: int, result: dict) -> str:
 
 def export_student(model: StudentModel, state: dict[str, torch.Tensor], export: Path, info: StudentInfo) -> None:
     """Write `state` (the StudentModel's full state dict) as `denoiser/` and `audio_encoder/` save_pretrained folders
-    plus `student.json` (`info`: the streaming settings the generator must use)."""
-    for name, cls in (("denoiser", DenoiserDiT), ("audio_encoder", AudioEncoder)):
+    plus `student.json` (`info`: the streaming settings the generator must use); the phonetic audio path has no
+    weights and no folder."""
+    networks = (("denoiser", DenoiserDiT),) + ((("audio_encoder", AudioEncoder),) if info.audio == "mel" else ())
+    for name, cls in networks:
         prefix = f"{name}."
         weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         fresh = cls.from_config(getattr(model, name).config)

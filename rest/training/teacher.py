@@ -6,7 +6,9 @@ scale), and trains the audio encoder jointly with the denoiser (at `audio_encode
 freezes it) on the flow-matching loss of rest/diffusion/flow.py: synchronous noise, a share of clips with clean
 leading frames (continuation), and independent audio / portrait dropout for classifier-free guidance. Both networks
 start fresh, or from `init` (a teacher export: fine-tuning); the audio encoder from `audio_encoder_init` instead
-(an AudioEncoder folder, e.g. the audio expert of rest/training/audio_expert.py).
+(an AudioEncoder folder, e.g. the audio expert of rest/training/audio_expert.py). With `audio_path: phonetic` the
+audio path is the phonetic channel instead (rest/data/phonetic.py: the phones an acoustic model trained on real
+speech hears, drawn as SynthTalk's visemes; no parameters, features cached by `rest preprocess --phonetic`).
 
 Runs unchanged on CPU, one GPU or many through accelerate (`accelerate launch train/teacher.py --config ...`;
 configs/accelerate/ddp.yaml or fsdp.yaml). The two trained networks live in one module (`TeacherModel`) so that
@@ -38,9 +40,10 @@ from torch.utils.data import DataLoader
 from rest.config import ConfigError, get_preset, to_dict
 from rest.data.augment import AugmentConfig
 from rest.data.dataset import StreamStartBatchSampler, TalkingClipDataset, TalkingLatentDataset
+from rest.data.phonetic import PhoneticAudioEncoder
 from rest.data.preprocess import vae_fingerprint
 from rest.diffusion.flow import FlowDraw, FlowMatchingConfig, RectifiedFlowLoss, shift_timesteps
-from rest.exports import TeacherInfo
+from rest.exports import AUDIO_PATHS, TEACHER_HINT, TeacherInfo
 from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
@@ -89,19 +92,29 @@ class TeacherExperiment:
     preset: str = "tiny"
     denoiser: dict = field(default_factory=dict)  # DenoiserDiT arguments over the preset's (depth, width, ...)
     audio_encoder: dict = field(default_factory=dict)  # AudioEncoder arguments over its defaults
+    # "mel": the learned AudioEncoder on log-mel frames; "phonetic": the phonetic channel (PhoneticAudioEncoder),
+    # whose features the clips carry (`rest preprocess --output ROOT --phonetic`)
+    audio_path: str = "mel"
     flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
     init: str | None = None  # a teacher export (denoiser/, audio_encoder/) to start from: fine-tuning
     # An AudioEncoder folder to start the audio encoder from (train/audio_expert.py); wins over init's.
     audio_encoder_init: str | None = None
 
-    def build_models(self, vae: CausalVideoVAE) -> tuple[DenoiserDiT, AudioEncoder]:
+    def build_models(self, vae: CausalVideoVAE) -> tuple[DenoiserDiT, AudioEncoder | PhoneticAudioEncoder]:
         """The denoiser and audio encoder: fresh, or with the weights of `init` / `audio_encoder_init` (whose
         architecture must be the config's). Latent channels, temporal compression and the audio width are taken
         from the VAE and the audio encoder, and an override that contradicts them is an error."""
+        if self.audio_path not in AUDIO_PATHS:
+            raise ConfigError(f"audio_path must be one of {', '.join(AUDIO_PATHS)}, got {self.audio_path!r}")
+        if self.audio_path == "phonetic":
+            if self.audio_encoder or self.audio_encoder_init:
+                raise ConfigError("audio_path phonetic has no audio encoder: remove audio_encoder, audio_encoder_init")
+            if self.data.augment_audio:
+                raise ConfigError("audio_path phonetic reads features decoded once per clip: set augment_audio false")
         _check_arguments(AudioEncoder, self.audio_encoder, "audio_encoder")
         _check_arguments(DenoiserDiT, self.denoiser, "denoiser")
-        audio_encoder = AudioEncoder(**self.audio_encoder)
+        audio_encoder = PhoneticAudioEncoder() if self.audio_path == "phonetic" else AudioEncoder(**self.audio_encoder)
         derived = {
             "in_channels": vae.config.latent_channels,
             "temporal_compression": vae.temporal_compression,
@@ -120,7 +133,11 @@ class TeacherExperiment:
         if self.init is not None:
             start_from(denoiser, Path(self.init) / "denoiser", "init", "denoiser")
         audio_init = self.audio_encoder_init or (self.init and str(Path(self.init) / "audio_encoder"))
-        if audio_init:
+        if self.init is not None and (Path(self.init) / TeacherInfo.FILE).is_file():
+            init_audio = TeacherInfo.read(self.init, TEACHER_HINT).audio
+            if init_audio != self.audio_path:
+                raise ConfigError(f"init {self.init} reads the {init_audio} audio path, this config {self.audio_path}")
+        if audio_init and self.audio_path == "mel":
             start_from(
                 audio_encoder, audio_init, "audio_encoder_init" if self.audio_encoder_init else "init", "audio_encoder"
             )
@@ -244,7 +261,7 @@ class TeacherTrainer(Trainer):
         if len(loader) == 0:
             raise ConfigError(f"{len(dataset)} training clips are fewer than one batch of {tc.batch_size}")
         groups = [{"params": [p for name, p in model.named_parameters() if not name.startswith("audio_encoder.")]}]
-        if tc.audio_encoder_lr_scale > 0:
+        if tc.audio_encoder_lr_scale > 0 and any(True for _ in audio_encoder.parameters()):
             groups.append({"params": list(audio_encoder.parameters()), "lr_scale": tc.audio_encoder_lr_scale})
         else:
             audio_encoder.requires_grad_(False)
@@ -294,8 +311,10 @@ class TeacherTrainer(Trainer):
                 shift=self.shift,
                 step=step,
                 train_latent_frames=self.vae.num_latent_frames(self.cfg.data.num_frames),
+                audio=self.cfg.audio_path,
             )
-            print(f"exported EMA weights to {folder} (denoiser/, audio_encoder/, teacher.json)")
+            parts = "denoiser/, audio_encoder/" if self.cfg.audio_path == "mel" else "denoiser/"
+            print(f"exported EMA weights to {folder} ({parts}, teacher.json)")
 
 
 def _dataset(
@@ -320,9 +339,17 @@ def _dataset(
             random_windows=random_windows,
             vae_fingerprint=vae_fingerprint(cfg.vae),
             augment_audio=AugmentConfig() if cfg.data.augment_audio and random_windows else None,
+            phonetic=cfg.audio_path == "phonetic",
         )
     return clip_dataset(
-        cfg.data, cfg.train.seed, split, cfg.data.num_frames, vae.temporal_compression, lookahead, random_windows
+        cfg.data,
+        cfg.train.seed,
+        split,
+        cfg.data.num_frames,
+        vae.temporal_compression,
+        lookahead,
+        random_windows,
+        phonetic=cfg.audio_path == "phonetic",
     )
 
 
@@ -349,9 +376,11 @@ def clip_dataset(
     temporal_compression: int,
     lookahead: int,
     random_windows: bool,
+    phonetic: bool = False,
 ) -> TalkingClipDataset:
     """Windows of `num_frames` decoded frames of a split, with `lookahead` frames of audio after each window (the
-    encoder's look-ahead plus the denoiser's); training windows (`random_windows`) get `data.augment_audio`."""
+    encoder's look-ahead plus the denoiser's); training windows (`random_windows`) get `data.augment_audio`;
+    `phonetic`: the clips' phonetic features instead of samples."""
     return TalkingClipDataset(
         data.root,
         num_frames=num_frames,
@@ -362,6 +391,7 @@ def clip_dataset(
         ref_min_gap=data.ref_min_gap,
         random_windows=random_windows,
         augment_audio=AugmentConfig() if data.augment_audio and random_windows else None,
+        phonetic=phonetic,
     )
 
 
@@ -453,18 +483,23 @@ def export_teacher(
     shift: float,
     step: int,
     train_latent_frames: int | None = None,
+    audio: str = "mel",
 ) -> None:
     """Write `state` (the TeacherModel's full state dict) as `denoiser/` and `audio_encoder/` save_pretrained
-    folders plus `teacher.json` (VAE, shift, step, and the latent frames of a training clip: the window offline
-    sampling uses); loading is strict, so a missing or extra key is an error here, not later."""
+    folders plus `teacher.json` (VAE, shift, step, the audio path, and the latent frames of a training clip: the
+    window offline sampling uses); loading is strict, so a missing or extra key is an error here, not later. The
+    phonetic audio path has no weights and no folder."""
     # Named classes, not type(module): FSDP2 swaps a sharded module's class for a generated subclass.
-    for name, cls in (("denoiser", DenoiserDiT), ("audio_encoder", AudioEncoder)):
+    networks = (("denoiser", DenoiserDiT),) + ((("audio_encoder", AudioEncoder),) if audio == "mel" else ())
+    for name, cls in networks:
         prefix = f"{name}."
         weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         fresh = cls.from_config(getattr(model, name).config)
         fresh.load_state_dict(weights, strict=True)
         fresh.save_pretrained(export / name)
-    TeacherInfo(vae=str(vae_path), shift=shift, step=step, train_latent_frames=train_latent_frames).write(export)
+    TeacherInfo(vae=str(vae_path), shift=shift, step=step, train_latent_frames=train_latent_frames, audio=audio).write(
+        export
+    )
 
 
 __all__ = [
