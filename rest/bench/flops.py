@@ -135,7 +135,7 @@ def warm_session(
     warm_chunks = denoiser.config.context_chunks + 1  # the next chunk sees `context_chunks` chunks and is not chunk 0
     frames_per_chunk = denoiser.config.temporal_compression * denoiser.config.chunk_latent_frames
     # The encoder keeps `attn_window - 1` frames of keys: full once that many frames have gone through it.
-    window_frames = getattr(audio_encoder.config, "attn_window", 0) + frames_per_chunk  # the phonetic path: no window
+    window_frames = audio_encoder.config.attn_window + frames_per_chunk
     samples = max(chunk_samples(session, warm_chunks), window_frames * audio_encoder.samples_per_frame)
     session.buffer_features(session.encode_audio(torch.zeros(1, samples, device=param.device)))
     for _ in range(warm_chunks):

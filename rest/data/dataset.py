@@ -355,9 +355,7 @@ def reference_index(num_frames: int, start: int, length: int, min_gap: int, rng:
 
 
 def _check_phonetic(reader: ShardReader, clips: list[ClipRecord], split: str | None, root: str | Path) -> None:
-    from rest.data.shards import PHONETIC_FILE
-
-    missing = [r.clip_id for r in clips if not (reader.clip_dir(r.clip_id) / PHONETIC_FILE).is_file()]
+    missing = [r.clip_id for r in clips if not reader.has_phonetic(r.clip_id)]
     if missing:
         raise RestError(
             f"{len(missing)} of {len(clips)} clips of split {split!r} in {root} have no phonetic features (e.g. "

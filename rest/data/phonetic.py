@@ -294,6 +294,7 @@ class PhoneticConfig:
     sample_rate: int = SAMPLE_RATE
     fps: int = PhoneticExpert.fps
     out_dim: int = len(FRAME_CHANNELS)
+    attn_window: int = 0  # frames of past audio the path attends to (the mel encoder's 50): none, it has no network
 
 
 class PhoneticState:

@@ -499,10 +499,10 @@ def cache_phonetic(root: str | Path, workers: int = 0, progress: bool = True) ->
     SynthTalk's visemes, the stream's frames) into its phonetic.npy, the features a teacher or student with
     `audio_path: phonetic` trains on. Clips that have the file are kept; each file is renamed into place, so a
     killed run leaves no partial file. `workers` processes (0: this one). Returns (decoded, already cached)."""
-    from rest.data.shards import PHONETIC_FILE, ShardReader
+    from rest.data.shards import ShardReader
 
     reader = ShardReader(root)
-    todo = [r.clip_id for r in reader.records if not (reader.clip_dir(r.clip_id) / PHONETIC_FILE).is_file()]
+    todo = [r.clip_id for r in reader.records if not reader.has_phonetic(r.clip_id)]
     bar = tqdm(total=len(todo), desc="phonetic", unit="clip", disable=not progress)
     if workers <= 1:
         for clip_id in todo:

@@ -458,16 +458,18 @@ class ShardReader:
             raise ShardError(f"clip {clip_id} has no cached latents; run `rest preprocess --vae FOLDER`")
         return load_file(str(self.clip_dir(clip_id) / LATENTS_FILE))
 
+    def has_phonetic(self, clip_id: str) -> bool:
+        """Whether the clip's phonetic features are cached (`rest preprocess --output ROOT --phonetic`)."""
+        return (self.clip_dir(clip_id) / PHONETIC_FILE).is_file()
+
     def phonetic(self, clip_id: str) -> np.ndarray:
         """The phonetic channel's features of the clip's audio: float32 (F, 3) (rest.data.phonetic), cached by
         `rest preprocess --output ROOT --phonetic`."""
-        path = self.clip_dir(clip_id) / PHONETIC_FILE
-        if not path.is_file():
+        if not self.has_phonetic(clip_id):
             raise ShardError(
-                f"clip {clip_id} has no phonetic features ({path}); run `rest preprocess --output {self.root} "
-                "--phonetic` first"
+                f"clip {clip_id} has no phonetic features; run `rest preprocess --output {self.root} --phonetic` first"
             )
-        return np.load(path)
+        return np.load(self.clip_dir(clip_id) / PHONETIC_FILE)
 
     def latents_metadata(self, clip_id: str) -> dict[str, str]:
         """The safetensors header metadata of the clip's latents."""

@@ -364,8 +364,9 @@ def write_pipeline(
     tmp = output.with_name(f".{output.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        networks = [("vae", vae), ("audio_encoder", audio_encoder), ("denoiser", denoiser)]
-        for name, model in networks if config.audio == "mel" else [networks[0], networks[2]]:
+        networks = [("vae", vae), ("denoiser", denoiser)]
+        networks += [("audio_encoder", audio_encoder)] if config.audio == "mel" else []  # phonetic: no weights
+        for name, model in networks:
             # torch's Module.to, as in TalkingHeadPipeline: diffusers' override warns about a cast that is safe here
             model = torch.nn.Module.to(copy.deepcopy(model), torch.float16) if half else model
             model.save_pretrained(tmp / name)

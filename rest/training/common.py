@@ -50,6 +50,25 @@ def start_from(
 # `trainer_state.json` with the step) and `export/` (EMA weights in save_pretrained layout).
 
 
+def save_networks(model: torch.nn.Module, state: dict[str, torch.Tensor], export: Path, audio: str) -> list[str]:
+    """Write the `denoiser.` and (for the "mel" audio path; the phonetic channel has no weights) `audio_encoder.`
+    weights of `state`, a teacher's or student's full state dict, as save_pretrained folders of fresh copies of
+    `model`'s networks; loading is strict, so a missing or extra key is an error here, not later. Returns the
+    folders written."""
+    from rest.models.audio import AudioEncoder
+    from rest.models.dit import DenoiserDiT
+
+    # Named classes, not type(module): FSDP2 swaps a sharded module's class for a generated subclass.
+    networks = [("denoiser", DenoiserDiT)] + ([("audio_encoder", AudioEncoder)] if audio == "mel" else [])
+    for name, cls in networks:
+        prefix = f"{name}."
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        fresh = cls.from_config(getattr(model, name).config)
+        fresh.load_state_dict(weights, strict=True)
+        fresh.save_pretrained(export / name)
+    return [f"{name}/" for name, _ in networks]
+
+
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / "checkpoints" / f"step_{step:07d}"
 

@@ -141,7 +141,7 @@ from rest.models.loading import load_local
 from rest.models.mouth import MouthRegressor, box_slices
 from rest.models.vae import CausalVideoVAE
 from rest.streaming import IDContextCache, chunk_audio_span, chunk_velocity, rollout_chunk, write_chunk, write_sink
-from rest.training.common import TrainConfig, start_from
+from rest.training.common import TrainConfig, save_networks, start_from
 from rest.training.loop import StepOutput, Trainer, epochs, training_loop
 from rest.training.teacher import clip_dataset, clip_loader, collate_clips, encode_latents
 from rest.training.vae import mouth_expert_distance
@@ -772,9 +772,8 @@ class StudentTrainer(Trainer):
                 step=step,
                 audio=audio_path_of(self.unwrapped.audio_encoder),
             )
-            export_student(self.unwrapped, state, folder, info)
-            parts = "denoiser/, audio_encoder/" if info.audio == "mel" else "denoiser/"
-            print(f"exported EMA weights to {folder} ({parts}, student.json)")
+            folders = export_student(self.unwrapped, state, folder, info)
+            print(f"exported EMA weights to {folder} ({', '.join(folders)}, student.json)")
 
 
 def _student_networks(folder: str, overrides: dict) -> tuple[DenoiserDiT, AudioEncoder, StudentInfo]:
@@ -900,18 +899,13 @@ def _format_eval(step: int, result: dict) -> str:
     return " | ".join(parts)
 
 
-def export_student(model: StudentModel, state: dict[str, torch.Tensor], export: Path, info: StudentInfo) -> None:
+def export_student(model: StudentModel, state: dict[str, torch.Tensor], export: Path, info: StudentInfo) -> list[str]:
     """Write `state` (the StudentModel's full state dict) as `denoiser/` and `audio_encoder/` save_pretrained folders
     plus `student.json` (`info`: the streaming settings the generator must use); the phonetic audio path has no
-    weights and no folder."""
-    networks = (("denoiser", DenoiserDiT),) + ((("audio_encoder", AudioEncoder),) if info.audio == "mel" else ())
-    for name, cls in networks:
-        prefix = f"{name}."
-        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        fresh = cls.from_config(getattr(model, name).config)
-        fresh.load_state_dict(weights, strict=True)
-        fresh.save_pretrained(export / name)
+    weights and no folder. Returns the network folders written."""
+    folders = save_networks(model, state, export, info.audio)
     info.write(export)
+    return folders
 
 
 __all__ = [

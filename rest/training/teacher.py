@@ -48,7 +48,7 @@ from rest.models.audio import AudioEncoder
 from rest.models.dit import DenoiserDiT
 from rest.models.loading import load_local
 from rest.models.vae import CausalVideoVAE
-from rest.training.common import TrainConfig, start_from
+from rest.training.common import TrainConfig, save_networks, start_from
 from rest.training.loop import StepOutput, Trainer, epochs, training_loop
 
 #################################################################################
@@ -303,7 +303,7 @@ class TeacherTrainer(Trainer):
     def export(self, accelerator: Accelerator, folder: Path, step: int) -> None:
         state = accelerator.get_state_dict(self.model)  # full weights on the main process, also under FSDP
         if accelerator.is_main_process:
-            export_teacher(
+            folders = export_teacher(
                 self.unwrapped,
                 state,
                 folder,
@@ -313,8 +313,7 @@ class TeacherTrainer(Trainer):
                 train_latent_frames=self.vae.num_latent_frames(self.cfg.data.num_frames),
                 audio=self.cfg.audio_path,
             )
-            parts = "denoiser/, audio_encoder/" if self.cfg.audio_path == "mel" else "denoiser/"
-            print(f"exported EMA weights to {folder} ({parts}, teacher.json)")
+            print(f"exported EMA weights to {folder} ({', '.join(folders)}, teacher.json)")
 
 
 def _dataset(
@@ -484,22 +483,16 @@ def export_teacher(
     step: int,
     train_latent_frames: int | None = None,
     audio: str = "mel",
-) -> None:
+) -> list[str]:
     """Write `state` (the TeacherModel's full state dict) as `denoiser/` and `audio_encoder/` save_pretrained
     folders plus `teacher.json` (VAE, shift, step, the audio path, and the latent frames of a training clip: the
     window offline sampling uses); loading is strict, so a missing or extra key is an error here, not later. The
-    phonetic audio path has no weights and no folder."""
-    # Named classes, not type(module): FSDP2 swaps a sharded module's class for a generated subclass.
-    networks = (("denoiser", DenoiserDiT),) + ((("audio_encoder", AudioEncoder),) if audio == "mel" else ())
-    for name, cls in networks:
-        prefix = f"{name}."
-        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        fresh = cls.from_config(getattr(model, name).config)
-        fresh.load_state_dict(weights, strict=True)
-        fresh.save_pretrained(export / name)
+    phonetic audio path has no weights and no folder. Returns the network folders written."""
+    folders = save_networks(model, state, export, audio)
     TeacherInfo(vae=str(vae_path), shift=shift, step=step, train_latent_frames=train_latent_frames, audio=audio).write(
         export
     )
+    return folders
 
 
 __all__ = [
